@@ -1,0 +1,353 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+const (
+	// maxReadSize is the largest message a client may send; clients have
+	// nothing to say to the server (the article's readPump discards it), so
+	// anything larger is closed with 1009.
+	maxReadSize = 512
+
+	// closeGrace is how long the server waits for the peer's reply to its
+	// close frame before dropping the socket.
+	closeGrace = time.Second
+)
+
+// The states of a Client. Transitions happen under Client.mu and only go
+// forward; state is atomic so the writer can check it between messages
+// without the lock.
+const (
+	stateOpen       int32 = iota
+	stateClosing          // write what is queued, then the close frame
+	stateClosingNow       // drop what is queued, write the close frame
+	stateClosed           // torn down: the socket is closed
+)
+
+// Message is one accepted /send message, shared by every connection it is
+// queued on.
+type Message struct {
+	ID       string
+	Data     []byte // the frame payload: exactly the /send message
+	Accepted time.Time
+	// prepared holds the encoded frame when the message goes to more than
+	// one connection, so it is framed once for all of them.
+	prepared *websocket.PreparedMessage
+}
+
+// Client is one WebSocket connection of a uid.
+//
+// Goroutines: readPump runs for the whole life of the connection and ends
+// it (teardown). A writer goroutine runs only while the queue is not
+// empty, so an idle connection costs one goroutine, not two. Pings are
+// written by a timer. All three are counted in the hub's WaitGroup.
+type Client struct {
+	hub       *Hub
+	conn      *websocket.Conn
+	uid       string
+	expiresAt time.Time
+
+	state  atomic.Int32
+	queued atomic.Int32 // messages queued or being written: at most SendBuffer
+
+	mu         sync.Mutex
+	queue      []*Message // not yet taken by the writer
+	writing    bool       // a writer goroutine runs (or the close frame was handed to one)
+	closeCode  int
+	closeText  string
+	dropReason string // failure reason for messages dropped by the close
+	pingTimer  *time.Timer
+	expTimer   *time.Timer
+}
+
+func newClient(h *Hub, conn *websocket.Conn, id Identity) *Client {
+	return &Client{hub: h, conn: conn, uid: id.UID, expiresAt: id.ExpiresAt}
+}
+
+// start runs the connection after the hub registered it.
+func (c *Client) start() {
+	c.mu.Lock()
+	if c.state.Load() == stateOpen {
+		c.pingTimer = time.AfterFunc(c.hub.cfg.PingInterval, c.ping)
+		if !c.expiresAt.IsZero() {
+			c.expTimer = time.AfterFunc(time.Until(c.expiresAt), c.expire)
+		}
+	}
+	c.mu.Unlock()
+	go c.readPump()
+}
+
+// enqueue queues m and returns whether it did. It never blocks: a full
+// queue closes the connection as a slow consumer.
+func (c *Client) enqueue(m *Message) bool {
+	c.mu.Lock()
+	if c.state.Load() != stateOpen {
+		c.mu.Unlock()
+		c.hub.failed([]*Message{m}, c.uid, failClosed)
+		return false
+	}
+	if int(c.queued.Load()) >= c.hub.cfg.SendBuffer {
+		c.mu.Unlock()
+		c.hub.failed([]*Message{m}, c.uid, failSlowConsumer)
+		if c.close(websocket.CloseTryAgainLater, "slow consumer", failSlowConsumer, false) {
+			c.hub.metrics.slowConsumers.Inc()
+			c.hub.log.Info("slow consumer", "uid", c.uid, "remote", c.conn.RemoteAddr().String(), "queued", c.hub.cfg.SendBuffer)
+		}
+		return false
+	}
+	c.queue = append(c.queue, m)
+	c.queued.Add(1)
+	c.hub.pending.Add(1)
+	start := c.startWriterLocked()
+	c.mu.Unlock()
+	if start {
+		go c.writeLoop()
+	}
+	return true
+}
+
+// startWriterLocked reports whether the caller must start a writer
+// goroutine, and counts it. Callers hold mu and have seen a state other
+// than stateClosed, so the readPump's count keeps the WaitGroup above zero.
+func (c *Client) startWriterLocked() bool {
+	if c.writing {
+		return false
+	}
+	c.writing = true
+	c.hub.wg.Add(1)
+	return true
+}
+
+// close starts closing the connection with a close frame; with flush the
+// queued messages are written first, otherwise they are dropped and counted
+// under reason. It returns whether this call started the close (the first
+// one wins). It never blocks.
+func (c *Client) close(code int, text, reason string, flush bool) bool {
+	c.mu.Lock()
+	if c.state.Load() != stateOpen {
+		c.mu.Unlock()
+		return false
+	}
+	var dropped []*Message
+	if flush {
+		c.state.Store(stateClosing)
+	} else {
+		c.state.Store(stateClosingNow)
+		dropped = c.takeQueueLocked()
+	}
+	c.closeCode, c.closeText, c.dropReason = code, text, reason
+	start := c.startWriterLocked()
+	c.mu.Unlock()
+
+	c.hub.failed(dropped, c.uid, reason)
+	if start {
+		go c.writeLoop()
+	}
+	return true
+}
+
+// takeQueueLocked empties the queue and uncounts it.
+func (c *Client) takeQueueLocked() []*Message {
+	q := c.queue
+	c.queue = nil
+	c.queued.Add(-int32(len(q)))
+	c.hub.pending.Add(-int64(len(q)))
+	return q
+}
+
+// abort drops the socket at once (shutdown timeout); readPump then tears
+// the connection down.
+func (c *Client) abort() {
+	// The error is of no use: the socket is gone either way.
+	_ = c.conn.Close()
+}
+
+func (c *Client) expire() {
+	c.close(websocket.ClosePolicyViolation, "token expired", failClosed, false)
+}
+
+// writeLoop is the writer goroutine: it writes queued messages until the
+// queue is empty, then exits, or writes the close frame when the client
+// is closing.
+func (c *Client) writeLoop() {
+	defer c.hub.wg.Done()
+	for {
+		c.mu.Lock()
+		batch := c.queue
+		c.queue = nil
+		if len(batch) == 0 {
+			st := c.state.Load()
+			if st == stateOpen || st == stateClosed {
+				c.writing = false
+				c.mu.Unlock()
+				return
+			}
+			// Closing: writing stays true so no writer starts again.
+			code, text := c.closeCode, c.closeText
+			c.mu.Unlock()
+			c.writeClose(code, text)
+			return
+		}
+		c.mu.Unlock()
+		if !c.writeBatch(batch) {
+			return
+		}
+	}
+}
+
+// writeBatch writes batch in order. It returns false when the socket
+// failed; it was then closed, and readPump tears the connection down.
+func (c *Client) writeBatch(batch []*Message) bool {
+	for i, m := range batch {
+		if c.state.Load() >= stateClosingNow {
+			c.dropBatch(batch[i:])
+			return true
+		}
+		now := time.Now()
+		err := c.write(m, now)
+		c.queued.Add(-1)
+		c.hub.pending.Add(-1)
+		if err != nil {
+			c.hub.failed(batch[i:i+1], c.uid, failWriteError)
+			c.dropBatch(batch[i+1:])
+			c.hub.log.Debug("write failed", "uid", c.uid, "remote", c.conn.RemoteAddr().String(), "err", err)
+			c.abort()
+			return false
+		}
+		c.hub.delivered(m, c.uid, now)
+	}
+	return true
+}
+
+// dropBatch uncounts messages the writer took but will not write.
+func (c *Client) dropBatch(ms []*Message) {
+	if len(ms) == 0 {
+		return
+	}
+	c.queued.Add(-int32(len(ms)))
+	c.hub.pending.Add(-int64(len(ms)))
+	c.mu.Lock()
+	reason := c.dropReason
+	c.mu.Unlock()
+	if reason == "" {
+		reason = failClosed
+	}
+	c.hub.failed(ms, c.uid, reason)
+}
+
+func (c *Client) write(m *Message, now time.Time) error {
+	// SetWriteDeadline only records the time; it cannot fail.
+	_ = c.conn.SetWriteDeadline(now.Add(c.hub.cfg.WriteTimeout))
+	if m.prepared != nil {
+		return c.conn.WritePreparedMessage(m.prepared)
+	}
+	return c.conn.WriteMessage(websocket.TextMessage, m.Data)
+}
+
+// writeClose writes the close frame, then gives the peer closeGrace to
+// answer before readPump gives up on it.
+func (c *Client) writeClose(code int, text string) {
+	msg := closeMessage(code, text)
+	if err := c.conn.WriteControl(websocket.CloseMessage, msg, time.Now().Add(c.hub.cfg.WriteTimeout)); err != nil {
+		c.abort()
+		return
+	}
+	c.graceDeadline()
+}
+
+func (c *Client) graceDeadline() {
+	// net.Conn deadlines are safe to set from any goroutine and cannot fail
+	// on an open TCP socket; on a closed one readPump is ending anyway.
+	_ = c.conn.SetReadDeadline(time.Now().Add(closeGrace))
+}
+
+// ping writes a ping and schedules the next. It runs on a timer goroutine;
+// WriteControl may be called concurrently with the writer.
+func (c *Client) ping() {
+	c.mu.Lock()
+	if c.state.Load() != stateOpen {
+		c.mu.Unlock()
+		return
+	}
+	c.hub.wg.Add(1)
+	c.mu.Unlock()
+	defer c.hub.wg.Done()
+
+	if err := c.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(c.hub.cfg.WriteTimeout)); err != nil {
+		c.abort()
+		return
+	}
+	c.mu.Lock()
+	if c.state.Load() == stateOpen {
+		c.pingTimer.Reset(c.hub.cfg.PingInterval)
+	}
+	c.mu.Unlock()
+}
+
+// readPump reads and discards what the client sends (the article's), which
+// also answers pings and handles close frames. A client silent for
+// PongWait is gone: the deadline ends the read and the connection.
+func (c *Client) readPump() {
+	defer c.hub.wg.Done()
+	defer c.teardown()
+	c.conn.SetReadLimit(maxReadSize)
+	c.extendDeadline()
+	c.conn.SetPongHandler(c.onPong)
+	for {
+		if _, _, err := c.conn.NextReader(); err != nil {
+			c.logClosed(err)
+			return
+		}
+		c.extendDeadline()
+	}
+}
+
+func (c *Client) onPong(string) error {
+	c.extendDeadline()
+	return nil
+}
+
+// extendDeadline gives an open connection another PongWait. A close that
+// started meanwhile keeps its shorter grace.
+func (c *Client) extendDeadline() {
+	if c.state.Load() != stateOpen {
+		return
+	}
+	_ = c.conn.SetReadDeadline(time.Now().Add(c.hub.cfg.PongWait))
+	if c.state.Load() != stateOpen {
+		c.graceDeadline()
+	}
+}
+
+func (c *Client) logClosed(err error) {
+	if !c.hub.log.Enabled(context.Background(), slog.LevelDebug) {
+		return // spare the RemoteAddr string on every close
+	}
+	c.hub.log.Debug("connection closed", "uid", c.uid, "remote", c.conn.RemoteAddr().String(), "reason", err.Error())
+}
+
+// teardown ends the connection: no more messages, timers stopped, socket
+// closed, unregistered. Messages still queued are counted as failed.
+func (c *Client) teardown() {
+	c.mu.Lock()
+	c.state.Store(stateClosed)
+	dropped := c.takeQueueLocked()
+	if c.pingTimer != nil {
+		c.pingTimer.Stop()
+	}
+	if c.expTimer != nil {
+		c.expTimer.Stop()
+	}
+	c.mu.Unlock()
+
+	c.hub.failed(dropped, c.uid, failClosed)
+	c.abort()
+	c.hub.Unregister(c)
+}

@@ -1,0 +1,251 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// Config is every setting of the server. Each field has a flag and an
+// environment variable PUSHER_<FLAG> of the same meaning; a flag given on
+// the command line wins. Secrets come from the environment only, because
+// flags show in ps.
+type Config struct {
+	Addr         string // public listener: /ws and /
+	InternalAddr string // when set, /send, /metrics, /healthz, /readyz listen only here
+
+	JWTSecret string // HMAC secret for client tokens (JWT_SECRET)
+	APIKey    string // key backend apps present on /send (PUSHER_API_KEY)
+
+	MessageLog        string        // stdout, mysql or none
+	MessageLogTimeout time.Duration // longest /send waits for the message log
+	MySQLDSN          string        // PUSHER_MYSQL_DSN
+	RedisURL          string        // PUSHER_REDIS_URL; cluster mode when set
+
+	AllowedOrigins  []string // Origin allow-list for /ws; "*" allows all
+	MaxMessageSize  int      // largest /send message, bytes
+	SendBuffer      int      // per-connection queue length
+	MaxConnsPerUser int
+	MaxMulticast    int
+	PingInterval    time.Duration
+	PongWait        time.Duration
+	WriteTimeout    time.Duration
+	ShutdownTimeout time.Duration
+	HistorySize     int
+	HistoryTTL      time.Duration
+	LogFormat       string // text or json
+	LogLevel        string // debug, info, warn or error
+	Console         bool
+	ShowVersion     bool
+}
+
+// maxUIDLen is the longest uid, in bytes, in a token or a /send body.
+const maxUIDLen = 128
+
+// maxMessageSizeLimit bounds -max-message-size: the MySQL log stores
+// messages in a MEDIUMTEXT column.
+const maxMessageSizeLimit = 16<<20 - 1
+
+// newFlagSet declares every flag of the server into cfg, with its default.
+func newFlagSet(cfg *Config, origins *string) *flag.FlagSet {
+	fs := flag.NewFlagSet("go-pusher", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&cfg.Addr, "addr", ":8181", "public listener: /ws, / and (unless -internal-addr) everything else")
+	fs.StringVar(&cfg.InternalAddr, "internal-addr", "", "when set, /send, /metrics, /healthz, /readyz are served only here")
+	fs.StringVar(&cfg.MessageLog, "message-log", "stdout", "message log: stdout, mysql or none")
+	fs.DurationVar(&cfg.MessageLogTimeout, "message-log-timeout", 5*time.Second, "longest /send waits for the message log before it answers 503")
+	fs.StringVar(origins, "allowed-origins", "*", "comma-separated Origin allow-list for /ws (* allows any)")
+	fs.IntVar(&cfg.MaxMessageSize, "max-message-size", 65536, "largest /send message, bytes")
+	fs.IntVar(&cfg.SendBuffer, "send-buffer", 128, "per-connection queue; a connection with a full queue is closed with 1013")
+	fs.IntVar(&cfg.MaxConnsPerUser, "max-conns-per-user", 16, "further connections of that uid are refused")
+	fs.IntVar(&cfg.MaxMulticast, "max-multicast", 10000, "most uids in one /send")
+	fs.DurationVar(&cfg.PingInterval, "ping-interval", 25*time.Second, "server ping period")
+	fs.DurationVar(&cfg.PongWait, "pong-wait", 60*time.Second, "a connection silent this long is closed")
+	fs.DurationVar(&cfg.WriteTimeout, "write-timeout", 10*time.Second, "longest one write to a connection may take")
+	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "drain limit on SIGINT/SIGTERM")
+	fs.IntVar(&cfg.HistorySize, "history-size", 100, "messages kept per uid for recovery (0: off)")
+	fs.DurationVar(&cfg.HistoryTTL, "history-ttl", 5*time.Minute, "how long they are kept")
+	fs.StringVar(&cfg.LogFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&cfg.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.BoolVar(&cfg.Console, "console", true, "serve the console page at /")
+	fs.BoolVar(&cfg.ShowVersion, "version", false, "print the version and exit")
+	return fs
+}
+
+// envName is the environment variable of a flag: PUSHER_ and the flag's
+// name in upper case with - as _.
+func envName(flagName string) string {
+	return "PUSHER_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// parseConfig reads args (without the program name) and the environment
+// through getenv. Flags on the command line win over the environment. It
+// returns every problem at once, one line each, naming the setting.
+func parseConfig(args []string, getenv func(string) string) (Config, error) {
+	var cfg Config
+	var origins string
+	fs := newFlagSet(&cfg, &origins)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return cfg, flag.ErrHelp
+		}
+		return cfg, err
+	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if cfg.ShowVersion {
+		return cfg, nil
+	}
+
+	var errs []error
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	fs.VisitAll(func(f *flag.Flag) {
+		env := envName(f.Name)
+		v := getenv(env)
+		if given[f.Name] || v == "" || f.Name == "version" {
+			return
+		}
+		if err := fs.Set(f.Name, v); err != nil {
+			errs = append(errs, fmt.Errorf("invalid %s %q: %v", env, v, unwrapFlagError(err)))
+		}
+	})
+	cfg.JWTSecret = getenv("JWT_SECRET")
+	cfg.APIKey = getenv("PUSHER_API_KEY")
+	cfg.MySQLDSN = getenv("PUSHER_MYSQL_DSN")
+	cfg.RedisURL = getenv("PUSHER_REDIS_URL")
+	cfg.AllowedOrigins = splitList(origins)
+
+	errs = append(errs, cfg.validate()...)
+	return cfg, errors.Join(errs...)
+}
+
+// unwrapFlagError drops the strconv detail the flag package adds
+// ("parse error") so that the reason reads as one short clause.
+func unwrapFlagError(err error) error {
+	if u := errors.Unwrap(err); u != nil {
+		return u
+	}
+	return err
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// validate returns one error per bad setting, each naming it.
+func (c *Config) validate() []error {
+	var errs []error
+	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+
+	if c.JWTSecret == "" {
+		bad("JWT_SECRET is required: the HMAC secret that signs client tokens")
+	}
+	if c.APIKey == "" {
+		bad("PUSHER_API_KEY is required: the key backend apps present on /send")
+	}
+	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
+		bad("invalid -addr %q: %v", c.Addr, err)
+	}
+	if c.InternalAddr != "" {
+		if _, _, err := net.SplitHostPort(c.InternalAddr); err != nil {
+			bad("invalid -internal-addr %q: %v", c.InternalAddr, err)
+		} else if c.InternalAddr == c.Addr {
+			bad("invalid -internal-addr %q: same as -addr", c.InternalAddr)
+		}
+	}
+	switch c.MessageLog {
+	case "stdout", "none":
+	case "mysql":
+		if c.MySQLDSN == "" {
+			bad("PUSHER_MYSQL_DSN is required with -message-log=mysql")
+		}
+	default:
+		bad("invalid -message-log %q: want stdout, mysql or none", c.MessageLog)
+	}
+	if c.RedisURL != "" {
+		if u, err := url.Parse(c.RedisURL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") {
+			bad("invalid PUSHER_REDIS_URL: want redis://[user:password@]host:port[/db] or rediss://...")
+		}
+	}
+	if len(c.AllowedOrigins) == 0 {
+		bad("invalid -allowed-origins: empty (use * to allow any origin)")
+	}
+	for _, o := range c.AllowedOrigins {
+		if err := checkOriginPattern(o); err != nil {
+			bad("invalid -allowed-origins entry %q: %v", o, err)
+		}
+	}
+	positive := func(name string, v int) {
+		if v < 1 {
+			bad("invalid -%s %d: must be at least 1", name, v)
+		}
+	}
+	positive("max-message-size", c.MaxMessageSize)
+	if c.MaxMessageSize > maxMessageSizeLimit {
+		bad("invalid -max-message-size %d: at most %d", c.MaxMessageSize, maxMessageSizeLimit)
+	}
+	positive("send-buffer", c.SendBuffer)
+	positive("max-conns-per-user", c.MaxConnsPerUser)
+	positive("max-multicast", c.MaxMulticast)
+	if c.HistorySize < 0 {
+		bad("invalid -history-size %d: must not be negative", c.HistorySize)
+	}
+	durations := []struct {
+		name string
+		v    time.Duration
+	}{
+		{"message-log-timeout", c.MessageLogTimeout},
+		{"ping-interval", c.PingInterval},
+		{"pong-wait", c.PongWait},
+		{"write-timeout", c.WriteTimeout},
+		{"shutdown-timeout", c.ShutdownTimeout},
+		{"history-ttl", c.HistoryTTL},
+	}
+	for _, d := range durations {
+		if d.v <= 0 {
+			bad("invalid -%s %s: must be positive", d.name, d.v)
+		}
+	}
+	if c.PingInterval > 0 && c.PongWait <= c.PingInterval {
+		bad("invalid -pong-wait %s: must be longer than -ping-interval %s", c.PongWait, c.PingInterval)
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		bad("invalid -log-format %q: want text or json", c.LogFormat)
+	}
+	if _, err := parseLevel(c.LogLevel); err != nil {
+		bad("invalid -log-level %q: want debug, info, warn or error", c.LogLevel)
+	}
+	return errs
+}
+
+// checkOriginPattern accepts "*", an origin such as https://app.example.com
+// or http://localhost:3000, and a wildcard subdomain https://*.example.com.
+func checkOriginPattern(p string) error {
+	if p == "*" {
+		return nil
+	}
+	u, err := url.Parse(p)
+	if err != nil {
+		return err
+	}
+	if u.Scheme == "" || u.Host == "" {
+		return errors.New("want scheme://host[:port]")
+	}
+	if u.Path != "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return errors.New("an origin has no path, query, fragment or user")
+	}
+	return nil
+}

@@ -1,0 +1,284 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"go-pusher/message"
+)
+
+var (
+	errConnLimit    = errors.New("connection limit")
+	errShuttingDown = errors.New("server shutting down")
+)
+
+// hubConfig holds the settings every connection of a hub shares, so that
+// a Client carries a pointer to its hub instead of its own copy.
+type hubConfig struct {
+	MaxConnsPerUser int
+	SendBuffer      int
+	PingInterval    time.Duration
+	PongWait        time.Duration
+	WriteTimeout    time.Duration
+}
+
+// hubEvents hears when a uid gains its first local connection and loses
+// its last one (cluster mode subscribes and unsubscribes on them). The
+// calls come from the hub goroutine and must not block.
+type hubEvents interface {
+	UserOnline(uid string)
+	UserOffline(uid string)
+}
+
+// Hub owns the uid → connections map. Its run goroutine is the only code
+// that changes the map (register, unregister), under mu; /send reads it
+// under mu.RLock. The per-uid slices are copy-on-write: a reader may keep
+// one after RUnlock, because nobody changes a slice once it is in the map.
+type Hub struct {
+	cfg     hubConfig
+	log     *slog.Logger
+	metrics *metrics
+	msgLog  message.Logger
+	events  hubEvents // nil: nobody listens
+
+	register   chan registration
+	unregister chan *Client
+	shutdown   chan chan []*Client
+	quit       chan struct{} // closed by Shutdown to stop run
+	done       chan struct{} // closed when run returns
+
+	mu          sync.RWMutex
+	userClients map[string][]*Client
+	connections int
+
+	// pending counts messages queued on connections and not yet written.
+	pending atomic.Int64
+
+	// wg counts the goroutines of connections: readPumps (added when the
+	// hub registers the client), writers and pings (added under the
+	// client's lock while its readPump's count is held, so the counter is
+	// never zero when they add).
+	wg sync.WaitGroup
+}
+
+type registration struct {
+	c      *Client
+	result chan error
+}
+
+func newHub(cfg hubConfig, log *slog.Logger, msgLog message.Logger, events hubEvents) *Hub {
+	return &Hub{
+		cfg:         cfg,
+		log:         log,
+		msgLog:      msgLog,
+		events:      events,
+		register:    make(chan registration),
+		unregister:  make(chan *Client),
+		shutdown:    make(chan chan []*Client),
+		quit:        make(chan struct{}),
+		done:        make(chan struct{}),
+		userClients: make(map[string][]*Client),
+	}
+}
+
+// run handles registrations until Shutdown. After a shutdown request it
+// refuses new registrations but still handles unregistrations, so that
+// closing connections can leave.
+func (h *Hub) run() {
+	defer close(h.done)
+	closing := false
+	for {
+		select {
+		case r := <-h.register:
+			if closing {
+				r.result <- errShuttingDown
+				continue
+			}
+			r.result <- h.add(r.c)
+		case c := <-h.unregister:
+			h.remove(c)
+		case reply := <-h.shutdown:
+			closing = true
+			reply <- h.all()
+		case <-h.quit:
+			return
+		}
+	}
+}
+
+// Register adds c to the map, or returns errConnLimit or errShuttingDown.
+// On success the caller must start c (its readPump is counted already).
+func (h *Hub) Register(c *Client) error {
+	r := registration{c: c, result: make(chan error, 1)}
+	select {
+	case h.register <- r:
+		return <-r.result
+	case <-h.done:
+		return errShuttingDown
+	}
+}
+
+// Unregister removes c from the map; it is a no-op for a client that is
+// not there.
+func (h *Hub) Unregister(c *Client) {
+	select {
+	case h.unregister <- c:
+	case <-h.done:
+	}
+}
+
+func (h *Hub) add(c *Client) error {
+	h.mu.Lock()
+	cs := h.userClients[c.uid]
+	if len(cs) >= h.cfg.MaxConnsPerUser {
+		h.mu.Unlock()
+		return errConnLimit
+	}
+	next := make([]*Client, len(cs)+1)
+	copy(next, cs)
+	next[len(cs)] = c
+	h.userClients[c.uid] = next
+	h.connections++
+	h.mu.Unlock()
+
+	h.wg.Add(1) // c's readPump
+	if len(cs) == 0 && h.events != nil {
+		h.events.UserOnline(c.uid)
+	}
+	return nil
+}
+
+func (h *Hub) remove(c *Client) {
+	h.mu.Lock()
+	cs := h.userClients[c.uid]
+	i := slices.Index(cs, c)
+	if i < 0 {
+		h.mu.Unlock()
+		return
+	}
+	last := len(cs) == 1
+	if last {
+		delete(h.userClients, c.uid)
+	} else {
+		h.userClients[c.uid] = slices.Delete(slices.Clone(cs), i, i+1)
+	}
+	h.connections--
+	h.mu.Unlock()
+
+	if last && h.events != nil {
+		h.events.UserOffline(c.uid)
+	}
+}
+
+func (h *Hub) all() []*Client {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	out := make([]*Client, 0, h.connections)
+	for _, cs := range h.userClients {
+		out = append(out, cs...)
+	}
+	return out
+}
+
+// clients returns the connections of uid. The slice must not be changed.
+func (h *Hub) clients(uid string) []*Client {
+	h.mu.RLock()
+	cs := h.userClients[uid]
+	h.mu.RUnlock()
+	return cs
+}
+
+// deliver queues m on each of cs, the connections of uid. It never blocks:
+// a connection whose queue is full is closed as a slow consumer instead.
+// It returns how many connections took m.
+func (h *Hub) deliver(uid string, cs []*Client, m *Message) int {
+	n := 0
+	for _, c := range cs {
+		if c.enqueue(m) {
+			n++
+		}
+	}
+	if n == 0 {
+		h.msgLog.Update(m.ID, uid, message.StatusFailed)
+	}
+	return n
+}
+
+// Connections returns the number of registered connections.
+func (h *Hub) Connections() int {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return h.connections
+}
+
+// Users returns the number of uids with at least one connection.
+func (h *Hub) Users() int {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return len(h.userClients)
+}
+
+// Pending returns the number of queued messages not yet written.
+func (h *Hub) Pending() int64 { return h.pending.Load() }
+
+// Shutdown stops registrations, closes every connection with 1001 after
+// its queue is flushed, and waits for the connections' goroutines. When
+// ctx ends first it closes the remaining sockets at once (their goroutines
+// then end promptly) and returns ctx's error. It stops run last, so that
+// closing connections can still unregister.
+func (h *Hub) Shutdown(ctx context.Context) error {
+	reply := make(chan []*Client, 1)
+	select {
+	case h.shutdown <- reply:
+	case <-h.done:
+		return nil
+	}
+	clients := <-reply
+	for _, c := range clients {
+		c.close(websocket.CloseGoingAway, "server shutting down", failClosed, true)
+	}
+
+	waited := make(chan struct{})
+	go func() {
+		h.wg.Wait()
+		close(waited)
+	}()
+	var err error
+	select {
+	case <-waited:
+	case <-ctx.Done():
+		err = ctx.Err()
+		for _, c := range clients {
+			c.abort()
+		}
+		<-waited
+	}
+	close(h.quit)
+	<-h.done
+	return err
+}
+
+// delivered records that m was written to a connection of uid at now.
+func (h *Hub) delivered(m *Message, uid string, now time.Time) {
+	h.metrics.sent.Inc()
+	h.metrics.deliveryDuration.Observe(now.Sub(m.Accepted).Seconds())
+	h.msgLog.Update(m.ID, uid, message.StatusDelivered)
+}
+
+// failed records that ms were not written to a connection of uid.
+func (h *Hub) failed(ms []*Message, uid, reason string) {
+	if len(ms) == 0 {
+		return
+	}
+	h.metrics.failedCounter(reason).Add(float64(len(ms)))
+	for _, m := range ms {
+		h.msgLog.Update(m.ID, uid, message.StatusFailed)
+	}
+}

@@ -1,0 +1,108 @@
+// Command go-pusher is a WebSocket push server: browsers connect to /ws
+// with a JWT, backend apps POST to /send to push a message to a user's
+// open connections.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// version is set at link time: go build -ldflags "-X main.version=v1.2.3".
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		for _, line := range strings.Split(err.Error(), "\n") {
+			fmt.Fprintln(os.Stderr, "go-pusher: "+line)
+		}
+		os.Exit(1)
+	}
+}
+
+// run is the whole program: main only adds the process around it.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "token" {
+		return runToken(args[1:], getenv, stdout)
+	}
+	cfg, err := parseConfig(args, getenv)
+	if errors.Is(err, flag.ErrHelp) {
+		printUsage(stdout)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if cfg.ShowVersion {
+		fmt.Fprintln(stdout, "go-pusher", version)
+		return nil
+	}
+	log := newLogger(cfg.LogFormat, cfg.LogLevel, stderr)
+	if len(cfg.JWTSecret) < 32 {
+		log.Warn("JWT_SECRET is shorter than 32 bytes: tokens signed with a short secret can be forged by brute force")
+	}
+	msgLog, err := openMessageLog(ctx, cfg, stdout)
+	if err != nil {
+		return err
+	}
+	srv, err := newServer(cfg, log, msgLog)
+	if err == nil {
+		err = srv.Listen()
+	}
+	if err != nil {
+		// Nothing was logged through it yet.
+		_ = msgLog.Close(ctx)
+		return err
+	}
+	return srv.Serve(ctx)
+}
+
+func printUsage(w io.Writer) {
+	var cfg Config
+	var origins string
+	fs := newFlagSet(&cfg, &origins)
+	fs.SetOutput(w)
+	fmt.Fprintln(w, "Usage: go-pusher [flags]            serve")
+	fmt.Fprintln(w, "       go-pusher token -uid U [-ttl 1h]  print a client token signed with JWT_SECRET")
+	fmt.Fprintln(w, "\nSecrets come from the environment: JWT_SECRET, PUSHER_API_KEY, PUSHER_MYSQL_DSN, PUSHER_REDIS_URL.")
+	fmt.Fprintln(w, "Every flag can also be set as PUSHER_<FLAG> (-send-buffer: PUSHER_SEND_BUFFER); a flag wins.")
+	fmt.Fprintln(w, "\nFlags:")
+	fs.PrintDefaults()
+}
+
+// runToken is "go-pusher token -uid U [-ttl D]".
+func runToken(args []string, getenv func(string) string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("go-pusher token", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	uid := fs.String("uid", "", "the uid the token names (required)")
+	ttl := fs.Duration("ttl", time.Hour, "how long the token is valid (0: no expiry)")
+	if err := fs.Parse(args); err != nil {
+		return fmt.Errorf("token: %w", err)
+	}
+	secret := getenv("JWT_SECRET")
+	switch {
+	case *uid == "":
+		return errors.New("token: -uid is required")
+	case *ttl < 0:
+		return fmt.Errorf("token: invalid -ttl %s: must not be negative", *ttl)
+	case secret == "":
+		return errors.New("token: JWT_SECRET is required")
+	}
+	tok, err := IssueToken(secret, *uid, *ttl, time.Now())
+	if err != nil {
+		return fmt.Errorf("token: %w", err)
+	}
+	fmt.Fprintln(stdout, tok)
+	return nil
+}

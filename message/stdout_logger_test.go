@@ -1,0 +1,70 @@
+package message
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestAppendLine(t *testing.T) {
+	tests := []struct {
+		name string
+		log  Log
+		want string
+	}{
+		{"unicast", Log{ID: "a1", UIDs: []string{"u1"}, Message: "hi"},
+			`send message: {"id":"a1","uid":"u1","message":"hi"}` + "\n"},
+		{"multicast", Log{ID: "a2", UIDs: []string{"u1", "u2"}, Message: "hi"},
+			`send message: {"id":"a2","uids":["u1","u2"],"message":"hi"}` + "\n"},
+		{"escapes", Log{ID: "a3", UIDs: []string{`q"u`}, Message: "a\\b\n\t\r\x01<é>"},
+			`send message: {"id":"a3","uid":"q\"u","message":"a\\b\n\t\r\u0001<é>"}` + "\n"},
+		{"invalid utf8", Log{ID: "a4", UIDs: []string{"u"}, Message: "x\xffy"},
+			`send message: {"id":"a4","uid":"u","message":"x\ufffdy"}` + "\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := string(AppendLine(nil, tt.log))
+			if got != tt.want {
+				t.Errorf("AppendLine(%+v) = %q, want %q", tt.log, got, tt.want)
+			}
+		})
+	}
+}
+
+// FuzzAppendLine checks that every line is the prefix and valid JSON that
+// decodes back to the message (modulo invalid UTF-8, which becomes U+FFFD).
+func FuzzAppendLine(f *testing.F) {
+	f.Add("u1", "hello")
+	f.Add("\x00", "\"\\\u2028\xff")
+	f.Fuzz(func(t *testing.T, uid, msg string) {
+		line := string(AppendLine(nil, Log{ID: "x", UIDs: []string{uid}, Message: msg}))
+		body, ok := strings.CutPrefix(line, "send message: ")
+		if !ok || !strings.HasSuffix(body, "\n") {
+			t.Fatalf("line %q lacks prefix or newline", line)
+		}
+		var got struct{ ID, UID, Message string }
+		if err := json.Unmarshal([]byte(body), &got); err != nil {
+			t.Fatalf("line %q is not JSON: %v", line, err)
+		}
+		// Ranging over a string yields U+FFFD for each invalid byte, as the
+		// encoder writes it.
+		want := strings.Map(func(r rune) rune { return r }, msg)
+		if got.ID != "x" || got.UID != strings.Map(func(r rune) rune { return r }, uid) || got.Message != want {
+			t.Fatalf("decoded %+v, want message %q", got, want)
+		}
+	})
+}
+
+type failingWriter struct{}
+
+func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("disk full") }
+
+func TestStdoutLoggerWriteError(t *testing.T) {
+	l := NewStdoutLogger(failingWriter{})
+	err := l.Log(context.Background(), Log{ID: "a", UIDs: []string{"u"}, Message: "m"})
+	if err == nil || !strings.Contains(err.Error(), "disk full") {
+		t.Fatalf("Log() error = %v, want the write error", err)
+	}
+}

@@ -1,0 +1,115 @@
+package main
+
+import (
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// The reason labels of pusher_messages_failed_total.
+const (
+	failSlowConsumer = "slow_consumer"
+	failWriteError   = "write_error"
+	failClosed       = "closed"
+)
+
+// metrics are the server's Prometheus metrics, on a registry of its own.
+// Counters on the delivery path are bound once so that counting a message
+// is one atomic add.
+type metrics struct {
+	reg *prometheus.Registry
+
+	sent             prometheus.Counter
+	failedSlow       prometheus.Counter
+	failedWrite      prometheus.Counter
+	failedClosed     prometheus.Counter
+	sendRequests     *prometheus.CounterVec
+	authFailures     *prometheus.CounterVec
+	slowConsumers    prometheus.Counter
+	sendDuration     prometheus.Histogram
+	deliveryDuration prometheus.Histogram
+}
+
+// gauges reads the live state the gauges report.
+type gauges interface {
+	Connections() int
+	Users() int
+	Pending() int64
+}
+
+func newMetrics(g gauges) *metrics {
+	reg := prometheus.NewRegistry()
+	failed := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pusher_messages_failed_total",
+		Help: "Messages not written to a socket, by reason.",
+	}, []string{"reason"})
+	m := &metrics{
+		reg: reg,
+		sent: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pusher_messages_sent_total",
+			Help: "Messages written to a socket.",
+		}),
+		failedSlow:   failed.WithLabelValues(failSlowConsumer),
+		failedWrite:  failed.WithLabelValues(failWriteError),
+		failedClosed: failed.WithLabelValues(failClosed),
+		sendRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pusher_send_requests_total",
+			Help: "/send requests by HTTP status.",
+		}, []string{"code"}),
+		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pusher_auth_failures_total",
+			Help: "Refused /ws handshakes, by reason.",
+		}, []string{"reason"}),
+		slowConsumers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pusher_slow_consumers_total",
+			Help: "Connections closed with 1013 because their queue was full.",
+		}),
+		sendDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "pusher_send_duration_seconds",
+			Help:    "/send handling time.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		}),
+		deliveryDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "pusher_delivery_duration_seconds",
+			Help:    "Time from /send accepting a message to writing it to a socket.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}),
+	}
+	for _, r := range authReasons {
+		m.authFailures.WithLabelValues(r)
+	}
+	for _, code := range []int{200, 400, 401, 404, 405, 413, 415, 503} {
+		m.sendRequests.WithLabelValues(strconv.Itoa(code))
+	}
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "connections",
+			Help: "Open registered WebSocket connections (the article's gauge).",
+		}, func() float64 { return float64(g.Connections()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "pending",
+			Help: "Messages queued on connections and not yet written (the article's gauge).",
+		}, func() float64 { return float64(g.Pending()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "pusher_users",
+			Help: "Distinct uids with at least one connection.",
+		}, func() float64 { return float64(g.Users()) }),
+		m.sent, failed, m.sendRequests, m.authFailures, m.slowConsumers,
+		m.sendDuration, m.deliveryDuration,
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	return m
+}
+
+// failedCounter returns the counter of a failure reason.
+func (m *metrics) failedCounter(reason string) prometheus.Counter {
+	switch reason {
+	case failSlowConsumer:
+		return m.failedSlow
+	case failWriteError:
+		return m.failedWrite
+	}
+	return m.failedClosed
+}

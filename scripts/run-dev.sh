@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs go-pusher with development secrets and prints how to try it.
+# Never use these secrets in production.
+set -euo pipefail
+BIN=${1:-bin/go-pusher}
+export JWT_SECRET=${JWT_SECRET:-dev-only-jwt-secret-change-me-0123456789}
+export PUSHER_API_KEY=${PUSHER_API_KEY:-dev-only-api-key}
+ADDR=${PUSHER_ADDR:-:8181}
+PORT=${ADDR##*:}
+TOKEN=$("$BIN" token -uid alice -ttl 24h)
+
+cat <<TXT
+
+go-pusher (development secrets; do not use them in production)
+
+  Console:  http://localhost:$PORT/#token=$TOKEN&key=$PUSHER_API_KEY
+
+  Token for uid "alice" (valid 24h):
+    $TOKEN
+
+  Listen in a browser console (any page on http://localhost:$PORT):
+    new WebSocket("ws://localhost:$PORT/ws?token=$TOKEN").onmessage = e => console.log(e.data)
+
+  Push to alice:
+    curl -H "Authorization: Bearer $PUSHER_API_KEY" -d uid=alice -d message=hello http://localhost:$PORT/send
+
+TXT
+exec "$BIN" "$@"

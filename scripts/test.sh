@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# `make test`: every test of the project, with the services it needs.
+# Under CI=true a test whose service is missing fails; it never skips.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/services.sh
+
+ensure_mariadb
+ensure_redis
+ensure_chromium
+
+export PUSHER_TEST_MYSQL_DSN=${PUSHER_TEST_MYSQL_DSN:-root@tcp(127.0.0.1:3306)/}
+export PUSHER_TEST_REDIS_URL=${PUSHER_TEST_REDIS_URL:-redis://127.0.0.1:6379/0}
+export PUSHER_TEST_CHROMIUM=${PUSHER_TEST_CHROMIUM:-$(command -v chromium)}
+
+go vet ./...
+go test -race -count=1 ./...
+
+# Short fuzz runs over the parsers of untrusted input, from the checked-in
+# corpus (testdata/fuzz). A finding fails the run and is written there.
+fuzz() { go test -run '^$' -fuzz "^$2\$" -fuzztime "${FUZZTIME:-4s}" "$1"; }
+fuzz . FuzzParseSendRequest
+fuzz . FuzzParseToken
+fuzz ./message FuzzAppendLine

@@ -1,0 +1,235 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"go-pusher/message"
+)
+
+// Server is one go-pusher node: its hub, its HTTP listeners and the
+// message log. Listen, then Serve; Serve returns after a graceful shutdown.
+type Server struct {
+	cfg      Config
+	log      *slog.Logger
+	hub      *Hub
+	auth     Authenticator
+	msgLog   message.Logger
+	metrics  *metrics
+	ids      *idGenerator
+	upgrader *websocket.Upgrader
+	apiKey   [sha256.Size]byte // hashed, so comparing takes the same time whatever the key's length
+	limits   sendLimits
+
+	// drainMu is held for reading by each /send while it queues, and for
+	// writing by shutdown when it sets draining: once shutdown holds it,
+	// every acknowledged message is queued and no new one can be.
+	drainMu  sync.RWMutex
+	draining atomic.Bool
+
+	servers   []*http.Server
+	listeners []net.Listener
+}
+
+// newServer builds a server; msgLog is closed by Serve's shutdown.
+func newServer(cfg Config, log *slog.Logger, msgLog message.Logger) (*Server, error) {
+	ids, err := newIDGenerator()
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg:      cfg,
+		log:      log,
+		auth:     NewJWTAuthenticator(cfg.JWTSecret, time.Now),
+		msgLog:   msgLog,
+		ids:      ids,
+		upgrader: newUpgrader(),
+		apiKey:   sha256.Sum256([]byte(cfg.APIKey)),
+		limits:   sendLimits{MaxMessageSize: cfg.MaxMessageSize, MaxMulticast: cfg.MaxMulticast},
+	}
+	s.hub = newHub(hubConfig{
+		MaxConnsPerUser: cfg.MaxConnsPerUser,
+		SendBuffer:      cfg.SendBuffer,
+		PingInterval:    cfg.PingInterval,
+		PongWait:        cfg.PongWait,
+		WriteTimeout:    cfg.WriteTimeout,
+	}, log, msgLog, nil)
+	s.metrics = newMetrics(s.hub)
+	s.hub.metrics = s.metrics
+	return s, nil
+}
+
+// routes returns the handlers of the public listener and, when
+// -internal-addr is set, of the internal one (nil otherwise).
+func (s *Server) routes() (public, internal http.Handler) {
+	pub := http.NewServeMux()
+	pub.HandleFunc("/ws", s.serveWs)
+	if s.cfg.Console {
+		pub.Handle("/", consoleHandler())
+	}
+
+	ops := pub
+	if s.cfg.InternalAddr != "" {
+		ops = http.NewServeMux()
+		internal = ops
+	}
+	ops.HandleFunc("/send", s.handleSend)
+	ops.Handle("/metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
+	ops.HandleFunc("/healthz", s.handleHealthz)
+	ops.HandleFunc("/readyz", s.handleReadyz)
+	return pub, internal
+}
+
+// Listen binds the listeners, so that a port in use is an error at start.
+func (s *Server) Listen() error {
+	public, internal := s.routes()
+	if err := s.listen("-addr", s.cfg.Addr, public); err != nil {
+		return err
+	}
+	if internal != nil {
+		if err := s.listen("-internal-addr", s.cfg.InternalAddr, internal); err != nil {
+			s.closeListeners()
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Server) listen(flagName, addr string, h http.Handler) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", flagName, addr, err)
+	}
+	s.listeners = append(s.listeners, ln)
+	s.servers = append(s.servers, &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	})
+	return nil
+}
+
+func (s *Server) closeListeners() {
+	for _, ln := range s.listeners {
+		// Nothing was served on it; there is nothing to report.
+		_ = ln.Close()
+	}
+}
+
+// Addr returns the public listener's address (after Listen).
+func (s *Server) Addr() string { return s.listeners[0].Addr().String() }
+
+// InternalAddr returns the internal listener's address, or "".
+func (s *Server) InternalAddr() string {
+	if len(s.listeners) < 2 {
+		return ""
+	}
+	return s.listeners[1].Addr().String()
+}
+
+// Serve serves until ctx ends (a signal) or a listener fails, then shuts
+// down gracefully within -shutdown-timeout. It returns the listener's
+// failure, or nil.
+func (s *Server) Serve(ctx context.Context) error {
+	go s.hub.run() // stopped by hub.Shutdown in shutdown
+	errc := make(chan error, len(s.servers))
+	for i, srv := range s.servers {
+		ln := s.listeners[i]
+		go func() { errc <- srv.Serve(ln) }()
+	}
+	s.log.Info("listening", "addr", s.Addr(), "internal_addr", s.InternalAddr(), "message_log", s.cfg.MessageLog)
+
+	var err error
+	running := len(s.servers)
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+		running--
+		err = fmt.Errorf("serve: %w", err)
+	}
+	// A fresh context: ctx is done already when a signal brought us here.
+	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+	defer cancel()
+	s.shutdown(sctx)
+	for range running {
+		<-errc // http.ErrServerClosed
+	}
+	return err
+}
+
+// shutdown: readiness off and no new messages, flush every queue and close
+// every connection with 1001, stop the listeners, flush the message log.
+func (s *Server) shutdown(ctx context.Context) {
+	start := time.Now()
+	s.drainMu.Lock()
+	s.draining.Store(true)
+	s.drainMu.Unlock()
+	s.log.Info("shutting down", "connections", s.hub.Connections(), "pending", s.hub.Pending())
+
+	drained := true
+	if err := s.hub.Shutdown(ctx); err != nil {
+		drained = false
+		s.log.Warn("shutdown timeout: closed the remaining connections", "timeout", s.cfg.ShutdownTimeout)
+	}
+	for _, srv := range s.servers {
+		if err := srv.Shutdown(ctx); err != nil {
+			// Requests still running past the deadline are cut.
+			_ = srv.Close()
+		}
+	}
+	if err := s.msgLog.Close(ctx); err != nil {
+		s.log.Error("message log flush failed", "err", err)
+	}
+	s.log.Info("stopped", "drained", drained, "took", time.Since(start).Round(time.Millisecond))
+}
+
+func (s *Server) handleHealthz(w http.ResponseWriter, _ *http.Request) {
+	replyText(w, http.StatusOK, "ok")
+}
+
+// handleReadyz is 200 while every dependency answers and the server is not
+// shutting down, 503 with the reason otherwise.
+func (s *Server) handleReadyz(w http.ResponseWriter, r *http.Request) {
+	if s.draining.Load() {
+		replyText(w, http.StatusServiceUnavailable, "shutting down")
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if err := s.msgLog.Ready(ctx); err != nil {
+		replyText(w, http.StatusServiceUnavailable, "message log: "+err.Error())
+		return
+	}
+	replyText(w, http.StatusOK, "ready")
+}
+
+// checkAPIKey reports whether r carries "Authorization: Bearer <key>",
+// comparing in constant time.
+func (s *Server) checkAPIKey(r *http.Request) bool {
+	got := sha256.Sum256([]byte(bearerToken(r)))
+	return subtle.ConstantTimeCompare(got[:], s.apiKey[:]) == 1
+}
+
+// replyText writes a one-line plain-text answer and returns code.
+func replyText(w http.ResponseWriter, code int, text string) int {
+	h := w.Header()
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(code)
+	// A write error means the client left; there is no one to tell.
+	_, _ = w.Write([]byte(text + "\n"))
+	return code
+}

@@ -1,0 +1,136 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// refuseWait bounds how long a refused connection waits for the peer's
+// close reply after the server's close frame.
+const refuseWait = time.Second
+
+// newUpgrader returns the /ws upgrader. The origin is checked before
+// Upgrade (so a refused origin is a plain 403), hence CheckOrigin allows
+// all. Writes borrow a buffer from a pool for the length of one message,
+// so an idle connection holds no write buffer; reads need only a small
+// buffer because clients have nothing to say (maxReadSize).
+func newUpgrader() *websocket.Upgrader {
+	return &websocket.Upgrader{
+		HandshakeTimeout: 10 * time.Second,
+		ReadBufferSize:   maxReadSize,
+		WriteBufferSize:  4096,
+		WriteBufferPool:  new(sync.Pool),
+		CheckOrigin:      func(*http.Request) bool { return true },
+	}
+}
+
+// originAllowed reports whether a browser at origin may connect. A request
+// without Origin is not from a browser and is allowed: the token is what
+// authenticates it.
+func originAllowed(allowed []string, origin string) bool {
+	if origin == "" {
+		return true
+	}
+	origin = strings.ToLower(origin)
+	for _, p := range allowed {
+		p = strings.ToLower(p)
+		switch {
+		case p == "*", p == origin:
+			return true
+		case strings.Contains(p, "://*."):
+			// https://*.example.com matches https://a.example.com, not
+			// https://example.com nor https://a.evil.com/x.example.com.
+			scheme, suffix, _ := strings.Cut(p, "://*")
+			rest, ok := strings.CutPrefix(origin, scheme+"://")
+			if ok && strings.HasSuffix(rest, suffix) && len(rest) > len(suffix) && !strings.ContainsAny(rest, "/@") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// serveWs handles GET /ws: origin, token, upgrade, register.
+func (s *Server) serveWs(w http.ResponseWriter, r *http.Request) {
+	if s.draining.Load() {
+		http.Error(w, "server shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	if !originAllowed(s.cfg.AllowedOrigins, r.Header.Get("Origin")) {
+		s.metrics.authFailures.WithLabelValues(authOrigin).Inc()
+		http.Error(w, "origin not allowed", http.StatusForbidden)
+		return
+	}
+	id, authErr := s.auth.Authenticate(r)
+	conn, err := s.upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		// Upgrade has answered with an HTTP error already.
+		s.log.Debug("upgrade failed", "url", redactURL(r.URL), "remote", r.RemoteAddr, "err", err)
+		return
+	}
+	if authErr != nil {
+		reason, metric := authErr.Error(), authInvalidToken
+		var ae *authError
+		if errors.As(authErr, &ae) {
+			metric = ae.Metric
+		}
+		s.metrics.authFailures.WithLabelValues(metric).Inc()
+		s.log.Debug("authenticate failed", "remote", r.RemoteAddr, "reason", reason)
+		refuse(conn, "authenticate error: "+reason, websocket.ClosePolicyViolation, reason)
+		return
+	}
+	c := newClient(s.hub, conn, id)
+	if err := s.hub.Register(c); err != nil {
+		code := websocket.CloseGoingAway
+		if errors.Is(err, errConnLimit) {
+			code = websocket.ClosePolicyViolation
+			s.metrics.authFailures.WithLabelValues(authConnectionLimit).Inc()
+		}
+		refuse(conn, "", code, err.Error())
+		return
+	}
+	if s.log.Enabled(context.Background(), slog.LevelDebug) {
+		s.log.Debug("connection opened", "uid", id.UID, "remote", r.RemoteAddr)
+	}
+	c.start()
+}
+
+// refuse ends an unregistered connection: an optional text message, a
+// close frame, a short wait for the peer's reply (closing at once could
+// reset the socket and lose both frames), then the socket.
+func refuse(conn *websocket.Conn, text string, code int, reason string) {
+	deadline := time.Now().Add(refuseWait)
+	// Write errors mean the peer is gone; closing is all that is left.
+	_ = conn.SetWriteDeadline(deadline)
+	if text != "" {
+		_ = conn.WriteMessage(websocket.TextMessage, []byte(text))
+	}
+	_ = conn.WriteControl(websocket.CloseMessage, closeMessage(code, reason), deadline)
+	_ = conn.SetReadDeadline(deadline)
+	for {
+		if _, _, err := conn.NextReader(); err != nil {
+			break
+		}
+	}
+	_ = conn.Close()
+}
+
+// maxCloseReason is the most a close frame's reason may hold: a control
+// frame carries 125 bytes, two of which are the code.
+const maxCloseReason = 123
+
+// closeMessage is the payload of a close frame, its reason cut to fit on a
+// rune boundary.
+func closeMessage(code int, reason string) []byte {
+	if len(reason) > maxCloseReason {
+		reason = strings.ToValidUTF8(reason[:maxCloseReason], "")
+	}
+	return websocket.FormatCloseMessage(code, reason)
+}
