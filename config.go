@@ -113,7 +113,10 @@ func parseConfig(args []string, getenv func(string) string) (Config, error) {
 			return
 		}
 		if err := fs.Set(f.Name, v); err != nil {
-			errs = append(errs, fmt.Errorf("invalid %s %q: %v", env, v, unwrapFlagError(err)))
+			errs = append(errs, fmt.Errorf("invalid %s %q: want %s", env, v, kindOf(f)))
+			// A failed Set may have zeroed the value; keep the default so
+			// that only this line reports the setting.
+			_ = fs.Set(f.Name, f.DefValue)
 		}
 	})
 	cfg.JWTSecret = getenv("JWT_SECRET")
@@ -126,13 +129,17 @@ func parseConfig(args []string, getenv func(string) string) (Config, error) {
 	return cfg, errors.Join(errs...)
 }
 
-// unwrapFlagError drops the strconv detail the flag package adds
-// ("parse error") so that the reason reads as one short clause.
-func unwrapFlagError(err error) error {
-	if u := errors.Unwrap(err); u != nil {
-		return u
+// kindOf names what a flag's value must be, for error messages.
+func kindOf(f *flag.Flag) string {
+	switch f.Value.(flag.Getter).Get().(type) {
+	case time.Duration:
+		return "a duration such as 10s or 1m30s"
+	case int:
+		return "an integer"
+	case bool:
+		return "true or false"
 	}
-	return err
+	return "a valid value"
 }
 
 func splitList(s string) []string {
@@ -162,7 +169,7 @@ func (c *Config) validate() []error {
 	if c.InternalAddr != "" {
 		if _, _, err := net.SplitHostPort(c.InternalAddr); err != nil {
 			bad("invalid -internal-addr %q: %v", c.InternalAddr, err)
-		} else if c.InternalAddr == c.Addr {
+		} else if c.InternalAddr == c.Addr && !strings.HasSuffix(c.Addr, ":0") {
 			bad("invalid -internal-addr %q: same as -addr", c.InternalAddr)
 		}
 	}
@@ -249,3 +256,4 @@ func checkOriginPattern(p string) error {
 	}
 	return nil
 }
+

@@ -1,0 +1,182 @@
+package main
+
+// Tests of the built binary, as users run it: signals, exit codes, the
+// one-line errors, stdout and stderr.
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// buildBinary builds go-pusher into the test's temp dir.
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "go-pusher")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// process is a running go-pusher binary.
+type process struct {
+	cmd            *exec.Cmd
+	addr           string
+	stdout, stderr *syncBuffer
+	exited         chan error
+}
+
+var listeningRE = regexp.MustCompile(`msg=listening addr=(\S+)`)
+
+func startBinary(t *testing.T, bin string, args []string, env ...string) *process {
+	t.Helper()
+	p := &process{stdout: &syncBuffer{}, stderr: &syncBuffer{}, exited: make(chan error, 1)}
+	p.cmd = exec.Command(bin, append([]string{"-addr", "127.0.0.1:0"}, args...)...)
+	p.cmd.Env = append([]string{"JWT_SECRET=" + testSecret, "PUSHER_API_KEY=" + testAPIKey, "PATH=" + os.Getenv("PATH")}, env...)
+	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.exited <- p.cmd.Wait() }()
+	t.Cleanup(func() {
+		if p.cmd.ProcessState == nil {
+			p.cmd.Process.Kill()
+			<-p.exited
+		}
+	})
+	waitFor(t, "listening line on stderr", func() bool {
+		m := listeningRE.FindStringSubmatch(p.stderr.String())
+		if m != nil {
+			p.addr = m[1]
+		}
+		return m != nil
+	})
+	return p
+}
+
+// wait returns the exit error, failing the test after 15 s.
+func (p *process) wait(t *testing.T) error {
+	t.Helper()
+	select {
+	case err := <-p.exited:
+		return err
+	case <-time.After(15 * time.Second):
+		t.Fatalf("process did not exit; stderr:\n%s", p.stderr.String())
+		return nil
+	}
+}
+
+func TestBinarySignalDrainsAndExitsZero(t *testing.T) {
+	bin := buildBinary(t)
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
+		t.Run(sig.String(), func(t *testing.T) {
+			p := startBinary(t, bin, nil)
+			tok, err := IssueToken(testSecret, "alice", time.Hour, time.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			conn, _, err := websocket.DefaultDialer.Dial("ws://"+p.addr+"/ws?token="+tok, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			waitFor(t, "alice connected", func() bool {
+				req, _ := http.NewRequest(http.MethodPost, "http://"+p.addr+"/send", strings.NewReader(url.Values{"uid": {"alice"}, "message": {"hello"}}.Encode()))
+				req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+				req.Header.Set("Authorization", "Bearer "+testAPIKey)
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					return false
+				}
+				resp.Body.Close()
+				return resp.StatusCode == http.StatusOK
+			})
+			if got := readText(t, conn); got != "hello" {
+				t.Fatalf("got %q", got)
+			}
+			if err := p.cmd.Process.Signal(sig); err != nil {
+				t.Fatal(err)
+			}
+			wantClose(t, conn, websocket.CloseGoingAway, "server shutting down")
+			if err := p.wait(t); err != nil {
+				t.Fatalf("exit after %v: %v, want 0; stderr:\n%s", sig, err, p.stderr.String())
+			}
+			if !regexp.MustCompile(`send message: \{"id":"[0-9a-v]{20}","uid":"alice","message":"hello"\}\n`).MatchString(p.stdout.String()) {
+				t.Errorf("stdout lacks the article's log line:\n%s", p.stdout.String())
+			}
+			if strings.Contains(p.stderr.String(), testSecret) || strings.Contains(p.stderr.String(), tok) {
+				t.Errorf("stderr contains a secret or a token:\n%s", p.stderr.String())
+			}
+			http.DefaultClient.CloseIdleConnections()
+		})
+	}
+}
+
+// TestBinaryBadSettingExitsNonZero: a bad setting exits non-zero at once
+// with one line that names it.
+func TestBinaryBadSettingExitsNonZero(t *testing.T) {
+	bin := buildBinary(t)
+	busy := startBinary(t, bin, nil)
+	tests := []struct {
+		name string
+		args []string
+		env  []string
+		want string
+	}{
+		{"unparsable duration", []string{"-ping-interval", "abc"}, nil, "-ping-interval"},
+		{"unparsable env duration", nil, []string{"PUSHER_WRITE_TIMEOUT=abc"}, "PUSHER_WRITE_TIMEOUT"},
+		{"unknown message log", []string{"-message-log", "kafka"}, nil, "-message-log"},
+		{"mysql without DSN", []string{"-message-log", "mysql"}, nil, "PUSHER_MYSQL_DSN"},
+		{"port in use", []string{"-addr", busy.addr}, nil, "-addr"},
+		{"no JWT secret", nil, []string{"JWT_SECRET="}, "JWT_SECRET"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, bin, tt.args...)
+			cmd.Env = append([]string{"JWT_SECRET=" + testSecret, "PUSHER_API_KEY=" + testAPIKey}, tt.env...)
+			var stderr syncBuffer
+			cmd.Stderr = &stderr
+			err := cmd.Run()
+			var exit *exec.ExitError
+			if !errors.As(err, &exit) || exit.ExitCode() == 0 {
+				t.Fatalf("run %q: %v, want a non-zero exit", tt.args, err)
+			}
+			lines := strings.Split(strings.TrimRight(stderr.String(), "\n"), "\n")
+			if len(lines) != 1 || !strings.Contains(lines[0], tt.want) {
+				t.Fatalf("stderr = %q, want one line naming %s", stderr.String(), tt.want)
+			}
+		})
+	}
+}
+
+func TestBinaryVersionAndToken(t *testing.T) {
+	bin := buildBinary(t)
+	out, err := exec.Command(bin, "-version").Output()
+	if err != nil || !strings.HasPrefix(string(out), "go-pusher ") {
+		t.Fatalf("-version = %q, %v", out, err)
+	}
+	cmd := exec.Command(bin, "token", "-uid", "carol")
+	cmd.Env = []string{"JWT_SECRET=" + testSecret}
+	out, err = cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id, err := NewJWTAuthenticator(testSecret, time.Now).ParseToken(strings.TrimSpace(string(out))); err != nil || id.UID != "carol" {
+		t.Fatalf("token output %q: %+v, %v", out, id, err)
+	}
+}
