@@ -1,0 +1,290 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// closeWait bounds a close handshake the tool starts: the close frame is
+// written within it, and the server's answer is awaited as long again.
+const closeWait = time.Second
+
+// redialBackoff spaces the redials of a slot whose handshake failed, so a
+// server that refuses does not see a busy loop.
+const redialBackoff = 100 * time.Millisecond
+
+// pool runs the slots: one goroutine per slot dials a connection, reads
+// it, and, while redialing is on, dials again when the connection ends.
+// A slot is one logical client (a uid's tab); its successive connections
+// are its generations. A later reconnect scenario is a policy that drops
+// connections and redials with ?since= the last offset the slot saw.
+type pool struct {
+	r       *runner
+	rep     *reporter
+	wsURL   string
+	dialers []*websocket.Dialer // one per source address
+
+	ctx    context.Context // ended by stop: every connection closes
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // the slot goroutines
+
+	// redial makes slots dial again after a connection ends (churn).
+	redial atomic.Bool
+	// lifetime, when set, is how long a slot holds a connection before
+	// closing it itself (0: until stop), and whether the close drops the
+	// TCP connection without a close frame.
+	lifetime func(slot int32, rnd *rand.Rand) (time.Duration, bool)
+
+	firstDials sync.WaitGroup // one per slot: done after its first handshake
+	sem        chan struct{}  // bounds handshakes in flight
+	open       atomic.Int64   // connections open now
+	connected  atomic.Int64   // first handshakes that succeeded
+	lastUp     atomic.Int64   // unix ns of the latest successful first handshake
+}
+
+func newPool(r *runner, rep *reporter) (*pool, error) {
+	e := r.e
+	u, err := url.Parse(e.URL)
+	if err != nil {
+		return nil, fmt.Errorf("-url: %w", err)
+	}
+	if u.Scheme == "https" {
+		u.Scheme = "wss"
+	} else {
+		u.Scheme = "ws"
+	}
+	u.Path = strings.TrimSuffix(u.Path, "/") + "/ws"
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &pool{r: r, rep: rep, wsURL: u.String(), ctx: ctx, cancel: cancel, sem: make(chan struct{}, e.DialConcurrency)}
+	for _, src := range sourceAddrs(u.Hostname(), e.SourceAddrs) {
+		nd := &net.Dialer{Timeout: e.RequestTimeout, LocalAddr: src}
+		p.dialers = append(p.dialers, &websocket.Dialer{
+			NetDialContext:   nd.DialContext,
+			HandshakeTimeout: e.RequestTimeout,
+			// The server's messages are small; small buffers keep tens of
+			// thousands of connections cheap for the tool too.
+			ReadBufferSize:  2048,
+			WriteBufferSize: 256,
+		})
+	}
+	return p, nil
+}
+
+// sourceAddrs returns the local addresses to dial from: 127.0.0.1..n when
+// host is a loopback address (all of 127/8 is local on Linux), else the
+// kernel's choice.
+func sourceAddrs(host string, n int) []net.Addr {
+	ip := net.ParseIP(host)
+	if host == "localhost" {
+		ip = net.IPv4(127, 0, 0, 1)
+	}
+	if n == 0 || ip == nil || ip.To4() == nil || !ip.IsLoopback() {
+		return []net.Addr{nil}
+	}
+	addrs := make([]net.Addr, n)
+	for i := range addrs {
+		addrs[i] = &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(i+1))}
+	}
+	return addrs
+}
+
+// start starts the goroutines of slots [from, to).
+func (p *pool) start(from, to int) {
+	for s := from; s < to; s++ {
+		p.firstDials.Add(1)
+		p.wg.Go(func() { p.runSlot(int32(s)) })
+	}
+}
+
+// stop closes every connection (a close handshake each), ends redialing
+// and waits for the slot goroutines.
+func (p *pool) stop() {
+	p.redial.Store(false)
+	p.cancel()
+	p.wg.Wait()
+}
+
+// waitFirstDials waits until every slot tried its first handshake, or ctx
+// ends; it reports whether they all did.
+func (p *pool) waitFirstDials(ctx context.Context) bool {
+	done := make(chan struct{})
+	go func() {
+		p.firstDials.Wait() // ends: each slot's first dial is bounded by the handshake timeout
+		close(done)
+	}()
+	select {
+	case <-done:
+		return true
+	case <-ctx.Done():
+		p.stop() // unblocks the slots, so the waiter above ends too
+		<-done
+		return false
+	}
+}
+
+func (p *pool) runSlot(slot int32) {
+	rnd := rand.New(rand.NewPCG(uint64(slot), 0x5eed))
+	first := true
+	for gen := int32(0); ; {
+		if first {
+			select {
+			case p.sem <- struct{}{}:
+			case <-p.ctx.Done():
+				p.firstDials.Done()
+				return
+			}
+		}
+		conn, err := p.dial(slot)
+		if first {
+			<-p.sem
+			if err == nil {
+				p.connected.Add(1)
+				p.lastUp.Store(time.Now().UnixNano())
+			}
+			p.firstDials.Done()
+			first = false
+		}
+		if err != nil {
+			p.rep.emit(event{kind: evDialError, slot: slot, at: time.Now().UnixNano(), text: err.Error()})
+			if !p.redial.Load() || !sleep(p.ctx, redialBackoff) {
+				return
+			}
+			continue
+		}
+		var life time.Duration
+		var abrupt bool
+		if p.lifetime != nil {
+			life, abrupt = p.lifetime(slot, rnd)
+		}
+		p.hold(slot, gen, conn, life, abrupt)
+		gen++
+		if !p.redial.Load() || p.ctx.Err() != nil {
+			return
+		}
+	}
+}
+
+// dial makes one handshake for slot; its error is already a short class.
+func (p *pool) dial(slot int32) (*websocket.Conn, error) {
+	r := p.r
+	user := int(slot) / r.e.ConnsPerUser
+	d := p.dialers[int(slot)%len(p.dialers)]
+	ctx, cancel := context.WithTimeout(p.ctx, r.e.RequestTimeout)
+	defer cancel()
+	conn, resp, err := d.DialContext(ctx, p.wsURL+"?token="+r.tokens[user], nil)
+	if err != nil {
+		if resp != nil {
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusSwitchingProtocols {
+				return nil, fmt.Errorf("http %d", resp.StatusCode)
+			}
+		}
+		return nil, errors.New(errorClass(err))
+	}
+	return conn, nil
+}
+
+// hold reads conn until it ends: the server closes it, life passes (the
+// tool closes it, abruptly or not), or the pool stops.
+func (p *pool) hold(slot, gen int32, conn *websocket.Conn, life time.Duration, abrupt bool) {
+	p.open.Add(1)
+	defer p.open.Add(-1)
+	p.rep.emit(event{kind: evUp, slot: slot, gen: gen, at: time.Now().UnixNano()})
+
+	// The closers run on timer goroutines and only write the close frame
+	// (or drop the socket); the read loop below then ends. Each signals
+	// when it has run, so that hold returns only after them.
+	var by atomic.Int32 // closeReason+1 of the first closer, 0: the server
+	var once sync.Once
+	closer := func(reason closeReason) {
+		once.Do(func() {
+			by.Store(int32(reason) + 1)
+			if reason == closedByChurn && abrupt {
+				// A peer that vanishes without a close frame.
+				_ = conn.NetConn().Close() // the read loop reports the end
+				return
+			}
+			// An error means the socket is gone: the read loop ends anyway.
+			_ = conn.WriteControl(websocket.CloseMessage,
+				websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(closeWait))
+			_ = conn.SetReadDeadline(time.Now().Add(2 * closeWait))
+		})
+	}
+	var timer *time.Timer
+	timerRan := make(chan struct{})
+	if life > 0 {
+		timer = time.AfterFunc(life, func() { defer close(timerRan); closer(closedByChurn) })
+	}
+	stopRan := make(chan struct{})
+	stopAfter := context.AfterFunc(p.ctx, func() { defer close(stopRan); closer(closedByStop) })
+
+	code, text := p.read(slot, gen, conn)
+
+	if timer != nil && !timer.Stop() {
+		<-timerRan
+	}
+	if !stopAfter() {
+		<-stopRan
+	}
+	_ = conn.Close() // the connection is over either way
+	reason := closedByServer
+	if b := by.Load(); b != 0 {
+		reason = closeReason(b - 1)
+	}
+	p.rep.emit(event{kind: evDown, slot: slot, gen: gen, at: time.Now().UnixNano(), reason: reason, code: int32(code), text: text})
+}
+
+// read reads messages until the connection ends, and returns the close
+// code the server sent (0: none) or else the class of the error.
+func (p *pool) read(slot, gen int32, conn *websocket.Conn) (int, string) {
+	var head [maxHeader + 1]byte
+	size := p.r.e.Size
+	for {
+		_, rd, err := conn.NextReader()
+		if err != nil {
+			return closeOf(err)
+		}
+		at := time.Now().UnixNano()
+		n, err := io.ReadFull(rd, head[:])
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			// Shorter than a header. A connection that died mid-message
+			// fails again below: gorilla repeats a read error.
+			err = nil
+		}
+		var rest int64
+		if err == nil {
+			rest, err = io.Copy(io.Discard, rd)
+		}
+		if err != nil {
+			return closeOf(err)
+		}
+		p.r.recv.Add(1)
+		sender, seq, sentAt, hlen, ok := parsePayload(head[:n])
+		if !ok || n+int(rest) != max(size, hlen) {
+			p.rep.emit(event{kind: evBad, slot: slot, gen: gen, at: at, text: string(head[:n])})
+			continue
+		}
+		p.rep.emit(event{kind: evRecv, slot: slot, gen: gen, sender: sender, seq: seq, at: at, t2: sentAt})
+	}
+}
+
+// closeOf returns the close code of a read error, or 0 and its class.
+func closeOf(err error) (int, string) {
+	var ce *websocket.CloseError
+	if errors.As(err, &ce) {
+		return ce.Code, ""
+	}
+	return 0, errorClass(err)
+}

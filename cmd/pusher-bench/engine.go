@@ -1,0 +1,329 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// The scenarios.
+const (
+	scenarioIdle      = "idle"
+	scenarioSend      = "send"
+	scenarioMulticast = "multicast"
+	scenarioChurn     = "churn"
+)
+
+// errCheckFailed is returned by Run after the report when the server lost,
+// duplicated or reordered messages, or did not return to its baseline.
+var errCheckFailed = errors.New("check failed")
+
+// Engine runs one scenario against a go-pusher server and writes its
+// report to Out. The zero value is not usable: parseFlags (or a test)
+// fills every field; validate says what is missing.
+type Engine struct {
+	// URL is the server's public base URL (http://host:port); /ws is
+	// dialled there, as ws://.
+	URL string
+	// InternalURL is the base URL of /send and /metrics; empty: URL.
+	InternalURL string
+	// JWTSecret signs the client tokens (HS256, claim uid), as the
+	// server's JWT_SECRET.
+	JWTSecret string
+	// APIKey is the server's PUSHER_API_KEY, presented on /send.
+	APIKey string
+	// ServerPID, when not zero, is the server's process: its RSS and CPU
+	// time are read from /proc/PID. Zero: from the server's own
+	// process_resident_memory_bytes and process_cpu_seconds_total.
+	ServerPID int
+
+	// Scenario is idle, send, multicast or churn.
+	Scenario string
+	// Label names the run in the report (e.g. "message-log=none").
+	Label string
+
+	// Users is the number of distinct uids; each holds ConnsPerUser
+	// connections (slots), so the run opens Users×ConnsPerUser of them.
+	Users        int
+	ConnsPerUser int
+	// Senders is the number of concurrent /send clients, each sequential
+	// on its own keep-alive connection, so its messages to one uid are in
+	// /send order and must arrive in that order.
+	Senders int
+	// Messages is the number of unicasts (send), or the most that churn
+	// sends in its Duration.
+	Messages int
+	// MulticastSize is the number of uids in one multicast (0: Users), and
+	// Rounds the number of multicast requests.
+	MulticastSize int
+	Rounds        int
+	// Size is the message size in bytes. Messages start with the header
+	// s<sender>:<seq>:<unixnano>: and are padded with x up to Size.
+	Size int
+	// Rate caps /send requests per second over all senders (0: none).
+	Rate float64
+	// Form sends unicasts as form bodies instead of JSON.
+	Form bool
+
+	// Duration is how long churn closes and redials connections.
+	Duration time.Duration
+	// Settle is how long idle holds its connections before it measures,
+	// and how long churn waits before it checks for leaks.
+	Settle time.Duration
+	// Drain bounds the wait for accepted messages after the last /send.
+	Drain time.Duration
+	// ConnectTimeout bounds opening every connection and seeing the
+	// server's connections gauge count them.
+	ConnectTimeout time.Duration
+	// SettleTimeout bounds churn's wait for the gauges to return.
+	SettleTimeout time.Duration
+	// RequestTimeout bounds one /send and one handshake.
+	RequestTimeout time.Duration
+	// MaxTime bounds the whole run.
+	MaxTime time.Duration
+
+	// DialConcurrency is the number of handshakes in flight at once.
+	DialConcurrency int
+	// SourceAddrs spreads connections over 127.0.0.1..SourceAddrs when
+	// the server is on loopback: each source address has its own range of
+	// ephemeral ports, so tens of thousands of connections (and churn's
+	// TIME_WAIT sockets) never run out of them. 0: the kernel chooses.
+	SourceAddrs int
+
+	// ChurnFraction of the connections close after a random lifetime
+	// around ChurnLifetime and redial; ChurnAbrupt of those closes drop
+	// the TCP connection without a close frame. The others stay open for
+	// the whole run, so that delivery can be checked across the churn.
+	ChurnFraction float64
+	ChurnLifetime time.Duration
+	ChurnAbrupt   float64
+	// RegisterGrace: a connection must have been open this long before a
+	// /send was issued to be expected to get it. The server registers a
+	// connection after it answers the upgrade, so a /send issued just after
+	// the handshake may rightly miss it.
+	RegisterGrace time.Duration
+	// GoroutineSlack is how many goroutines above the baseline still
+	// count as back to it after churn (the runtime has a few of its own).
+	GoroutineSlack int
+
+	// UIDPrefix is the prefix of the uids: prefix0, prefix1, ...
+	UIDPrefix string
+	// JSON prints the report as one JSON object instead of text.
+	JSON bool
+	// Out receives the report.
+	Out io.Writer
+}
+
+// validate returns every problem of the settings at once.
+func (e *Engine) validate() error {
+	var errs []error
+	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	if e.JWTSecret == "" {
+		bad("JWT_SECRET is required: the server's secret, to sign client tokens")
+	}
+	if e.APIKey == "" && e.Scenario != scenarioIdle {
+		bad("PUSHER_API_KEY is required: the server's key, to call /send")
+	}
+	for name, u := range map[string]string{"-url": e.URL, "-internal-url": e.InternalURL} {
+		if u == "" && name == "-internal-url" {
+			continue
+		}
+		if p, err := url.Parse(u); err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
+			bad("invalid %s %q: want http://host:port", name, u)
+		}
+	}
+	switch e.Scenario {
+	case scenarioIdle, scenarioSend, scenarioMulticast, scenarioChurn:
+	default:
+		bad("invalid -scenario %q: want idle, send, multicast or churn", e.Scenario)
+	}
+	positive := map[string]int{"-users": e.Users, "-conns-per-user": e.ConnsPerUser, "-senders": e.Senders,
+		"-messages": e.Messages, "-rounds": e.Rounds, "-size": e.Size, "-dial-concurrency": e.DialConcurrency}
+	for name, v := range positive {
+		if v < 1 {
+			bad("invalid %s %d: must be at least 1", name, v)
+		}
+	}
+	if e.MulticastSize < 0 || e.MulticastSize > e.Users {
+		bad("invalid -multicast %d: between 1 and -users (0: all)", e.MulticastSize)
+	}
+	if e.Users > 1<<30 || e.Messages > 1<<30 || e.Rounds > 1<<30 {
+		bad("-users, -messages and -rounds are at most %d", 1<<30)
+	}
+	if e.SourceAddrs < 0 || e.SourceAddrs > 254 {
+		bad("invalid -source-addrs %d: between 0 and 254", e.SourceAddrs)
+	}
+	if e.Rate < 0 {
+		bad("invalid -rate %v: must not be negative", e.Rate)
+	}
+	if e.ChurnFraction < 0 || e.ChurnFraction > 1 || e.ChurnAbrupt < 0 || e.ChurnAbrupt > 1 {
+		bad("-churn-fraction and -churn-abrupt are between 0 and 1")
+	}
+	durations := map[string]time.Duration{"-duration": e.Duration, "-drain": e.Drain, "-connect-timeout": e.ConnectTimeout,
+		"-settle-timeout": e.SettleTimeout, "-timeout": e.RequestTimeout, "-max-time": e.MaxTime, "-churn-lifetime": e.ChurnLifetime}
+	for name, d := range durations {
+		if d <= 0 {
+			bad("invalid %s %s: must be positive", name, d)
+		}
+	}
+	if e.Settle < 0 || e.RegisterGrace < 0 || e.GoroutineSlack < 0 {
+		bad("-settle, -register-grace and -goroutine-slack must not be negative")
+	}
+	for _, r := range e.UIDPrefix {
+		// The tool writes JSON and form bodies by hand: uids stay plain.
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {
+			bad("invalid -uid-prefix %q: letters, digits, '-', '_' and '.' only", e.UIDPrefix)
+			break
+		}
+	}
+	if len(e.UIDPrefix) > 100 {
+		bad("invalid -uid-prefix: longer than 100 bytes")
+	}
+	return errors.Join(errs...)
+}
+
+// Run runs the scenario, writes the report to Out and returns
+// errCheckFailed when the report shows a failure.
+func (e *Engine) Run(ctx context.Context) error {
+	rep, err := e.Measure(ctx)
+	if rep != nil {
+		if perr := rep.print(e.Out, e.JSON); perr != nil {
+			return errors.Join(err, perr)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if len(rep.Problems) > 0 {
+		return errCheckFailed
+	}
+	return nil
+}
+
+// Measure runs the scenario and returns its report. A report comes back
+// with an error too when the run got far enough to measure something.
+func (e *Engine) Measure(ctx context.Context) (*Report, error) {
+	if err := e.validate(); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, e.MaxTime)
+	defer cancel()
+	r, err := e.newRun()
+	if err != nil {
+		return nil, err
+	}
+	defer r.close()
+	switch e.Scenario {
+	case scenarioIdle:
+		return r.idle(ctx)
+	case scenarioSend, scenarioMulticast:
+		return r.send(ctx)
+	default:
+		return r.churn(ctx)
+	}
+}
+
+// runner is the state of one Measure: what the scenarios share.
+type runner struct {
+	e      *Engine
+	users  []string // uid of each user
+	tokens []string // token of each slot's user
+	probe  *probe
+	http   *http.Client // /send; one keep-alive connection per sender
+	sendTo string       // /send URL
+
+	// expect counts the deliveries the server owes after 2xx answers when
+	// every connection is held (send, multicast); recv counts every
+	// message the receivers read. Drain compares them.
+	expect atomic.Int64
+	recv   atomic.Int64
+}
+
+func (e *Engine) newRun() (*runner, error) {
+	internal := e.InternalURL
+	if internal == "" {
+		internal = e.URL
+	}
+	r := &runner{
+		e:      e,
+		users:  make([]string, e.Users),
+		tokens: make([]string, e.Users),
+		sendTo: internal + "/send",
+	}
+	// Tokens expire after the longest run, so a leaked one is worth little.
+	exp := jwt.NewNumericDate(time.Now().Add(e.MaxTime + time.Hour))
+	key := []byte(e.JWTSecret)
+	for i := range r.users {
+		r.users[i] = e.UIDPrefix + strconv.Itoa(i)
+		tok, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"uid": r.users[i], "exp": exp}).SignedString(key)
+		if err != nil {
+			return nil, fmt.Errorf("sign token: %w", err)
+		}
+		r.tokens[i] = tok
+	}
+	r.http = &http.Client{
+		Timeout: e.RequestTimeout,
+		Transport: &http.Transport{
+			DialContext:         (&net.Dialer{Timeout: e.RequestTimeout}).DialContext,
+			MaxIdleConnsPerHost: e.Senders,
+			MaxConnsPerHost:     e.Senders + 1,
+			DisableCompression:  true,
+			ForceAttemptHTTP2:   false,
+		},
+	}
+	r.probe = newProbe(internal+"/metrics", e.ServerPID, e.RequestTimeout)
+	return r, nil
+}
+
+func (r *runner) close() {
+	r.http.CloseIdleConnections()
+	r.probe.close()
+}
+
+// slots returns the number of connections the run holds at once.
+func (r *runner) slots() int { return r.e.Users * r.e.ConnsPerUser }
+
+// waitUntil polls cond every step until it holds, ctx ends or timeout
+// passes; it reports whether cond held.
+func waitUntil(ctx context.Context, timeout, step time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(timeout)
+	t := time.NewTicker(step)
+	defer t.Stop()
+	for {
+		if cond() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		select {
+		case <-ctx.Done():
+			return cond()
+		case <-t.C:
+		}
+	}
+}
+
+// sleep waits d or until ctx ends, and reports whether it slept all of d.
+func sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

@@ -1,0 +1,219 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/gorilla/websocket"
+)
+
+const (
+	testSecret = "test-secret-test-secret-test-secret"
+	testAPIKey = "test-api-key"
+)
+
+// faults makes the fake server misbehave, to see the report show it.
+// Every field counts messages queued on connections, from 1; 0 is off.
+type faults struct {
+	dropEvery     int64 // this message is not sent
+	dupEvery      int64 // this message is sent twice
+	swapEvery     int64 // this message is sent after the next one to the same connection
+	notFoundEvery int64 // this /send (counted by requests) answers 404 although the uid is connected
+	leakConns     bool  // closed connections stay counted
+}
+
+// fakeServer is a small push server with go-pusher's contract: /ws with
+// ?token= (HS256, claim uid), /send with the API key and a JSON or form
+// body, /metrics with connections, pending, pusher_users, go_goroutines.
+type fakeServer struct {
+	*httptest.Server
+	f        faults
+	upgrader websocket.Upgrader
+
+	mu     sync.Mutex
+	conns  map[string][]*fakeConn
+	leaked int
+
+	queued   atomic.Int64 // messages queued, for the faults
+	requests atomic.Int64
+	pending  atomic.Int64
+	wg       sync.WaitGroup // handlers and writers of WebSocket connections
+}
+
+type fakeConn struct {
+	ws   *websocket.Conn
+	out  chan []byte // closed by the reader after it unregisters, under mu
+	held []byte      // swapEvery: the message to send after the next
+}
+
+func newFakeServer(t *testing.T, f faults) *fakeServer {
+	t.Helper()
+	fs := &fakeServer{f: f, conns: map[string][]*fakeConn{}}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/ws", fs.serveWS)
+	mux.HandleFunc("/send", fs.serveSend)
+	mux.HandleFunc("/metrics", fs.serveMetrics)
+	fs.Server = httptest.NewServer(mux)
+	t.Cleanup(fs.close)
+	return fs
+}
+
+// close stops the listener, then ends every WebSocket connection (which
+// httptest forgets once hijacked) and waits for their goroutines.
+func (fs *fakeServer) close() {
+	fs.Server.Close()
+	fs.mu.Lock()
+	for _, cs := range fs.conns {
+		for _, c := range cs {
+			c.ws.Close()
+		}
+	}
+	fs.mu.Unlock()
+	fs.wg.Wait()
+}
+
+func (fs *fakeServer) serveWS(w http.ResponseWriter, r *http.Request) {
+	var claims struct {
+		UID string `json:"uid"`
+		jwt.RegisteredClaims
+	}
+	_, err := jwt.ParseWithClaims(r.URL.Query().Get("token"), &claims, func(*jwt.Token) (any, error) { return []byte(testSecret), nil },
+		jwt.WithValidMethods([]string{"HS256"}))
+	if err != nil || claims.UID == "" {
+		http.Error(w, "bad token", http.StatusUnauthorized)
+		return
+	}
+	ws, err := fs.upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		return
+	}
+	c := &fakeConn{ws: ws, out: make(chan []byte, 4096)}
+	fs.mu.Lock()
+	fs.conns[claims.UID] = append(fs.conns[claims.UID], c)
+	fs.mu.Unlock()
+
+	fs.wg.Add(1)
+	go func() {
+		defer fs.wg.Done()
+		for m := range c.out {
+			if err := ws.WriteMessage(websocket.TextMessage, m); err != nil {
+				ws.Close()
+			}
+			fs.pending.Add(-1)
+		}
+	}()
+	fs.wg.Add(1)
+	defer fs.wg.Done()
+	for {
+		if _, _, err := ws.ReadMessage(); err != nil {
+			break
+		}
+	}
+	ws.Close()
+	fs.mu.Lock()
+	if fs.f.leakConns {
+		fs.leaked++
+	}
+	cs := fs.conns[claims.UID]
+	for i := range cs {
+		if cs[i] == c {
+			fs.conns[claims.UID] = append(cs[:i:i], cs[i+1:]...)
+			break
+		}
+	}
+	if len(fs.conns[claims.UID]) == 0 {
+		delete(fs.conns, claims.UID)
+	}
+	close(c.out)
+	fs.mu.Unlock()
+}
+
+func (fs *fakeServer) serveSend(w http.ResponseWriter, r *http.Request) {
+	if r.Header.Get("Authorization") != "Bearer "+testAPIKey {
+		http.Error(w, "bad key", http.StatusUnauthorized)
+		return
+	}
+	var body struct {
+		UID     string   `json:"uid"`
+		UIDs    []string `json:"uids"`
+		Message string   `json:"message"`
+	}
+	if strings.HasPrefix(r.Header.Get("Content-Type"), "application/json") {
+		if err := json.NewDecoder(r.Body).Decode(&body); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+	} else {
+		body.UID, body.Message = r.FormValue("uid"), r.FormValue("message")
+	}
+	uids := body.UIDs
+	if uids == nil {
+		uids = []string{body.UID}
+	}
+	n := fs.requests.Add(1)
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	if body.UIDs == nil && (len(fs.conns[body.UID]) == 0 || every(fs.f.notFoundEvery, n)) {
+		http.Error(w, "client not found: "+body.UID, http.StatusNotFound)
+		return
+	}
+	for _, uid := range uids {
+		for _, c := range fs.conns[uid] {
+			fs.queue(c, []byte(body.Message))
+		}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	fmt.Fprintf(w, `{"id":"%d"}`+"\n", n)
+}
+
+// queue puts m on c's queue, with the faults. Callers hold mu, so c.out
+// is open.
+func (fs *fakeServer) queue(c *fakeConn, m []byte) {
+	n := fs.queued.Add(1)
+	push := func(m []byte) {
+		select {
+		case c.out <- m:
+			fs.pending.Add(1)
+		default: // a full queue drops, as a slow consumer would
+		}
+	}
+	switch {
+	case every(fs.f.dropEvery, n):
+		return
+	case every(fs.f.dupEvery, n):
+		push(m)
+		push(m)
+	case every(fs.f.swapEvery, n) && c.held == nil:
+		c.held = m
+	default:
+		push(m)
+		if c.held != nil {
+			push(c.held)
+			c.held = nil
+		}
+	}
+}
+
+func every(k, n int64) bool { return k > 0 && n%k == 0 }
+
+func (fs *fakeServer) serveMetrics(w http.ResponseWriter, _ *http.Request) {
+	fs.mu.Lock()
+	conns := fs.leaked
+	for _, cs := range fs.conns {
+		conns += len(cs)
+	}
+	users := len(fs.conns)
+	fs.mu.Unlock()
+	fmt.Fprintf(w, "# HELP connections Open connections.\n# TYPE connections gauge\nconnections %d\n", conns)
+	fmt.Fprintf(w, "pending %d\npusher_users %d\ngo_goroutines %d\n", fs.pending.Load(), users, runtime.NumGoroutine())
+	fmt.Fprintf(w, "pusher_messages_failed_total{reason=\"closed\"} 1\npusher_messages_failed_total{reason=\"slow_consumer\"} 2\n")
+	fmt.Fprintf(w, "process_cpu_seconds_total 1.5\nprocess_resident_memory_bytes 1e+07\n")
+}

@@ -1,0 +1,144 @@
+// Command pusher-bench is the load tool of go-pusher: it opens WebSocket
+// connections with tokens it signs itself, pushes messages through /send,
+// checks that every receiver gets each of its messages exactly once and in
+// order, and reports rates, latencies and the server's memory and CPU cost.
+//
+// Usage:
+//
+//	JWT_SECRET=... PUSHER_API_KEY=... pusher-bench -url http://127.0.0.1:8181 \
+//	    -server-pid $(pidof go-pusher) -scenario send -users 1000 -senders 32 -messages 100000
+//	pusher-bench table run1.json run2.json   # one table row per -json report
+//
+// Scenarios: idle, send, multicast, churn (see Engine).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	stop()
+	switch {
+	case err == nil:
+	case errors.Is(err, errCheckFailed):
+		// The report says what failed; the exit code tells scripts.
+		os.Exit(2)
+	default:
+		for _, line := range strings.Split(err.Error(), "\n") {
+			fmt.Fprintln(os.Stderr, "pusher-bench: "+line)
+		}
+		os.Exit(1)
+	}
+}
+
+// run is the whole program: main only adds the process around it.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "table" {
+		return runTable(args[1:], stdout)
+	}
+	e, err := parseFlags(args, getenv, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	e.Out = stdout
+	limit, err := raiseFileLimit()
+	if err != nil {
+		return err
+	}
+	// Each connection is one descriptor; senders, the metrics probe and the
+	// runtime need a few more.
+	if need := uint64(e.Users*e.ConnsPerUser + e.Senders + 64); need > limit {
+		return fmt.Errorf("-users %d × -conns-per-user %d needs about %d open files, the limit is %d: raise the hard limit (ulimit -Hn)",
+			e.Users, e.ConnsPerUser, need, limit)
+	}
+	return e.Run(ctx)
+}
+
+// parseFlags builds an Engine from the command line and the environment.
+// Secrets come from the environment only: flags show in ps.
+func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*Engine, error) {
+	e := &Engine{}
+	fs := flag.NewFlagSet("pusher-bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&e.URL, "url", "http://127.0.0.1:8181", "server base URL: /ws is dialled there")
+	fs.StringVar(&e.InternalURL, "internal-url", "", "base URL of /send and /metrics (default: -url)")
+	fs.IntVar(&e.ServerPID, "server-pid", 0, "server process id: RSS and CPU from /proc/PID (0: from the server's process_* metrics)")
+	fs.StringVar(&e.Scenario, "scenario", "send", "idle, send, multicast or churn")
+	fs.StringVar(&e.Label, "label", "", "a name for this run in the report (e.g. message-log=none)")
+	fs.IntVar(&e.Users, "users", 100, "distinct uids, each with -conns-per-user connections")
+	fs.IntVar(&e.ConnsPerUser, "conns-per-user", 1, "connections per uid")
+	fs.IntVar(&e.Senders, "senders", 8, "concurrent /send clients, each on its own keep-alive connection")
+	fs.IntVar(&e.Messages, "messages", 10000, "send: messages in total; churn: at most this many")
+	fs.IntVar(&e.MulticastSize, "multicast", 0, "multicast: uids per /send (0: all -users)")
+	fs.IntVar(&e.Rounds, "rounds", 100, "multicast: /send requests in total")
+	fs.IntVar(&e.Size, "size", 64, "message size in bytes (at least the header s<sender>:<seq>:<unixnano>:)")
+	fs.Float64Var(&e.Rate, "rate", 0, "at most this many /send requests per second in total (0: as fast as the server answers)")
+	fs.BoolVar(&e.Form, "form", false, "send unicasts as form bodies (uid, message) instead of JSON")
+	fs.DurationVar(&e.Duration, "duration", 10*time.Second, "churn: how long connections close and redial while sends go on")
+	fs.DurationVar(&e.Settle, "settle", 3*time.Second, "idle: how long connections are held before the server is measured; churn: pause before the leak check")
+	fs.DurationVar(&e.Drain, "drain", 10*time.Second, "longest wait for accepted messages to arrive after the last /send")
+	fs.DurationVar(&e.ConnectTimeout, "connect-timeout", 2*time.Minute, "longest time to open every connection and see the server count them")
+	fs.DurationVar(&e.SettleTimeout, "settle-timeout", 30*time.Second, "churn: longest wait for the server's gauges to return to their baseline")
+	fs.DurationVar(&e.RequestTimeout, "timeout", 10*time.Second, "one /send request or WebSocket handshake")
+	fs.DurationVar(&e.MaxTime, "max-time", 15*time.Minute, "the whole run ends by then, whatever happens")
+	fs.IntVar(&e.DialConcurrency, "dial-concurrency", 64, "handshakes in flight at once while connecting")
+	fs.IntVar(&e.SourceAddrs, "source-addrs", 16, "spread connections over source addresses 127.0.0.1..N when the server is on loopback (0: the kernel's choice)")
+	fs.Float64Var(&e.ChurnFraction, "churn-fraction", 0.5, "churn: share of connections that close and redial (the rest stay, to check delivery)")
+	fs.DurationVar(&e.ChurnLifetime, "churn-lifetime", time.Second, "churn: mean lifetime of a churning connection")
+	fs.Float64Var(&e.ChurnAbrupt, "churn-abrupt", 0.3, "churn: share of closes that drop the TCP connection without a close frame")
+	fs.DurationVar(&e.RegisterGrace, "register-grace", 100*time.Millisecond, "a connection counts for a /send issued at least this long after its handshake (the server registers after the upgrade)")
+	fs.IntVar(&e.GoroutineSlack, "goroutine-slack", 3, "churn: goroutines above the baseline still counted as back to it")
+	fs.StringVar(&e.UIDPrefix, "uid-prefix", "bench-", "uids are this prefix and a number")
+	fs.BoolVar(&e.JSON, "json", false, "print the report as JSON (for pusher-bench table)")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "Usage: pusher-bench [flags]            run a scenario against a server")
+		fmt.Fprintln(stderr, "       pusher-bench table FILE.json...  print -json reports as one table")
+		fmt.Fprintln(stderr, "\nJWT_SECRET and PUSHER_API_KEY come from the environment, as the server's.")
+		fmt.Fprintln(stderr, "\nFlags:")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	e.JWTSecret = getenv("JWT_SECRET")
+	e.APIKey = getenv("PUSHER_API_KEY")
+	if err := e.validate(); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// raiseFileLimit raises the soft limit of open files to the hard limit
+// and returns it. The Go runtime does so at start already (since 1.19);
+// doing it here keeps the tool right whatever runtime runs it, and gives
+// the figure for the check above.
+func raiseFileLimit() (uint64, error) {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return 0, fmt.Errorf("read RLIMIT_NOFILE: %w", err)
+	}
+	if lim.Cur < lim.Max {
+		lim.Cur = lim.Max
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+			return 0, fmt.Errorf("raise RLIMIT_NOFILE to %d: %w", lim.Max, err)
+		}
+	}
+	return lim.Cur, nil
+}

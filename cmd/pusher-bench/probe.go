@@ -1,0 +1,212 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// clockTicks is sysconf(_SC_CLK_TCK), the unit of utime and stime in
+// /proc/PID/stat. It is 100 on every Linux the tool runs on (the kernel's
+// USER_HZ); reading it would need cgo.
+const clockTicks = 100
+
+// serverState is what the probe reads of the server at one moment.
+type serverState struct {
+	Connections   float64 `json:"connections"`
+	Pending       float64 `json:"pending"`
+	Users         float64 `json:"users"`
+	Goroutines    float64 `json:"goroutines"`
+	RSS           int64   `json:"rss_bytes"`
+	HeapInuse     float64 `json:"heap_inuse_bytes"`
+	CPUSeconds    float64 `json:"cpu_seconds"`
+	Sent          float64 `json:"messages_sent"`
+	Failed        float64 `json:"messages_failed"`
+	SlowConsumers float64 `json:"slow_consumers"`
+}
+
+// probe reads the server's /metrics and, when the pid is known, its
+// /proc entries.
+type probe struct {
+	url    string
+	pid    int
+	client *http.Client
+}
+
+func newProbe(metricsURL string, pid int, timeout time.Duration) *probe {
+	return &probe{
+		url: metricsURL,
+		pid: pid,
+		// Its own keep-alive connection, so that a leak check counts the
+		// same server goroutines before and after.
+		client: &http.Client{Timeout: timeout, Transport: &http.Transport{MaxIdleConnsPerHost: 1}},
+	}
+}
+
+func (p *probe) close() { p.client.CloseIdleConnections() }
+
+// read returns the server's state now.
+func (p *probe) read(ctx context.Context) (serverState, error) {
+	m, err := p.scrape(ctx)
+	if err != nil {
+		return serverState{}, err
+	}
+	st := serverState{
+		Connections:   m["connections"],
+		Pending:       m["pending"],
+		Users:         m["pusher_users"],
+		Goroutines:    m["go_goroutines"],
+		RSS:           int64(m["process_resident_memory_bytes"]),
+		HeapInuse:     m["go_memstats_heap_inuse_bytes"],
+		CPUSeconds:    m["process_cpu_seconds_total"],
+		Sent:          m["pusher_messages_sent_total"],
+		Failed:        m["pusher_messages_failed_total"],
+		SlowConsumers: m["pusher_slow_consumers_total"],
+	}
+	if p.pid != 0 {
+		if st.RSS, err = procRSS(p.pid); err != nil {
+			return st, err
+		}
+		if st.CPUSeconds, err = procCPU(p.pid); err != nil {
+			return st, err
+		}
+	}
+	return st, nil
+}
+
+// scrape reads /metrics into series → value. A labelled series is also
+// summed under its bare name, which is what the probe reads.
+func (p *probe) scrape(ctx context.Context) (map[string]float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.url, nil)
+	if err != nil {
+		return nil, fmt.Errorf("metrics request: %w", err)
+	}
+	resp, err := p.client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", p.url, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", p.url, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("read %s: %s", p.url, resp.Status)
+	}
+	m, err := parseMetrics(body)
+	if err != nil {
+		return nil, fmt.Errorf("parse %s: %w", p.url, err)
+	}
+	if _, ok := m["connections"]; !ok {
+		return nil, fmt.Errorf("%s has no connections gauge: is it a go-pusher?", p.url)
+	}
+	return m, nil
+}
+
+// parseMetrics reads the Prometheus text format, which is all promhttp
+// serves to a client that asks for nothing else. It is hand-written
+// rather than expfmt's so that the tool adds no direct dependency, and
+// it needs only "name{labels} value" lines: promhttp writes no timestamps.
+func parseMetrics(body []byte) (map[string]float64, error) {
+	m := make(map[string]float64)
+	sc := bufio.NewScanner(bytes.NewReader(body))
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			return nil, fmt.Errorf("malformed line %q", line)
+		}
+		series := strings.TrimSpace(line[:i])
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			return nil, fmt.Errorf("malformed value in %q: %w", line, err)
+		}
+		m[series] = v
+		if j := strings.IndexByte(series, '{'); j > 0 {
+			m[series[:j]] += v
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// procRSS returns VmRSS of pid, in bytes.
+func procRSS(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, fmt.Errorf("server RSS: %w", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			f := strings.Fields(rest) // "12345 kB"
+			if len(f) != 2 || f[1] != "kB" {
+				break
+			}
+			kb, err := strconv.ParseInt(f[0], 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("server RSS: %q: %w", line, err)
+			}
+			return kb << 10, nil
+		}
+	}
+	return 0, fmt.Errorf("server RSS: no VmRSS line in /proc/%d/status", pid)
+}
+
+// procCPU returns the user and system CPU time of pid, in seconds.
+func procCPU(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, fmt.Errorf("server CPU: %w", err)
+	}
+	return parseStat(b)
+}
+
+// parseStat reads utime and stime (fields 14 and 15) of a /proc/PID/stat.
+// The command name (field 2) is in parentheses and may hold spaces, so the
+// fields are counted from the last ')'.
+func parseStat(b []byte) (float64, error) {
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("malformed /proc stat %q", b)
+	}
+	f := strings.Fields(string(b[i+1:])) // f[0] is field 3, the state
+	if len(f) < 13 {
+		return 0, fmt.Errorf("malformed /proc stat %q", b)
+	}
+	var ticks uint64
+	for _, s := range f[11:13] {
+		n, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("malformed /proc stat: %w", err)
+		}
+		ticks += n
+	}
+	return float64(ticks) / clockTicks, nil
+}
+
+// selfCPU returns the tool's own CPU time, to tell whether the tool rather
+// than the server was the limit (they share the machine).
+func selfCPU() float64 {
+	b, err := os.ReadFile("/proc/self/stat")
+	if err != nil {
+		return 0 // not Linux: the report leaves the figure out
+	}
+	s, err := parseStat(b)
+	if err != nil {
+		return 0
+	}
+	return s
+}

@@ -1,0 +1,258 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"slices"
+	"strings"
+	"text/tabwriter"
+)
+
+// Report is the outcome of one run. Rates are per wall-clock second;
+// "per CPU-second" divides by the server's user+system CPU time over the
+// same phase. Zero figures are left out of the text and the JSON.
+type Report struct {
+	Scenario      string  `json:"scenario"`
+	Label         string  `json:"label,omitempty"`
+	Users         int     `json:"users"`
+	ConnsPerUser  int     `json:"conns_per_user"`
+	Senders       int     `json:"senders,omitempty"`
+	MulticastSize int     `json:"multicast_size,omitempty"`
+	Size          int     `json:"size,omitempty"`
+	Elapsed       float64 `json:"elapsed_seconds"`
+
+	// Connections.
+	Connected       int            `json:"connected"`
+	DialErrors      map[string]int `json:"dial_errors,omitempty"`
+	UpgradesPerSec  float64        `json:"upgrades_per_sec,omitempty"`
+	ConfirmedPerSec float64        `json:"confirmed_per_sec,omitempty"` // until the connections gauge counted them all
+	Redials         int            `json:"redials,omitempty"`
+	ServerCloses    map[string]int `json:"server_closes,omitempty"` // by close code, or error without one
+
+	// The server's cost.
+	RSSPerConn        float64 `json:"rss_per_conn_bytes,omitempty"`
+	HeapPerConn       float64 `json:"heap_per_conn_bytes,omitempty"`
+	GoroutinesPerConn float64 `json:"goroutines_per_conn,omitempty"`
+	ServerCPU         float64 `json:"server_cpu_seconds,omitempty"`
+	ServerSent        float64 `json:"server_sent,omitempty"`           // pusher_messages_sent_total over the run
+	ServerFailed      float64 `json:"server_failed,omitempty"`         // pusher_messages_failed_total over the run
+	SlowConsumers     float64 `json:"server_slow_consumers,omitempty"` // pusher_slow_consumers_total over the run
+	ToolCPU           float64 `json:"tool_cpu_seconds,omitempty"`
+
+	// Messages.
+	Requests           int            `json:"requests,omitempty"`
+	Accepted           int            `json:"accepted,omitempty"`
+	Status             map[string]int `json:"status,omitempty"`      // answers that were not 2xx
+	SendErrors         map[string]int `json:"send_errors,omitempty"` // no answer
+	AcceptedPerSec     float64        `json:"accepted_per_sec,omitempty"`
+	Delivered          int            `json:"delivered,omitempty"` // first receipts on every connection
+	DeliveredPerSec    float64        `json:"delivered_per_sec,omitempty"`
+	DeliveredPerCPUSec float64        `json:"delivered_per_cpu_sec,omitempty"`
+	Expected           int            `json:"expected,omitempty"` // receipts owed to connections open across their /send
+	Lost               int            `json:"lost"`
+	Duplicates         int            `json:"duplicates"`
+	OutOfOrder         int            `json:"out_of_order"`
+	Unexpected         int            `json:"unexpected"` // received with no 2xx /send for that uid
+	Malformed          int            `json:"malformed"`
+	NotFoundWhileOpen  int            `json:"not_found_while_open,omitempty"` // 404 for a uid with a connection open across the request
+	MalformedSample    string         `json:"malformed_sample,omitempty"`
+	Latency            *Latency       `json:"latency_ms,omitempty"`
+
+	// The server before and after (idle, churn).
+	Before *serverState `json:"before,omitempty"`
+	After  *serverState `json:"after,omitempty"`
+
+	// Problems lists what failed; Result is PASS when it is empty.
+	Problems []string `json:"problems,omitempty"`
+	Result   string   `json:"result"`
+}
+
+// check derives Problems and Result from the figures.
+func (r *Report) check() {
+	add := func(n int, what string) {
+		if n > 0 {
+			r.Problems = append(r.Problems, fmt.Sprintf("%d %s", n, what))
+		}
+	}
+	add(r.Lost, "lost")
+	add(r.Duplicates, "duplicates")
+	add(r.OutOfOrder, "out of order")
+	add(r.Unexpected, "unexpected")
+	add(r.Malformed, "malformed")
+	add(r.NotFoundWhileOpen, "answered 404 while the uid had a connection open")
+	r.Result = "PASS"
+	if len(r.Problems) > 0 {
+		r.Result = "FAIL"
+	}
+}
+
+func (r *Report) problem(format string, a ...any) {
+	r.Problems = append(r.Problems, fmt.Sprintf(format, a...))
+	r.Result = "FAIL"
+}
+
+func (r *Report) print(w io.Writer, asJSON bool) error {
+	if asJSON {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(r); err != nil {
+			return fmt.Errorf("write report: %w", err)
+		}
+		return nil
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', 0)
+	line := func(key, format string, a ...any) { fmt.Fprintf(tw, "%s:\t"+format+"\n", append([]any{key}, a...)...) }
+	name := r.Scenario
+	if r.Label != "" {
+		name += " (" + r.Label + ")"
+	}
+	line("scenario", "%s", name)
+	line("connections", "%d of %d (%d users × %d)", r.Connected, r.Users*r.ConnsPerUser, r.Users, r.ConnsPerUser)
+	if r.Senders > 0 {
+		line("senders", "%d, message size %d B", r.Senders, r.Size)
+	}
+	if r.MulticastSize > 0 {
+		line("uids per multicast", "%d", r.MulticastSize)
+	}
+	line("elapsed", "%.2f s", r.Elapsed)
+	switch {
+	case r.ConfirmedPerSec > 0:
+		line("connect rate", "%.0f upgrades/s, %.0f/s until the server counted them all", r.UpgradesPerSec, r.ConfirmedPerSec)
+	case r.UpgradesPerSec > 0:
+		line("connect rate", "%.0f upgrades/s", r.UpgradesPerSec)
+	}
+	counts(line, "dial errors", r.DialErrors)
+	if r.Redials > 0 {
+		line("redials", "%d", r.Redials)
+	}
+	counts(line, "closed by server", r.ServerCloses)
+	if r.RSSPerConn != 0 {
+		line("server RSS / conn", "%s", bytesOf(r.RSSPerConn))
+		line("server heap / conn", "%s", bytesOf(r.HeapPerConn))
+		line("goroutines / conn", "%.2f", r.GoroutinesPerConn)
+	}
+	if r.Requests > 0 {
+		line("requests", "%d, accepted %d (%.0f/s)", r.Requests, r.Accepted, r.AcceptedPerSec)
+		counts(line, "non-2xx", r.Status)
+		counts(line, "send errors", r.SendErrors)
+		line("delivered", "%d (%.0f/s)", r.Delivered, r.DeliveredPerSec)
+		if r.DeliveredPerCPUSec > 0 {
+			line("per server CPU-s", "%.0f delivered", r.DeliveredPerCPUSec)
+		}
+		line("checked", "expected %d, lost %d, duplicates %d, out of order %d, unexpected %d, malformed %d",
+			r.Expected, r.Lost, r.Duplicates, r.OutOfOrder, r.Unexpected, r.Malformed)
+		if r.MalformedSample != "" {
+			line("first malformed", "%q", r.MalformedSample)
+		}
+	}
+	if l := r.Latency; l != nil {
+		line("latency ms", "p50 %.2f  p90 %.2f  p99 %.2f  max %.2f  mean %.2f", l.P50, l.P90, l.P99, l.Max, l.Mean)
+	}
+	if r.ServerSent+r.ServerFailed+r.SlowConsumers > 0 {
+		line("server counted", "sent %.0f, failed %.0f, slow consumers %.0f", r.ServerSent, r.ServerFailed, r.SlowConsumers)
+	}
+	if r.ServerCPU > 0 || r.ToolCPU > 0 {
+		line("CPU s", "server %.2f, this tool %.2f", r.ServerCPU, r.ToolCPU)
+	}
+	for _, s := range []struct {
+		name string
+		st   *serverState
+	}{{"server before", r.Before}, {"server after", r.After}} {
+		if st := s.st; st != nil {
+			line(s.name, "connections %.0f, users %.0f, pending %.0f, goroutines %.0f, RSS %s, heap %s",
+				st.Connections, st.Users, st.Pending, st.Goroutines, bytesOf(float64(st.RSS)), bytesOf(st.HeapInuse))
+		}
+	}
+	for _, p := range r.Problems {
+		line("problem", "%s", p)
+	}
+	line("result", "%s", r.Result)
+	if err := tw.Flush(); err != nil {
+		return fmt.Errorf("write report: %w", err)
+	}
+	return nil
+}
+
+func counts(line func(key, format string, a ...any), key string, m map[string]int) {
+	if len(m) == 0 {
+		return
+	}
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		parts = append(parts, fmt.Sprintf("%s ×%d", k, m[k]))
+	}
+	line(key, "%s", strings.Join(parts, ", "))
+}
+
+func bytesOf(b float64) string {
+	switch {
+	case b >= 1<<30 || b <= -1<<30:
+		return fmt.Sprintf("%.2f GiB", b/(1<<30))
+	case b >= 1<<20 || b <= -1<<20:
+		return fmt.Sprintf("%.1f MiB", b/(1<<20))
+	case b >= 1<<10 || b <= -1<<10:
+		return fmt.Sprintf("%.1f KiB", b/(1<<10))
+	}
+	return fmt.Sprintf("%.0f B", b)
+}
+
+// runTable is "pusher-bench table FILE...": each file holds one or more
+// -json reports; it prints them as one table, a row each.
+func runTable(files []string, w io.Writer) error {
+	if len(files) == 0 {
+		return errors.New("table: give the -json report files")
+	}
+	var reps []*Report
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return fmt.Errorf("table: %w", err)
+		}
+		dec := json.NewDecoder(strings.NewReader(string(b)))
+		for dec.More() {
+			var r Report
+			if err := dec.Decode(&r); err != nil {
+				return fmt.Errorf("table: %s: %w", f, err)
+			}
+			reps = append(reps, &r)
+		}
+	}
+	return writeTable(w, reps)
+}
+
+func writeTable(w io.Writer, reps []*Report) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "run\tconns\tconn/s\tRSS/conn\tgor/conn\taccepted/s\tdelivered/s\tdeliv/CPU-s\tp50 ms\tp99 ms\tmax ms\tlost\tdup\tooo\tresult\t")
+	num := func(v float64, format string) string {
+		if v == 0 {
+			return "-"
+		}
+		return fmt.Sprintf(format, v)
+	}
+	for _, r := range reps {
+		name := r.Scenario
+		if r.Label != "" {
+			name += " " + r.Label
+		}
+		var p50, p99, pmax float64
+		if r.Latency != nil {
+			p50, p99, pmax = r.Latency.P50, r.Latency.P99, r.Latency.Max
+		}
+		rss := "-"
+		if r.RSSPerConn != 0 {
+			rss = bytesOf(r.RSSPerConn)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t\n", name, r.Connected,
+			num(r.UpgradesPerSec, "%.0f"), rss, num(r.GoroutinesPerConn, "%.2f"),
+			num(r.AcceptedPerSec, "%.0f"), num(r.DeliveredPerSec, "%.0f"), num(r.DeliveredPerCPUSec, "%.0f"),
+			num(p50, "%.2f"), num(p99, "%.2f"), num(pmax, "%.1f"), r.Lost, r.Duplicates, r.OutOfOrder, r.Result)
+	}
+	if err := tw.Flush(); err != nil {
+		return fmt.Errorf("write table: %w", err)
+	}
+	return nil
+}

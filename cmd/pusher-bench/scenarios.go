@@ -1,0 +1,326 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+)
+
+// quietPeriod is how long nothing must arrive, with nothing pending on
+// the server, before a drain gives up on the messages still owed.
+const quietPeriod = 500 * time.Millisecond
+
+// session is one reporter and the pool that feeds it, torn down in that
+// order's reverse: connections first, so the reporter gets their last
+// events, then the reporter.
+type session struct {
+	rp     *reporter
+	p      *pool
+	closed bool
+}
+
+func (r *runner) open() (*session, error) {
+	rp := newReporter(r.e.Users, r.e.ConnsPerUser, r.e.Senders)
+	p, err := newPool(r, rp)
+	if err != nil {
+		return nil, err
+	}
+	rp.start()
+	return &session{rp: rp, p: p}, nil
+}
+
+// close stops every connection, then the reporter. Senders must have
+// returned before. It may be called again.
+func (s *session) close() {
+	if s.closed {
+		return
+	}
+	s.closed = true
+	s.p.stop()
+	s.rp.stop()
+}
+
+func (r *runner) newReport() *Report {
+	e := r.e
+	rep := &Report{Scenario: e.Scenario, Label: e.Label, Users: e.Users, ConnsPerUser: e.ConnsPerUser}
+	if e.Scenario != scenarioIdle {
+		rep.Senders, rep.Size = e.Senders, e.Size
+	}
+	if e.Scenario == scenarioMulticast {
+		rep.MulticastSize = r.multicastSize()
+	}
+	return rep
+}
+
+func (r *runner) multicastSize() int {
+	if r.e.MulticastSize == 0 {
+		return r.e.Users
+	}
+	return r.e.MulticastSize
+}
+
+// connect opens every slot and waits until each made its first handshake;
+// with confirm, also until the server's connections gauge counts them.
+func (r *runner) connect(ctx context.Context, s *session, base serverState, confirm bool, rep *Report) error {
+	start := time.Now()
+	s.p.start(0, r.slots())
+	cctx, cancel := context.WithTimeout(ctx, r.e.ConnectTimeout)
+	defer cancel()
+	if !s.p.waitFirstDials(cctx) {
+		return fmt.Errorf("connect: %d of %d handshakes done when -connect-timeout %s passed", s.p.connected.Load(), r.slots(), r.e.ConnectTimeout)
+	}
+	n := s.p.connected.Load()
+	rep.Connected = int(n)
+	if n == 0 {
+		return fmt.Errorf("connect: no handshake succeeded (see dial errors)")
+	}
+	if d := time.Duration(s.p.lastUp.Load() - start.UnixNano()); d > 0 {
+		rep.UpgradesPerSec = float64(n) / d.Seconds()
+	}
+	if int(n) < r.slots() {
+		rep.problem("%d of %d handshakes failed", r.slots()-int(n), r.slots())
+	}
+	if !confirm {
+		return nil
+	}
+	var seen float64
+	ok := waitUntil(cctx, r.e.ConnectTimeout, 20*time.Millisecond, func() bool {
+		st, err := r.probe.read(cctx)
+		seen = st.Connections
+		return err == nil && st.Connections >= base.Connections+float64(n)
+	})
+	if !ok {
+		return fmt.Errorf("connect: the server counts %.0f connections, want %.0f: some upgraded connections were never registered",
+			seen-base.Connections, float64(n))
+	}
+	rep.ConfirmedPerSec = float64(n) / time.Since(start).Seconds()
+	return nil
+}
+
+// idle opens the connections, holds them for Settle and reports what they
+// cost the server.
+func (r *runner) idle(ctx context.Context) (*Report, error) {
+	start := time.Now()
+	rep := r.newReport()
+	base, err := r.probe.read(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s, err := r.open()
+	if err != nil {
+		return nil, err
+	}
+	defer s.close()
+	if err := r.connect(ctx, s, base, true, rep); err != nil {
+		return nil, err
+	}
+	sleep(ctx, r.e.Settle)
+	held, err := r.probe.read(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if n := float64(s.p.open.Load()); n > 0 {
+		rep.RSSPerConn = float64(held.RSS-base.RSS) / n
+		rep.HeapPerConn = (held.HeapInuse - base.HeapInuse) / n
+		rep.GoroutinesPerConn = (held.Goroutines - base.Goroutines) / n
+	}
+	rep.Before, rep.After = &base, &held
+	s.close()
+	r.summarize(rep, s)
+	// The connections must leave the server when they close.
+	var last serverState
+	if !waitUntil(ctx, r.e.SettleTimeout, 50*time.Millisecond, func() bool {
+		st, err := r.probe.read(ctx)
+		last = st
+		return err == nil && st.Connections <= base.Connections
+	}) {
+		rep.problem("the server still counts %.0f connections %s after they closed (baseline %.0f)", last.Connections, r.e.SettleTimeout, base.Connections)
+	}
+	rep.Elapsed = time.Since(start).Seconds()
+	return rep, nil
+}
+
+// send pushes Messages unicasts (send) or Rounds multicasts (multicast)
+// to connections held for the whole run, and checks every delivery.
+func (r *runner) send(ctx context.Context) (*Report, error) {
+	start := time.Now()
+	rep := r.newReport()
+	base, err := r.probe.read(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s, err := r.open()
+	if err != nil {
+		return nil, err
+	}
+	defer s.close()
+	if err := r.connect(ctx, s, base, true, rep); err != nil {
+		return nil, err
+	}
+
+	before, err := r.probe.read(ctx)
+	if err != nil {
+		return nil, err
+	}
+	tool0 := selfCPU()
+	if r.e.Scenario == scenarioMulticast {
+		k := r.multicastSize()
+		r.runSenders(ctx, ctx, s.rp, r.e.Rounds, func(n int) (int, int) { return n * k % r.e.Users, k })
+	} else {
+		r.runSenders(ctx, ctx, s.rp, r.e.Messages, func(n int) (int, int) { return n % r.e.Users, 1 })
+	}
+	r.drain(ctx, true)
+	after, err := r.probe.read(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rep.ToolCPU = selfCPU() - tool0
+	s.close()
+	r.summarize(rep, s)
+	r.cost(rep, before, after)
+	rep.Elapsed = time.Since(start).Seconds()
+	return rep, nil
+}
+
+// churn keeps a share of the connections closing and redialing while
+// unicasts go on for Duration, then checks that what was open across a
+// send got it, and that the server returns to its baseline.
+func (r *runner) churn(ctx context.Context) (*Report, error) {
+	e := r.e
+	start := time.Now()
+	rep := r.newReport()
+	base, err := r.probe.read(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rep.Before = &base
+	s, err := r.open()
+	if err != nil {
+		return nil, err
+	}
+	defer s.close()
+	churning := int32(float64(r.slots()) * e.ChurnFraction)
+	s.p.lifetime = func(slot int32, rnd *rand.Rand) (time.Duration, bool) {
+		if slot >= churning {
+			return 0, false
+		}
+		// Uniform in [L/2, 3L/2): mean L, and never zero (zero is "hold").
+		life := e.ChurnLifetime/2 + time.Duration(rnd.Int64N(int64(e.ChurnLifetime)))
+		return life, rnd.Float64() < e.ChurnAbrupt
+	}
+	s.p.redial.Store(true)
+	// Churning connections come and go, so the gauge cannot confirm them.
+	if err := r.connect(ctx, s, base, false, rep); err != nil {
+		return nil, err
+	}
+
+	before, err := r.probe.read(ctx)
+	if err != nil {
+		return nil, err
+	}
+	tool0 := selfCPU()
+	churnCtx, cancel := context.WithTimeout(ctx, e.Duration)
+	defer cancel()
+	// Requests run under ctx, so the last ones finish after Duration.
+	r.runSenders(churnCtx, ctx, s.rp, e.Messages, func(n int) (int, int) { return n % e.Users, 1 })
+	<-churnCtx.Done() // Messages may run out first; the churn goes on for Duration
+	s.p.redial.Store(false)
+	r.drain(ctx, false)
+	after, err := r.probe.read(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rep.ToolCPU = selfCPU() - tool0
+	s.close()
+	r.summarize(rep, s)
+	r.cost(rep, before, after)
+
+	// Leak check: with every connection and keep-alive closed, the server
+	// must return to where it started.
+	r.http.CloseIdleConnections()
+	sleep(ctx, e.Settle)
+	var last serverState
+	back := waitUntil(ctx, e.SettleTimeout, 100*time.Millisecond, func() bool {
+		st, err := r.probe.read(ctx)
+		last = st
+		return err == nil && st.Connections <= base.Connections && st.Users <= base.Users && st.Pending == 0 &&
+			st.Goroutines <= base.Goroutines+float64(e.GoroutineSlack)
+	})
+	rep.After = &last
+	if !back {
+		rep.problem("the server did not return to its baseline within %s: connections %.0f (was %.0f), users %.0f (was %.0f), pending %.0f, goroutines %.0f (was %.0f, slack %d)",
+			e.SettleTimeout, last.Connections, base.Connections, last.Users, base.Users, last.Pending, last.Goroutines, base.Goroutines, e.GoroutineSlack)
+	}
+	rep.Elapsed = time.Since(start).Seconds()
+	return rep, nil
+}
+
+// runSenders runs Senders senders until total requests are done or stop
+// ends; each request runs under reqCtx. Request n (over all senders) goes
+// to target(n): its first user and how many.
+func (r *runner) runSenders(stop, reqCtx context.Context, rp *reporter, total int, target func(n int) (first, count int)) {
+	var wg sync.WaitGroup
+	pace := pacer{start: time.Now(), rate: r.e.Rate}
+	c := r.e.Senders
+	for i := range c {
+		s := &sender{r: r, rep: rp, id: int32(i)}
+		wg.Go(func() {
+			for n := i; n < total && pace.wait(stop, n); n += c {
+				first, count := target(n)
+				s.send(reqCtx, first, count)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// drain waits for the messages in flight. With useExpect it ends as soon
+// as the receivers read as many messages as the 2xx answers owe; in any
+// case once the server has nothing pending and nothing arrived for
+// quietPeriod (messages still owed then are lost), and by Drain at most.
+func (r *runner) drain(ctx context.Context, useExpect bool) {
+	last, lastChange := r.recv.Load(), time.Now()
+	var pending float64 = 1
+	nextProbe := time.Now()
+	waitUntil(ctx, r.e.Drain, 5*time.Millisecond, func() bool {
+		n := r.recv.Load()
+		if useExpect && n >= r.expect.Load() {
+			return true
+		}
+		if n != last {
+			last, lastChange = n, time.Now()
+		}
+		if time.Now().After(nextProbe) {
+			nextProbe = time.Now().Add(100 * time.Millisecond)
+			if st, err := r.probe.read(ctx); err == nil {
+				pending = st.Pending
+			}
+		}
+		return pending == 0 && time.Since(lastChange) > quietPeriod
+	})
+}
+
+// summarize adds the reporter's figures to rep; s must be closed. Only
+// churn needs RegisterGrace: the other scenarios send after the server's
+// gauge counted every connection, so each is registered before any /send.
+func (r *runner) summarize(rep *Report, s *session) {
+	grace := time.Duration(0)
+	if r.e.Scenario == scenarioChurn {
+		grace = r.e.RegisterGrace
+	}
+	s.rp.summarize(rep, grace)
+	rep.check()
+}
+
+// cost adds the server's CPU and counters between before and after.
+func (r *runner) cost(rep *Report, before, after serverState) {
+	rep.ServerCPU = after.CPUSeconds - before.CPUSeconds
+	if rep.ServerCPU > 0 {
+		rep.DeliveredPerCPUSec = float64(rep.Delivered) / rep.ServerCPU
+	}
+	rep.ServerSent = after.Sent - before.Sent
+	rep.ServerFailed = after.Failed - before.Failed
+	rep.SlowConsumers = after.SlowConsumers - before.SlowConsumers
+}
