@@ -20,6 +20,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -47,7 +48,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if len(args) > 0 && args[0] == "table" {
 		return runTable(args[1:], stdout)
 	}
-	e, err := parseFlags(args, getenv, stderr)
+	e, cpuProfile, err := parseFlags(args, getenv, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return nil
 	}
@@ -55,6 +56,17 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	e.Out = stdout
+	if cpuProfile != "" {
+		f, err := os.Create(cpuProfile)
+		if err != nil {
+			return fmt.Errorf("-cpuprofile: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("-cpuprofile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	limit, err := raiseFileLimit()
 	if err != nil {
 		return err
@@ -70,8 +82,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 // parseFlags builds an Engine from the command line and the environment.
 // Secrets come from the environment only: flags show in ps.
-func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*Engine, error) {
+// It also returns -cpuprofile, the file for the tool's own CPU profile.
+func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*Engine, string, error) {
 	e := &Engine{}
+	var cpuProfile string
 	fs := flag.NewFlagSet("pusher-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&e.URL, "url", "http://127.0.0.1:8181", "server base URL: /ws is dialled there")
@@ -103,6 +117,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*E
 	fs.DurationVar(&e.RegisterGrace, "register-grace", 100*time.Millisecond, "a connection counts for a /send issued at least this long after its handshake (the server registers after the upgrade)")
 	fs.IntVar(&e.GoroutineSlack, "goroutine-slack", 3, "churn: goroutines above the baseline still counted as back to it")
 	fs.StringVar(&e.UIDPrefix, "uid-prefix", "bench-", "uids are this prefix and a number")
+	fs.StringVar(&cpuProfile, "cpuprofile", "", "write the tool's own CPU profile to this file (is the tool the limit?)")
 	fs.BoolVar(&e.JSON, "json", false, "print the report as JSON (for pusher-bench table)")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "Usage: pusher-bench [flags]            run a scenario against a server")
@@ -112,17 +127,17 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*E
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+		return nil, "", fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
 	e.JWTSecret = getenv("JWT_SECRET")
 	e.APIKey = getenv("PUSHER_API_KEY")
 	if err := e.validate(); err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	return e, nil
+	return e, cpuProfile, nil
 }
 
 // raiseFileLimit raises the soft limit of open files to the hard limit

@@ -210,3 +210,21 @@ func selfCPU() float64 {
 	}
 	return s
 }
+
+// loadAverage returns the machine's 1-minute load average, or 0 where
+// /proc/loadavg does not exist.
+func loadAverage() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	v, err := strconv.ParseFloat(f[0], 64)
+	if err != nil {
+		return 0
+	}
+	return v
+}

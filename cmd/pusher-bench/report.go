@@ -24,6 +24,8 @@ type Report struct {
 	MulticastSize int     `json:"multicast_size,omitempty"`
 	Size          int     `json:"size,omitempty"`
 	Elapsed       float64 `json:"elapsed_seconds"`
+	CPUs          int     `json:"cpus"`
+	LoadAvg       float64 `json:"load_average"` // 1-minute, at the start: other work on the machine skews the rates
 
 	// Connections.
 	Connected       int            `json:"connected"`
@@ -118,7 +120,7 @@ func (r *Report) print(w io.Writer, asJSON bool) error {
 	if r.MulticastSize > 0 {
 		line("uids per multicast", "%d", r.MulticastSize)
 	}
-	line("elapsed", "%.2f s", r.Elapsed)
+	line("elapsed", "%.2f s (%d CPUs, load average %.2f at the start)", r.Elapsed, r.CPUs, r.LoadAvg)
 	switch {
 	case r.ConfirmedPerSec > 0:
 		line("connect rate", "%.0f upgrades/s, %.0f/s until the server counted them all", r.UpgradesPerSec, r.ConfirmedPerSec)
@@ -226,7 +228,7 @@ func runTable(files []string, w io.Writer) error {
 
 func writeTable(w io.Writer, reps []*Report) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "run\tconns\tconn/s\tRSS/conn\tgor/conn\taccepted/s\tdelivered/s\tdeliv/CPU-s\tp50 ms\tp99 ms\tmax ms\tlost\tdup\tooo\tresult\t")
+	fmt.Fprintln(tw, "run\tconns\tconn/s\tRSS/conn\tgor/conn\taccepted/s\tdelivered/s\tdeliv/CPU-s\tp50 ms\tp99 ms\tmax ms\tlost\tdup\tooo\tload\tresult\t")
 	num := func(v float64, format string) string {
 		if v == 0 {
 			return "-"
@@ -246,13 +248,18 @@ func writeTable(w io.Writer, reps []*Report) error {
 		if r.RSSPerConn != 0 {
 			rss = bytesOf(r.RSSPerConn)
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t\n", name, r.Connected,
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%.1f\t%s\t\n", name, r.Connected,
 			num(r.UpgradesPerSec, "%.0f"), rss, num(r.GoroutinesPerConn, "%.2f"),
 			num(r.AcceptedPerSec, "%.0f"), num(r.DeliveredPerSec, "%.0f"), num(r.DeliveredPerCPUSec, "%.0f"),
-			num(p50, "%.2f"), num(p99, "%.2f"), num(pmax, "%.1f"), r.Lost, r.Duplicates, r.OutOfOrder, r.Result)
+			num(p50, "%.2f"), num(p99, "%.2f"), num(pmax, "%.1f"), r.Lost, r.Duplicates, r.OutOfOrder, r.LoadAvg, r.Result)
 	}
 	if err := tw.Flush(); err != nil {
 		return fmt.Errorf("write table: %w", err)
+	}
+	for _, r := range reps {
+		for _, p := range r.Problems {
+			fmt.Fprintf(w, "%s %s: %s\n", r.Scenario, r.Label, p)
+		}
 	}
 	return nil
 }

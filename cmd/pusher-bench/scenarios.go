@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"sync"
 	"time"
 )
@@ -44,7 +45,8 @@ func (s *session) close() {
 
 func (r *runner) newReport() *Report {
 	e := r.e
-	rep := &Report{Scenario: e.Scenario, Label: e.Label, Users: e.Users, ConnsPerUser: e.ConnsPerUser}
+	rep := &Report{Scenario: e.Scenario, Label: e.Label, Users: e.Users, ConnsPerUser: e.ConnsPerUser,
+		CPUs: runtime.NumCPU(), LoadAvg: loadAverage()}
 	if e.Scenario != scenarioIdle {
 		rep.Senders, rep.Size = e.Senders, e.Size
 	}

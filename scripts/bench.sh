@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# `make bench`: the Go benchmarks of the hot paths, then a short load run of
+# every pusher-bench scenario against the built server, with the stdout
+# message log (redirected to a file) and with -message-log=none, and a
+# table of the figures. Each scenario gets a fresh server, so that one
+# run's memory and CPU do not show in the next one's figures.
+#
+# Sizes come from the environment; the defaults finish in 1–2 minutes:
+#
+#   BENCH_IDLE_CONNS      idle: connections held                  (2000)
+#   BENCH_USERS           send: users, one connection each        (200)
+#   BENCH_SENDERS         send, multicast, churn: /send clients   (16)
+#   BENCH_MESSAGES        send: unicasts in total                 (20000)
+#   BENCH_MC_USERS        multicast: uids in each /send           (200)
+#   BENCH_ROUNDS          multicast: /send requests               (100)
+#   BENCH_CHURN_USERS     churn: connections                      (200)
+#   BENCH_CHURN_DURATION  churn: how long                         (10s)
+#   BENCH_CHURN_RATE      churn: /send requests per second        (2000)
+#   BENCH_SIZE            message size, bytes                     (64)
+#   BENCH_SETTLE          idle: hold before measuring             (3s)
+#   BENCH_MESSAGE_LOGS    server -message-log values to run       ("stdout none")
+#   BENCH_SCENARIOS       scenarios to run                        ("idle send multicast churn")
+#   BENCH_GO              0 skips the Go benchmarks               (1)
+#   BENCH_OUT             where the -json reports are kept        (bin/bench)
+#
+# The full-size figures (about 6 minutes on 2 cores):
+#
+#   BENCH_IDLE_CONNS=10000 BENCH_USERS=1000 BENCH_SENDERS=32 BENCH_MESSAGES=100000 \
+#   BENCH_MC_USERS=1000 BENCH_ROUNDS=100 BENCH_CHURN_USERS=1000 BENCH_CHURN_DURATION=60s \
+#   BENCH_SETTLE=10s make bench
+#
+# The server and the tool share the machine's cores: compare the
+# "per server CPU-second" figures across machines, not the rates.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/smoke-bench.sh # start_server, stop_server
+
+export JWT_SECRET=${JWT_SECRET:-dev-only-jwt-secret-change-me-0123456789}
+export PUSHER_API_KEY=${PUSHER_API_KEY:-dev-only-api-key}
+IDLE_CONNS=${BENCH_IDLE_CONNS:-2000}
+USERS=${BENCH_USERS:-200}
+SENDERS=${BENCH_SENDERS:-16}
+MESSAGES=${BENCH_MESSAGES:-20000}
+MC_USERS=${BENCH_MC_USERS:-200}
+ROUNDS=${BENCH_ROUNDS:-100}
+CHURN_USERS=${BENCH_CHURN_USERS:-200}
+CHURN_DURATION=${BENCH_CHURN_DURATION:-10s}
+CHURN_RATE=${BENCH_CHURN_RATE:-2000}
+SIZE=${BENCH_SIZE:-64}
+SETTLE=${BENCH_SETTLE:-3s}
+MESSAGE_LOGS=${BENCH_MESSAGE_LOGS:-stdout none}
+SCENARIOS=${BENCH_SCENARIOS:-idle send multicast churn}
+OUT=${BENCH_OUT:-bin/bench}
+
+# Both the server and the tool hold one descriptor per connection.
+ulimit -n "$(ulimit -Hn)"
+
+tmp=$(mktemp -d)
+trap 'stop_server; rm -rf "$tmp"' EXIT
+failed=()
+
+go build -o bin/go-pusher .
+go build -o bin/pusher-bench ./cmd/pusher-bench
+
+if [ "${BENCH_GO:-1}" != 0 ]; then
+	echo "== Go benchmarks (root package)"
+	go test -run '^$' -bench . -benchmem . || failed+=("go benchmarks")
+fi
+
+mkdir -p "$OUT"
+rm -f "$OUT"/*.json
+reports=()
+for log in $MESSAGE_LOGS; do
+	for sc in $SCENARIOS; do
+		case $sc in
+		idle) size=(-users "$IDLE_CONNS" -settle "$SETTLE") ;;
+		send) size=(-users "$USERS" -senders "$SENDERS" -messages "$MESSAGES") ;;
+		multicast) size=(-users "$MC_USERS" -senders "$SENDERS" -rounds "$ROUNDS") ;;
+		churn) size=(-users "$CHURN_USERS" -senders "$SENDERS" -messages 10000000 -rate "$CHURN_RATE" -duration "$CHURN_DURATION") ;;
+		*)
+			echo "unknown scenario $sc in BENCH_SCENARIOS" >&2
+			exit 1
+			;;
+		esac
+		echo "== $sc, -message-log=$log"
+		# The message log goes to a file: a terminal would be the bottleneck.
+		start_server bin/go-pusher "$tmp" -message-log "$log"
+		report=$OUT/$sc-$log.json
+		rc=0
+		bin/pusher-bench -url "$SERVER_URL" -server-pid "$SERVER_PID" -scenario "$sc" -label "log=$log" \
+			-size "$SIZE" "${size[@]}" -json >"$report" || rc=$?
+		stop_server
+		if [ -s "$report" ]; then
+			reports+=("$report")
+		fi
+		# 2: the run finished and its report shows a failure (the table
+		# says which); anything else: the tool could not run.
+		if [ "$rc" != 0 ]; then
+			failed+=("$sc log=$log (exit $rc)")
+			[ "$rc" = 2 ] || tail -n 20 "$tmp/server.err" >&2
+		fi
+	done
+done
+
+echo
+echo "== figures ($(nproc) cores; reports in $OUT)"
+if [ ${#reports[@]} -gt 0 ]; then
+	bin/pusher-bench table "${reports[@]}"
+fi
+if [ ${#failed[@]} -gt 0 ]; then
+	printf 'bench: failed: %s\n' "${failed[@]}" >&2
+	exit 1
+fi

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# A tiny pusher-bench run against the built server, for `make test` and CI:
+# a few dozen connections and a few hundred messages through `send` and
+# `multicast`, checking that the tool exits 0 and reports lost=0. It never
+# asserts a speed: machines differ, and a loaded CI machine is slow.
+#
+# scripts/bench.sh sources this file for start_server and stop_server.
+set -euo pipefail
+
+# start_server BIN LOGDIR [server flags...]: starts BIN on a free loopback
+# port with development secrets, stdout (the message log) and stderr in
+# LOGDIR, and waits for /healthz. Sets SERVER_PID and SERVER_URL.
+start_server() {
+	local bin=$1 dir=$2
+	shift 2
+	: >"$dir/server.err"
+	JWT_SECRET=$JWT_SECRET PUSHER_API_KEY=$PUSHER_API_KEY \
+		"$bin" -addr 127.0.0.1:0 "$@" >"$dir/server.out" 2>"$dir/server.err" &
+	SERVER_PID=$!
+	# The port is the kernel's choice (no clash with anything running):
+	# the server logs it once it listens.
+	local addr="" i
+	for i in $(seq 100); do
+		addr=$(grep -m1 -o 'msg=listening addr=[0-9.]*:[0-9]*' "$dir/server.err" | sed 's/.*addr=//') || true
+		[ -n "$addr" ] && break
+		if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+			echo "server exited at start:" >&2
+			cat "$dir/server.err" >&2
+			return 1
+		fi
+		sleep 0.1
+	done
+	if [ -z "$addr" ]; then
+		echo "server did not log its address within 10 s" >&2
+		return 1
+	fi
+	SERVER_URL=http://$addr
+	for i in $(seq 100); do
+		healthz "$addr" && return 0
+		sleep 0.1
+	done
+	echo "server at $SERVER_URL: /healthz not 200 within 10 s" >&2
+	return 1
+}
+
+# healthz HOST:PORT succeeds when GET /healthz answers 200 (bash's
+# /dev/tcp, so that no curl is needed).
+healthz() {
+	local host=${1%:*} port=${1##*:} status
+	# Braces: a bare exec would send the rest of the script's stderr away.
+	{ exec 3<>"/dev/tcp/$host/$port"; } 2>/dev/null || return 1
+	printf 'GET /healthz HTTP/1.0\r\nHost: %s\r\n\r\n' "$1" >&3
+	status=$(head -n1 <&3 || true)
+	exec 3>&-
+	[[ $status == *" 200 "* ]]
+}
+
+# stop_server stops the server started last (SIGTERM, then its drain),
+# if it runs. Safe to call twice.
+stop_server() {
+	if [ -n "${SERVER_PID:-}" ]; then
+		kill "$SERVER_PID" 2>/dev/null || true
+		wait "$SERVER_PID" 2>/dev/null || true
+		SERVER_PID=
+	fi
+}
+
+smoke() {
+	cd "$(dirname "${BASH_SOURCE[0]}")/.."
+	export JWT_SECRET=smoke-only-jwt-secret-0123456789-abcdef
+	export PUSHER_API_KEY=smoke-only-api-key
+	# Global, not local: the EXIT trap runs after smoke has returned.
+	tmp=$(mktemp -d)
+	trap 'stop_server; rm -rf "$tmp"' EXIT
+	go build -o "$tmp/go-pusher" .
+	go build -o "$tmp/pusher-bench" ./cmd/pusher-bench
+	start_server "$tmp/go-pusher" "$tmp" -message-log stdout
+
+	local common=(-url "$SERVER_URL" -server-pid "$SERVER_PID" -json -users 40 -senders 4 -drain 10s -max-time 2m)
+	local sc
+	for sc in send multicast; do
+		if ! "$tmp/pusher-bench" "${common[@]}" -scenario "$sc" -messages 400 -rounds 20 >"$tmp/$sc.json"; then
+			echo "smoke-bench: pusher-bench -scenario $sc failed:" >&2
+			cat "$tmp/$sc.json" >&2
+			return 1
+		fi
+		if ! grep -q '"lost": 0,' "$tmp/$sc.json"; then
+			echo "smoke-bench: $sc reports lost messages:" >&2
+			cat "$tmp/$sc.json" >&2
+			return 1
+		fi
+	done
+	"$tmp/pusher-bench" table "$tmp/send.json" "$tmp/multicast.json"
+	stop_server
+	echo "smoke-bench: ok"
+}
+
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+	smoke
+fi
