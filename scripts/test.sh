@@ -15,6 +15,7 @@ export PUSHER_TEST_CHROMIUM=${PUSHER_TEST_CHROMIUM:-$(command -v chromium)}
 
 go vet ./...
 go test -race -count=1 ./...
+./scripts/smoke-bench.sh # the load tool against the built server: nothing lost
 
 # Short fuzz runs over the parsers of untrusted input, from the checked-in
 # corpus (testdata/fuzz). A finding fails the run and is written there.
