@@ -9,6 +9,10 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"go-pusher/message"
 )
 
 // Config is every setting of the server. Each field has a flag and an
@@ -26,6 +30,13 @@ type Config struct {
 	MessageLogTimeout time.Duration // longest /send waits for the message log
 	MySQLDSN          string        // PUSHER_MYSQL_DSN
 	RedisURL          string        // PUSHER_REDIS_URL; cluster mode when set
+	RedisPrefix       string        // prefix of this cluster's Redis keys and channels
+
+	// MySQLBatchSize and MySQLBatchInterval bound a group commit of the
+	// mysql log: a batch is written at this many rows or this long after
+	// its first row, whichever comes first.
+	MySQLBatchSize     int
+	MySQLBatchInterval time.Duration
 
 	AllowedOrigins  []string // Origin allow-list for /ws; "*" allows all
 	MaxMessageSize  int      // largest /send message, bytes
@@ -59,6 +70,9 @@ func newFlagSet(cfg *Config, origins *string) *flag.FlagSet {
 	fs.StringVar(&cfg.InternalAddr, "internal-addr", "", "when set, /send, /metrics, /healthz, /readyz are served only here")
 	fs.StringVar(&cfg.MessageLog, "message-log", "stdout", "message log: stdout, mysql or none")
 	fs.DurationVar(&cfg.MessageLogTimeout, "message-log-timeout", 5*time.Second, "longest /send waits for the message log before it answers 503")
+	fs.IntVar(&cfg.MySQLBatchSize, "mysql-batch-size", message.DefaultMySQLBatchSize, "mysql log: most rows in one INSERT (group commit)")
+	fs.DurationVar(&cfg.MySQLBatchInterval, "mysql-batch-interval", message.DefaultMySQLBatchInterval, "mysql log: longest a row waits for its batch to fill")
+	fs.StringVar(&cfg.RedisPrefix, "redis-prefix", "pusher", "prefix of the Redis channels and keys of this cluster (several clusters can share one Redis)")
 	fs.StringVar(origins, "allowed-origins", "*", "comma-separated Origin allow-list for /ws (* allows any)")
 	fs.IntVar(&cfg.MaxMessageSize, "max-message-size", 65536, "largest /send message, bytes")
 	fs.IntVar(&cfg.SendBuffer, "send-buffer", 128, "per-connection queue; a connection with a full queue is closed with 1013")
@@ -178,14 +192,20 @@ func (c *Config) validate() []error {
 	case "mysql":
 		if c.MySQLDSN == "" {
 			bad("PUSHER_MYSQL_DSN is required with -message-log=mysql")
+		} else if err := message.CheckMySQLDSN(c.MySQLDSN); err != nil {
+			bad("invalid PUSHER_MYSQL_DSN: %v", err)
 		}
 	default:
 		bad("invalid -message-log %q: want stdout, mysql or none", c.MessageLog)
 	}
 	if c.RedisURL != "" {
-		if u, err := url.Parse(c.RedisURL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") {
+		// redis.ParseURL's errors may quote the URL, password included.
+		if _, err := redis.ParseURL(c.RedisURL); err != nil {
 			bad("invalid PUSHER_REDIS_URL: want redis://[user:password@]host:port[/db] or rediss://...")
 		}
+	}
+	if c.RedisPrefix == "" || strings.ContainsAny(c.RedisPrefix, " \t\r\n") {
+		bad("invalid -redis-prefix %q: want a non-empty word", c.RedisPrefix)
 	}
 	if len(c.AllowedOrigins) == 0 {
 		bad("invalid -allowed-origins: empty (use * to allow any origin)")
@@ -207,6 +227,7 @@ func (c *Config) validate() []error {
 	positive("send-buffer", c.SendBuffer)
 	positive("max-conns-per-user", c.MaxConnsPerUser)
 	positive("max-multicast", c.MaxMulticast)
+	positive("mysql-batch-size", c.MySQLBatchSize)
 	if c.HistorySize < 0 {
 		bad("invalid -history-size %d: must not be negative", c.HistorySize)
 	}
@@ -215,6 +236,7 @@ func (c *Config) validate() []error {
 		v    time.Duration
 	}{
 		{"message-log-timeout", c.MessageLogTimeout},
+		{"mysql-batch-interval", c.MySQLBatchInterval},
 		{"ping-interval", c.PingInterval},
 		{"pong-wait", c.PongWait},
 		{"write-timeout", c.WriteTimeout},

@@ -222,14 +222,20 @@ func (e *Engine) Measure(ctx context.Context) (*Report, error) {
 		return nil, err
 	}
 	defer r.close()
+	start := time.Now()
+	var rep *Report
 	switch e.Scenario {
 	case scenarioIdle:
-		return r.idle(ctx)
+		rep, err = r.idle(ctx)
 	case scenarioSend, scenarioMulticast:
-		return r.send(ctx)
+		rep, err = r.send(ctx)
 	default:
-		return r.churn(ctx)
+		rep, err = r.churn(ctx)
 	}
+	if rep != nil {
+		rep.Elapsed = time.Since(start).Seconds()
+	}
+	return rep, err
 }
 
 // runner is the state of one Measure: what the scenarios share.

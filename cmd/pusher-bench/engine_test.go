@@ -164,6 +164,9 @@ func TestFaultsShow(t *testing.T) {
 		{"reorder", faults{swapEvery: 50}, scenarioSend, func(r *Report) bool { return r.OutOfOrder >= 4 }},
 		{"404 while connected", faults{notFoundEvery: 30}, scenarioSend, func(r *Report) bool { return r.NotFoundWhileOpen == 10 && r.Status["404"] == 10 }},
 		{"multicast drop", faults{dropEvery: 10}, scenarioMulticast, func(r *Report) bool { return r.Lost == 20 }},
+		{"server stops answering", faults{hangUpAfter: 50}, scenarioSend, func(r *Report) bool {
+			return r.Accepted == 50 && r.Requests < 300 && strings.Contains(strings.Join(r.Problems, ";"), "got no answer")
+		}},
 		{"leak", faults{leakConns: true}, scenarioChurn, func(r *Report) bool { return strings.Contains(strings.Join(r.Problems, ";"), "baseline") }},
 	}
 	for _, tt := range tests {
@@ -211,5 +214,23 @@ func TestRunAndTable(t *testing.T) {
 	lines := strings.Split(strings.TrimSpace(table.String()), "\n")
 	if len(lines) != 3 || !strings.Contains(lines[1], "send fake") || !strings.Contains(lines[1], "PASS") {
 		t.Errorf("table =\n%s\nwant a header and two PASS rows for send fake", table.String())
+	}
+}
+
+// TestWrongSecret: connections the server refuses after the handshake end
+// the run at once, with a report that says why.
+func TestWrongSecret(t *testing.T) {
+	fs := newFakeServer(t, faults{})
+	e := testEngine(fs, scenarioSend, func(e *Engine) { e.JWTSecret = "not-the-server-secret" })
+	start := time.Now()
+	rep, err := e.Measure(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "closed every connection") {
+		t.Fatalf("Measure = %v, want a connect error", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("took %s to notice, want it at once", d)
+	}
+	if rep == nil || !strings.HasPrefix(rep.MalformedSample, "authenticate error") || rep.ServerCloses["1008"] != 10 || rep.Result != "FAIL" {
+		t.Errorf("report %+v: want the authenticate error, 10 closes with 1008, FAIL", rep)
 	}
 }

@@ -28,6 +28,7 @@ type faults struct {
 	swapEvery     int64 // this message is sent after the next one to the same connection
 	notFoundEvery int64 // this /send (counted by requests) answers 404 although the uid is connected
 	leakConns     bool  // closed connections stay counted
+	hangUpAfter   int64 // /send requests after this many get no answer: the connection is dropped
 }
 
 // fakeServer is a small push server with go-pusher's contract: /ws with
@@ -87,12 +88,15 @@ func (fs *fakeServer) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 	_, err := jwt.ParseWithClaims(r.URL.Query().Get("token"), &claims, func(*jwt.Token) (any, error) { return []byte(testSecret), nil },
 		jwt.WithValidMethods([]string{"HS256"}))
-	if err != nil || claims.UID == "" {
-		http.Error(w, "bad token", http.StatusUnauthorized)
+	ws, uerr := fs.upgrader.Upgrade(w, r, nil)
+	if uerr != nil {
 		return
 	}
-	ws, err := fs.upgrader.Upgrade(w, r, nil)
-	if err != nil {
+	if err != nil || claims.UID == "" {
+		// As go-pusher: the reason as a text message, then close 1008.
+		ws.WriteMessage(websocket.TextMessage, []byte("authenticate error: token is invalid"))
+		ws.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.ClosePolicyViolation, "token is invalid"))
+		ws.Close()
 		return
 	}
 	c := &fakeConn{ws: ws, out: make(chan []byte, 4096)}
@@ -159,6 +163,12 @@ func (fs *fakeServer) serveSend(w http.ResponseWriter, r *http.Request) {
 		uids = []string{body.UID}
 	}
 	n := fs.requests.Add(1)
+	if fs.f.hangUpAfter > 0 && n > fs.f.hangUpAfter {
+		if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
+			conn.Close()
+		}
+		return
+	}
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	if body.UIDs == nil && (len(fs.conns[body.UID]) == 0 || every(fs.f.notFoundEvery, n)) {

@@ -86,6 +86,12 @@ func (r *Report) check() {
 	add(r.Unexpected, "unexpected")
 	add(r.Malformed, "malformed")
 	add(r.NotFoundWhileOpen, "answered 404 while the uid had a connection open")
+	// The tool closes every connection itself: any other end is news.
+	closes := 0
+	for _, n := range r.ServerCloses {
+		closes += n
+	}
+	add(closes, "connections closed by the server or the network")
 	r.Result = "PASS"
 	if len(r.Problems) > 0 {
 		r.Result = "FAIL"
@@ -147,9 +153,9 @@ func (r *Report) print(w io.Writer, asJSON bool) error {
 		}
 		line("checked", "expected %d, lost %d, duplicates %d, out of order %d, unexpected %d, malformed %d",
 			r.Expected, r.Lost, r.Duplicates, r.OutOfOrder, r.Unexpected, r.Malformed)
-		if r.MalformedSample != "" {
-			line("first malformed", "%q", r.MalformedSample)
-		}
+	}
+	if r.MalformedSample != "" {
+		line("first malformed", "%q", r.MalformedSample)
 	}
 	if l := r.Latency; l != nil {
 		line("latency ms", "p50 %.2f  p90 %.2f  p99 %.2f  max %.2f  mean %.2f", l.P50, l.P90, l.P99, l.Max, l.Mean)

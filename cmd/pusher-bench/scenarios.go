@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"runtime"
@@ -87,15 +88,21 @@ func (r *runner) connect(ctx context.Context, s *session, base serverState, conf
 	if !confirm {
 		return nil
 	}
-	var seen float64
+	var seen, open float64
 	ok := waitUntil(cctx, r.e.ConnectTimeout, 20*time.Millisecond, func() bool {
+		if open = float64(s.p.open.Load()); open == 0 {
+			return true // nothing left for the gauge to count
+		}
 		st, err := r.probe.read(cctx)
 		seen = st.Connections
-		return err == nil && st.Connections >= base.Connections+float64(n)
+		return err == nil && st.Connections >= base.Connections+open
 	})
-	if !ok {
+	switch {
+	case open == 0:
+		return errors.New("connect: the server closed every connection after the handshake (see closed by server and first malformed)")
+	case !ok:
 		return fmt.Errorf("connect: the server counts %.0f connections, want %.0f: some upgraded connections were never registered",
-			seen-base.Connections, float64(n))
+			seen-base.Connections, open)
 	}
 	rep.ConfirmedPerSec = float64(n) / time.Since(start).Seconds()
 	return nil
@@ -104,7 +111,6 @@ func (r *runner) connect(ctx context.Context, s *session, base serverState, conf
 // idle opens the connections, holds them for Settle and reports what they
 // cost the server.
 func (r *runner) idle(ctx context.Context) (*Report, error) {
-	start := time.Now()
 	rep := r.newReport()
 	base, err := r.probe.read(ctx)
 	if err != nil {
@@ -116,12 +122,12 @@ func (r *runner) idle(ctx context.Context) (*Report, error) {
 	}
 	defer s.close()
 	if err := r.connect(ctx, s, base, true, rep); err != nil {
-		return nil, err
+		return r.abort(rep, s, err)
 	}
 	sleep(ctx, r.e.Settle)
 	held, err := r.probe.read(ctx)
 	if err != nil {
-		return nil, err
+		return r.abort(rep, s, err)
 	}
 	if n := float64(s.p.open.Load()); n > 0 {
 		rep.RSSPerConn = float64(held.RSS-base.RSS) / n
@@ -140,14 +146,12 @@ func (r *runner) idle(ctx context.Context) (*Report, error) {
 	}) {
 		rep.problem("the server still counts %.0f connections %s after they closed (baseline %.0f)", last.Connections, r.e.SettleTimeout, base.Connections)
 	}
-	rep.Elapsed = time.Since(start).Seconds()
 	return rep, nil
 }
 
 // send pushes Messages unicasts (send) or Rounds multicasts (multicast)
 // to connections held for the whole run, and checks every delivery.
 func (r *runner) send(ctx context.Context) (*Report, error) {
-	start := time.Now()
 	rep := r.newReport()
 	base, err := r.probe.read(ctx)
 	if err != nil {
@@ -159,30 +163,31 @@ func (r *runner) send(ctx context.Context) (*Report, error) {
 	}
 	defer s.close()
 	if err := r.connect(ctx, s, base, true, rep); err != nil {
-		return nil, err
+		return r.abort(rep, s, err)
 	}
 
 	before, err := r.probe.read(ctx)
 	if err != nil {
-		return nil, err
+		return r.abort(rep, s, err)
 	}
 	tool0 := selfCPU()
 	if r.e.Scenario == scenarioMulticast {
 		k := r.multicastSize()
-		r.runSenders(ctx, ctx, s.rp, r.e.Rounds, func(n int) (int, int) { return n * k % r.e.Users, k })
+		err = r.runSenders(ctx, ctx, s.rp, r.e.Rounds, func(n int) (int, int) { return n * k % r.e.Users, k })
 	} else {
-		r.runSenders(ctx, ctx, s.rp, r.e.Messages, func(n int) (int, int) { return n % r.e.Users, 1 })
+		err = r.runSenders(ctx, ctx, s.rp, r.e.Messages, func(n int) (int, int) { return n % r.e.Users, 1 })
+	}
+	if err != nil {
+		rep.problem("%v", err)
 	}
 	r.drain(ctx, true)
-	after, err := r.probe.read(ctx)
-	if err != nil {
-		return nil, err
-	}
+	after, ok := r.state(ctx, rep, "after the sends")
 	rep.ToolCPU = selfCPU() - tool0
 	s.close()
 	r.summarize(rep, s)
-	r.cost(rep, before, after)
-	rep.Elapsed = time.Since(start).Seconds()
+	if ok {
+		r.cost(rep, before, after)
+	}
 	return rep, nil
 }
 
@@ -191,7 +196,6 @@ func (r *runner) send(ctx context.Context) (*Report, error) {
 // send got it, and that the server returns to its baseline.
 func (r *runner) churn(ctx context.Context) (*Report, error) {
 	e := r.e
-	start := time.Now()
 	rep := r.newReport()
 	base, err := r.probe.read(ctx)
 	if err != nil {
@@ -215,29 +219,31 @@ func (r *runner) churn(ctx context.Context) (*Report, error) {
 	s.p.redial.Store(true)
 	// Churning connections come and go, so the gauge cannot confirm them.
 	if err := r.connect(ctx, s, base, false, rep); err != nil {
-		return nil, err
+		return r.abort(rep, s, err)
 	}
 
 	before, err := r.probe.read(ctx)
 	if err != nil {
-		return nil, err
+		return r.abort(rep, s, err)
 	}
 	tool0 := selfCPU()
 	churnCtx, cancel := context.WithTimeout(ctx, e.Duration)
 	defer cancel()
 	// Requests run under ctx, so the last ones finish after Duration.
-	r.runSenders(churnCtx, ctx, s.rp, e.Messages, func(n int) (int, int) { return n % e.Users, 1 })
+	if err := r.runSenders(churnCtx, ctx, s.rp, e.Messages, func(n int) (int, int) { return n % e.Users, 1 }); err != nil {
+		rep.problem("%v", err)
+		cancel()
+	}
 	<-churnCtx.Done() // Messages may run out first; the churn goes on for Duration
 	s.p.redial.Store(false)
 	r.drain(ctx, false)
-	after, err := r.probe.read(ctx)
-	if err != nil {
-		return nil, err
-	}
+	after, ok := r.state(ctx, rep, "after the churn")
 	rep.ToolCPU = selfCPU() - tool0
 	s.close()
 	r.summarize(rep, s)
-	r.cost(rep, before, after)
+	if ok {
+		r.cost(rep, before, after)
+	}
 
 	// Leak check: with every connection and keep-alive closed, the server
 	// must return to where it started.
@@ -255,27 +261,43 @@ func (r *runner) churn(ctx context.Context) (*Report, error) {
 		rep.problem("the server did not return to its baseline within %s: connections %.0f (was %.0f), users %.0f (was %.0f), pending %.0f, goroutines %.0f (was %.0f, slack %d)",
 			e.SettleTimeout, last.Connections, base.Connections, last.Users, base.Users, last.Pending, last.Goroutines, base.Goroutines, e.GoroutineSlack)
 	}
-	rep.Elapsed = time.Since(start).Seconds()
 	return rep, nil
 }
 
+// giveUpAfter is how many /send requests in a row may go unanswered
+// before a sender decides the server is gone and stops every sender.
+const giveUpAfter = 20
+
 // runSenders runs Senders senders until total requests are done or stop
 // ends; each request runs under reqCtx. Request n (over all senders) goes
-// to target(n): its first user and how many.
-func (r *runner) runSenders(stop, reqCtx context.Context, rp *reporter, total int, target func(n int) (first, count int)) {
+// to target(n): its first user and how many. It returns why the senders
+// gave up early, or nil.
+func (r *runner) runSenders(stop, reqCtx context.Context, rp *reporter, total int, target func(n int) (first, count int)) error {
+	stop, giveUp := context.WithCancelCause(stop)
+	defer giveUp(nil)
 	var wg sync.WaitGroup
 	pace := pacer{start: time.Now(), rate: r.e.Rate}
 	c := r.e.Senders
 	for i := range c {
 		s := &sender{r: r, rep: rp, id: int32(i)}
 		wg.Go(func() {
+			failures := 0
 			for n := i; n < total && pace.wait(stop, n); n += c {
 				first, count := target(n)
-				s.send(reqCtx, first, count)
+				if code, errClass := s.send(reqCtx, first, count); code != 0 {
+					failures = 0
+				} else if failures++; failures >= giveUpAfter {
+					giveUp(fmt.Errorf("sender %d: %d requests in a row got no answer (%s): stopped sending", i, failures, errClass))
+					return
+				}
 			}
 		})
 	}
 	wg.Wait()
+	if err := context.Cause(stop); stop.Err() != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	return nil
 }
 
 // drain waits for the messages in flight. With useExpect it ends as soon
@@ -302,6 +324,24 @@ func (r *runner) drain(ctx context.Context, useExpect bool) {
 		}
 		return pending == 0 && time.Since(lastChange) > quietPeriod
 	})
+}
+
+// abort ends a run that cannot go on: the report so far, with err.
+func (r *runner) abort(rep *Report, s *session, err error) (*Report, error) {
+	s.close()
+	r.summarize(rep, s)
+	rep.problem("%v", err)
+	return rep, err
+}
+
+// state reads the server after the run has started. A server that stopped
+// answering is a finding for the report, not a reason to lose it.
+func (r *runner) state(ctx context.Context, rep *Report, when string) (serverState, bool) {
+	st, err := r.probe.read(ctx)
+	if err != nil {
+		rep.problem("%s: %v", when, err)
+	}
+	return st, err == nil
 }
 
 // summarize adds the reporter's figures to rep; s must be closed. Only

@@ -76,18 +76,18 @@ type sender struct {
 
 // send pushes message seq+1 to count users from first on (count 1: a
 // unicast to users[first]; more: a multicast to users[first..] wrapping
-// around). It reports the answer and returns whether it was 2xx.
-func (s *sender) send(ctx context.Context, first, count int) bool {
+// around). It reports the answer and returns its status, or 0 and the
+// class of the error when there was none.
+func (s *sender) send(ctx context.Context, first, count int) (int, string) {
 	s.seq++
 	sentAt := time.Now()
 	code, errClass := s.post(ctx, first, count, sentAt.UnixNano())
-	ok := code/100 == 2
-	if ok {
+	if code/100 == 2 {
 		s.r.expect.Add(int64(count * s.r.e.ConnsPerUser))
 	}
 	s.rep.emit(event{kind: evSent, sender: s.id, seq: s.seq, first: int32(first), count: int32(count),
 		at: sentAt.UnixNano(), t2: time.Now().UnixNano(), code: int32(code), text: errClass})
-	return ok
+	return code, errClass
 }
 
 // post does one /send and returns its status, or 0 and the class of the
