@@ -234,17 +234,16 @@ func startProxy(t testing.TB, target string) *tcpProxy {
 
 func (p *tcpProxy) Addr() string { return p.ln.Addr().String() }
 
-// setMode switches the proxy; leaving forward closes every connection,
-// as a network failure would.
+// setMode switches the proxy and closes every connection it holds: a cut
+// ends them as a network failure would, and a restored network resets
+// what a blackhole held (rather than leaving it stuck until timeouts).
 func (p *tcpProxy) setMode(m proxyMode) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.mode = m
-	if m != proxyForward {
-		for c := range p.conns {
-			c.Close()
-			delete(p.conns, c)
-		}
+	for c := range p.conns {
+		c.Close()
+		delete(p.conns, c)
 	}
 }
 
