@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"go-pusher/message"
 )
 
@@ -28,6 +30,7 @@ type Config struct {
 	MessageLogTimeout time.Duration // longest /send waits for the message log
 	MySQLDSN          string        // PUSHER_MYSQL_DSN
 	RedisURL          string        // PUSHER_REDIS_URL; cluster mode when set
+	RedisPrefix       string        // prefix of this cluster's Redis keys and channels
 
 	// MySQLBatchSize and MySQLBatchInterval bound a group commit of the
 	// mysql log: a batch is written at this many rows or this long after
@@ -69,6 +72,7 @@ func newFlagSet(cfg *Config, origins *string) *flag.FlagSet {
 	fs.DurationVar(&cfg.MessageLogTimeout, "message-log-timeout", 5*time.Second, "longest /send waits for the message log before it answers 503")
 	fs.IntVar(&cfg.MySQLBatchSize, "mysql-batch-size", message.DefaultMySQLBatchSize, "mysql log: most rows in one INSERT (group commit)")
 	fs.DurationVar(&cfg.MySQLBatchInterval, "mysql-batch-interval", message.DefaultMySQLBatchInterval, "mysql log: longest a row waits for its batch to fill")
+	fs.StringVar(&cfg.RedisPrefix, "redis-prefix", "pusher", "prefix of the Redis channels and keys of this cluster (several clusters can share one Redis)")
 	fs.StringVar(origins, "allowed-origins", "*", "comma-separated Origin allow-list for /ws (* allows any)")
 	fs.IntVar(&cfg.MaxMessageSize, "max-message-size", 65536, "largest /send message, bytes")
 	fs.IntVar(&cfg.SendBuffer, "send-buffer", 128, "per-connection queue; a connection with a full queue is closed with 1013")
@@ -195,9 +199,13 @@ func (c *Config) validate() []error {
 		bad("invalid -message-log %q: want stdout, mysql or none", c.MessageLog)
 	}
 	if c.RedisURL != "" {
-		if u, err := url.Parse(c.RedisURL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") {
+		// redis.ParseURL's errors may quote the URL, password included.
+		if _, err := redis.ParseURL(c.RedisURL); err != nil {
 			bad("invalid PUSHER_REDIS_URL: want redis://[user:password@]host:port[/db] or rediss://...")
 		}
+	}
+	if c.RedisPrefix == "" || strings.ContainsAny(c.RedisPrefix, " \t\r\n") {
+		bad("invalid -redis-prefix %q: want a non-empty word", c.RedisPrefix)
 	}
 	if len(c.AllowedOrigins) == 0 {
 		bad("invalid -allowed-origins: empty (use * to allow any origin)")

@@ -13,8 +13,6 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/gorilla/websocket"
-
 	"go-pusher/message"
 )
 
@@ -215,12 +213,6 @@ func (s *Server) handleSend(w http.ResponseWriter, r *http.Request) {
 	s.metrics.sendDuration.Observe(time.Since(start).Seconds())
 }
 
-// target is a uid and the connections it had when /send looked.
-type target struct {
-	uid     string
-	clients []*Client
-}
-
 // send handles one /send and returns the status it answered.
 func (s *Server) send(w http.ResponseWriter, r *http.Request, now time.Time) int {
 	if r.Method != http.MethodPost {
@@ -242,28 +234,17 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request, now time.Time) int
 		return replyText(w, http.StatusServiceUnavailable, "server shutting down")
 	}
 
-	var one [1]target
-	targets := one[:0]
-	var notFound []string
-	conns := 0
-	for _, uid := range req.UIDs {
-		if cs := s.hub.clients(uid); len(cs) > 0 {
-			targets = append(targets, target{uid, cs})
-			conns += len(cs)
-		} else {
-			notFound = append(notFound, uid)
-		}
+	online, notFound, err := s.broker.Online(r.Context(), req.UIDs)
+	if err != nil {
+		s.log.Warn("cluster lookup failed", "err", err)
+		return replyText(w, http.StatusServiceUnavailable, "cluster unavailable: the message was not sent")
 	}
-	if !req.Multicast && len(targets) == 0 {
+	if !req.Multicast && len(online) == 0 {
 		return replyText(w, http.StatusNotFound, "client not found: "+req.UIDs[0])
 	}
 
 	m := &Message{ID: s.ids.next(now), Data: StringToBytes(req.Message), Accepted: now}
-	online := make([]string, len(targets))
-	for i, t := range targets {
-		online[i] = t.uid
-	}
-	if len(targets) > 0 {
+	if len(online) > 0 {
 		ctx, cancel := context.WithTimeout(r.Context(), s.cfg.MessageLogTimeout)
 		err := s.msgLog.Log(ctx, message.Log{ID: m.ID, UIDs: online, Message: req.Message, Time: now})
 		cancel()
@@ -271,18 +252,26 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request, now time.Time) int
 			s.log.Warn("message log failed", "id", m.ID, "err", err)
 			return replyText(w, http.StatusServiceUnavailable, "message log unavailable: the message was not sent")
 		}
-		if conns > 1 {
-			// Frame it once for every connection. The error is only for
-			// compression, which is off.
-			m.prepared, _ = websocket.NewPreparedMessage(websocket.TextMessage, m.Data)
+		gone, err := s.broker.Publish(r.Context(), m, online)
+		if err != nil {
+			for _, uid := range online {
+				s.msgLog.Update(m.ID, uid, message.StatusFailed)
+			}
+			s.log.Warn("publish failed", "id", m.ID, "err", err)
+			return replyText(w, http.StatusServiceUnavailable, "cluster unavailable: the message was not sent")
 		}
-		for _, t := range targets {
-			s.hub.deliver(t.uid, t.clients, m)
+		if !req.Multicast && len(gone) == 1 {
+			// The uid went away between the lookup and the publish: nobody
+			// will get this. Its log row is marked failed by the hub.
+			return replyText(w, http.StatusNotFound, "client not found: "+req.UIDs[0])
 		}
 	}
 
 	if !req.Multicast {
 		return replyJSON(w, http.StatusOK, []byte(`{"id":"`+m.ID+`"}`))
+	}
+	if online == nil {
+		online = []string{}
 	}
 	if notFound == nil {
 		notFound = []string{}

@@ -26,6 +26,7 @@ type Server struct {
 	hub      *Hub
 	auth     Authenticator
 	msgLog   message.Logger
+	broker   Broker
 	metrics  *metrics
 	ids      *idGenerator
 	upgrader *websocket.Upgrader
@@ -67,6 +68,14 @@ func newServer(cfg Config, log *slog.Logger, msgLog message.Logger) (*Server, er
 	}, log, msgLog, nil)
 	s.metrics = newMetrics(s.hub)
 	s.hub.metrics = s.metrics
+	s.broker = localBroker{hub: s.hub}
+	if cfg.RedisURL != "" {
+		rb, err := newRedisBroker(context.Background(), cfg.RedisURL, cfg.RedisPrefix, s.hub, log, s.metrics.reg)
+		if err != nil {
+			return nil, err
+		}
+		s.broker, s.hub.events = rb, rb
+	}
 	return s, nil
 }
 
@@ -145,12 +154,15 @@ func (s *Server) InternalAddr() string {
 // failure, or nil.
 func (s *Server) Serve(ctx context.Context) error {
 	go s.hub.run() // stopped by hub.Shutdown in shutdown
+	if rb, ok := s.broker.(*RedisBroker); ok {
+		rb.Start() // stopped by broker.Close in shutdown
+	}
 	errc := make(chan error, len(s.servers))
 	for i, srv := range s.servers {
 		ln := s.listeners[i]
 		go func() { errc <- srv.Serve(ln) }()
 	}
-	s.log.Info("listening", "addr", s.Addr(), "internal_addr", s.InternalAddr(), "message_log", s.cfg.MessageLog)
+	s.log.Info("listening", "addr", s.Addr(), "internal_addr", s.InternalAddr(), "message_log", s.cfg.MessageLog, "cluster", s.cfg.RedisURL != "")
 
 	var err error
 	running := len(s.servers)
@@ -179,6 +191,11 @@ func (s *Server) shutdown(ctx context.Context) {
 	s.drainMu.Unlock()
 	s.log.Info("shutting down", "connections", s.hub.Connections(), "pending", s.hub.Pending())
 
+	// Leave the cluster first: other nodes stop routing here, and what
+	// they sent before reaches the connections before those close.
+	if err := s.broker.Close(ctx); err != nil {
+		s.log.Warn("broker close failed", "err", err)
+	}
 	drained := true
 	if err := s.hub.Shutdown(ctx); err != nil {
 		drained = false
@@ -211,6 +228,10 @@ func (s *Server) handleReadyz(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	if err := s.msgLog.Ready(ctx); err != nil {
 		replyText(w, http.StatusServiceUnavailable, "message log: "+err.Error())
+		return
+	}
+	if err := s.broker.Ready(ctx); err != nil {
+		replyText(w, http.StatusServiceUnavailable, "cluster: "+err.Error())
 		return
 	}
 	replyText(w, http.StatusOK, "ready")
