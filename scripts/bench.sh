@@ -13,6 +13,7 @@
 #   BENCH_MESSAGES        send: unicasts in total                 (20000)
 #   BENCH_MC_USERS        multicast: uids in each /send           (200)
 #   BENCH_ROUNDS          multicast: /send requests               (100)
+#   BENCH_MC_SENDERS      multicast: /send requests at a time     (1)
 #   BENCH_CHURN_USERS     churn: connections                      (200)
 #   BENCH_CHURN_DURATION  churn: how long                         (10s)
 #   BENCH_CHURN_RATE      churn: /send requests per second        (2000)
@@ -30,7 +31,8 @@
 #   BENCH_SETTLE=10s make bench
 #
 # The server and the tool share the machine's cores: compare the
-# "per server CPU-second" figures across machines, not the rates.
+# "per server CPU-second" figures across machines, not the rates, and
+# mind the "other CPU" column (other processes busy during the run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/smoke-bench.sh # start_server, stop_server
@@ -43,6 +45,7 @@ SENDERS=${BENCH_SENDERS:-16}
 MESSAGES=${BENCH_MESSAGES:-20000}
 MC_USERS=${BENCH_MC_USERS:-200}
 ROUNDS=${BENCH_ROUNDS:-100}
+MC_SENDERS=${BENCH_MC_SENDERS:-1}
 CHURN_USERS=${BENCH_CHURN_USERS:-200}
 CHURN_DURATION=${BENCH_CHURN_DURATION:-10s}
 CHURN_RATE=${BENCH_CHURN_RATE:-2000}
@@ -75,7 +78,7 @@ for log in $MESSAGE_LOGS; do
 		case $sc in
 		idle) size=(-users "$IDLE_CONNS" -settle "$SETTLE") ;;
 		send) size=(-users "$USERS" -senders "$SENDERS" -messages "$MESSAGES") ;;
-		multicast) size=(-users "$MC_USERS" -senders "$SENDERS" -rounds "$ROUNDS") ;;
+		multicast) size=(-users "$MC_USERS" -senders "$MC_SENDERS" -rounds "$ROUNDS") ;;
 		churn) size=(-users "$CHURN_USERS" -senders "$SENDERS" -messages 10000000 -rate "$CHURN_RATE" -duration "$CHURN_DURATION") ;;
 		*)
 			echo "unknown scenario $sc in BENCH_SCENARIOS" >&2

@@ -197,6 +197,34 @@ func parseStat(b []byte) (float64, error) {
 	return float64(ticks) / clockTicks, nil
 }
 
+// cpuClock is the tool's and the whole machine's CPU time at one moment.
+type cpuClock struct{ tool, machine float64 }
+
+func readCPUClock() cpuClock { return cpuClock{tool: selfCPU(), machine: machineCPU()} }
+
+// machineCPU returns the busy CPU time of the whole machine (all cores:
+// user, nice, system, irq, softirq, steal) from /proc/stat, or 0.
+func machineCPU() float64 {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal ...
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0
+	}
+	var ticks uint64
+	for _, i := range []int{1, 2, 3, 6, 7, 8} {
+		n, err := strconv.ParseUint(f[i], 10, 64)
+		if err != nil {
+			return 0
+		}
+		ticks += n
+	}
+	return float64(ticks) / clockTicks
+}
+
 // selfCPU returns the tool's own CPU time, to tell whether the tool rather
 // than the server was the limit (they share the machine).
 func selfCPU() float64 {

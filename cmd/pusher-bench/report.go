@@ -44,6 +44,7 @@ type Report struct {
 	ServerFailed      float64 `json:"server_failed,omitempty"`         // pusher_messages_failed_total over the run
 	SlowConsumers     float64 `json:"server_slow_consumers,omitempty"` // pusher_slow_consumers_total over the run
 	ToolCPU           float64 `json:"tool_cpu_seconds,omitempty"`
+	OtherCPU          float64 `json:"other_cpu_seconds,omitempty"` // the rest of the machine, over the same phase
 
 	// Messages.
 	Requests           int            `json:"requests,omitempty"`
@@ -164,7 +165,7 @@ func (r *Report) print(w io.Writer, asJSON bool) error {
 		line("server counted", "sent %.0f, failed %.0f, slow consumers %.0f", r.ServerSent, r.ServerFailed, r.SlowConsumers)
 	}
 	if r.ServerCPU > 0 || r.ToolCPU > 0 {
-		line("CPU s", "server %.2f, this tool %.2f", r.ServerCPU, r.ToolCPU)
+		line("CPU s", "server %.2f, this tool %.2f, other processes %.2f", r.ServerCPU, r.ToolCPU, r.OtherCPU)
 	}
 	for _, s := range []struct {
 		name string
@@ -234,7 +235,7 @@ func runTable(files []string, w io.Writer) error {
 
 func writeTable(w io.Writer, reps []*Report) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "run\tconns\tconn/s\tRSS/conn\tgor/conn\taccepted/s\tdelivered/s\tdeliv/CPU-s\tp50 ms\tp99 ms\tmax ms\tlost\tdup\tooo\tload\tresult\t")
+	fmt.Fprintln(tw, "run\tconns\tconn/s\tRSS/conn\tgor/conn\taccepted/s\tdelivered/s\tdeliv/CPU-s\tp50 ms\tp99 ms\tmax ms\tlost\tdup\tooo\tother CPU\tresult\t")
 	num := func(v float64, format string) string {
 		if v == 0 {
 			return "-"
@@ -254,10 +255,10 @@ func writeTable(w io.Writer, reps []*Report) error {
 		if r.RSSPerConn != 0 {
 			rss = bytesOf(r.RSSPerConn)
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%.1f\t%s\t\n", name, r.Connected,
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\t\n", name, r.Connected,
 			num(r.UpgradesPerSec, "%.0f"), rss, num(r.GoroutinesPerConn, "%.2f"),
 			num(r.AcceptedPerSec, "%.0f"), num(r.DeliveredPerSec, "%.0f"), num(r.DeliveredPerCPUSec, "%.0f"),
-			num(p50, "%.2f"), num(p99, "%.2f"), num(pmax, "%.1f"), r.Lost, r.Duplicates, r.OutOfOrder, r.LoadAvg, r.Result)
+			num(p50, "%.2f"), num(p99, "%.2f"), num(pmax, "%.1f"), r.Lost, r.Duplicates, r.OutOfOrder, num(r.OtherCPU, "%.1f s"), r.Result)
 	}
 	if err := tw.Flush(); err != nil {
 		return fmt.Errorf("write table: %w", err)

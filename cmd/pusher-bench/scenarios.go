@@ -170,7 +170,7 @@ func (r *runner) send(ctx context.Context) (*Report, error) {
 	if err != nil {
 		return r.abort(rep, s, err)
 	}
-	tool0 := selfCPU()
+	clk0 := readCPUClock()
 	if r.e.Scenario == scenarioMulticast {
 		k := r.multicastSize()
 		err = r.runSenders(ctx, ctx, s.rp, r.e.Rounds, func(n int) (int, int) { return n * k % r.e.Users, k })
@@ -182,11 +182,11 @@ func (r *runner) send(ctx context.Context) (*Report, error) {
 	}
 	r.drain(ctx, true)
 	after, ok := r.state(ctx, rep, "after the sends")
-	rep.ToolCPU = selfCPU() - tool0
+	clk1 := readCPUClock()
 	s.close()
 	r.summarize(rep, s)
 	if ok {
-		r.cost(rep, before, after)
+		r.cost(rep, before, after, clk0, clk1)
 	}
 	return rep, nil
 }
@@ -226,7 +226,7 @@ func (r *runner) churn(ctx context.Context) (*Report, error) {
 	if err != nil {
 		return r.abort(rep, s, err)
 	}
-	tool0 := selfCPU()
+	clk0 := readCPUClock()
 	churnCtx, cancel := context.WithTimeout(ctx, e.Duration)
 	defer cancel()
 	// Requests run under ctx, so the last ones finish after Duration.
@@ -238,11 +238,11 @@ func (r *runner) churn(ctx context.Context) (*Report, error) {
 	s.p.redial.Store(false)
 	r.drain(ctx, false)
 	after, ok := r.state(ctx, rep, "after the churn")
-	rep.ToolCPU = selfCPU() - tool0
+	clk1 := readCPUClock()
 	s.close()
 	r.summarize(rep, s)
 	if ok {
-		r.cost(rep, before, after)
+		r.cost(rep, before, after, clk0, clk1)
 	}
 
 	// Leak check: with every connection and keep-alive closed, the server
@@ -300,29 +300,29 @@ func (r *runner) runSenders(stop, reqCtx context.Context, rp *reporter, total in
 	return nil
 }
 
-// drain waits for the messages in flight. With useExpect it ends as soon
-// as the receivers read as many messages as the 2xx answers owe; in any
-// case once the server has nothing pending and nothing arrived for
-// quietPeriod (messages still owed then are lost), and by Drain at most.
+// drain waits for the messages in flight: until the server has nothing
+// pending and nothing arrived for quietPeriod (messages still owed then
+// are lost), or, with useExpect, for only settlePeriod once the receivers
+// read as many messages as the 2xx answers owe (a duplicate counts there
+// too, so the count alone does not prove every message came). Drain
+// bounds it.
 func (r *runner) drain(ctx context.Context, useExpect bool) {
+	const settlePeriod = 50 * time.Millisecond
 	last, lastChange := r.recv.Load(), time.Now()
 	var pending float64 = 1
 	nextProbe := time.Now()
 	waitUntil(ctx, r.e.Drain, 5*time.Millisecond, func() bool {
-		n := r.recv.Load()
-		if useExpect && n >= r.expect.Load() {
-			return true
-		}
-		if n != last {
+		if n := r.recv.Load(); n != last {
 			last, lastChange = n, time.Now()
 		}
 		if time.Now().After(nextProbe) {
-			nextProbe = time.Now().Add(100 * time.Millisecond)
+			nextProbe = time.Now().Add(settlePeriod)
 			if st, err := r.probe.read(ctx); err == nil {
 				pending = st.Pending
 			}
 		}
-		return pending == 0 && time.Since(lastChange) > quietPeriod
+		quiet := time.Since(lastChange)
+		return pending == 0 && (quiet > quietPeriod || useExpect && last >= r.expect.Load() && quiet > settlePeriod)
 	})
 }
 
@@ -356,9 +356,16 @@ func (r *runner) summarize(rep *Report, s *session) {
 	rep.check()
 }
 
-// cost adds the server's CPU and counters between before and after.
-func (r *runner) cost(rep *Report, before, after serverState) {
+// cost adds the CPU time and the server's counters between before and
+// after.
+func (r *runner) cost(rep *Report, before, after serverState, c0, c1 cpuClock) {
 	rep.ServerCPU = after.CPUSeconds - before.CPUSeconds
+	rep.ToolCPU = c1.tool - c0.tool
+	if r.e.ServerPID != 0 && c1.machine > 0 {
+		// The server runs here: what is left of the machine's busy time
+		// went to other work, which slows both.
+		rep.OtherCPU = max(c1.machine-c0.machine-rep.ServerCPU-rep.ToolCPU, 0)
+	}
 	if rep.ServerCPU > 0 {
 		rep.DeliveredPerCPUSec = float64(rep.Delivered) / rep.ServerCPU
 	}
