@@ -1,0 +1,186 @@
+"use strict";
+
+// BEGIN reference client
+// connectPusher listens on a go-pusher /ws URL with a token: onMessage(text)
+// gets each pushed message, onState({state, code, reason, retryIn}) each
+// change. After close 1001, 1006 or 1013 it reconnects in 0.5 s doubling to
+// 30 s, with jitter; after 1008 (bad or expired token, connection limit) it
+// stops, as retrying cannot help. It returns a function that stops it.
+function connectPusher(url, token, onMessage, onState) {
+  let ws, retry, hold, held = "", delay = 500, stopped = false;
+  const flush = () => { clearTimeout(hold); if (held) onMessage(held); held = ""; };
+  function open() {
+    let first = true;
+    ws = new WebSocket(url + "?token=" + encodeURIComponent(token));
+    onState({ state: "connecting" });
+    ws.onopen = () => { delay = 500; onState({ state: "open" }); };
+    ws.onmessage = (e) => {
+      flush();
+      // A refused connection gets "authenticate error: <reason>", then 1008;
+      // if no 1008 follows, it was a pushed message after all.
+      if (first && e.data.startsWith("authenticate error: ")) { held = e.data; hold = setTimeout(flush, 2000); }
+      else onMessage(e.data);
+      first = false;
+    };
+    ws.onclose = (e) => {
+      const reason = (e.code === 1008 && held) || e.reason;
+      if (e.code === 1008) { clearTimeout(hold); held = ""; } else flush();
+      if (stopped || ![1001, 1006, 1013].includes(e.code)) return onState({ state: "closed", code: e.code, reason });
+      const retryIn = delay / 2 + Math.random() * delay / 2;
+      delay = Math.min(delay * 2, 30000);
+      retry = setTimeout(open, retryIn);
+      onState({ state: "reconnecting", code: e.code, reason, retryIn });
+    };
+  }
+  open();
+  return () => {
+    stopped = true; clearTimeout(retry);
+    if (ws.readyState === WebSocket.CLOSED) onState({ state: "closed", code: 1000 }); else ws.close(1000);
+  };
+}
+// END reference client
+
+// The page around the reference client. Messages and answers are untrusted:
+// they are shown with textContent only, never parsed as HTML.
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const maxMessages = 500; // older ones are dropped, so a busy uid cannot eat the tab's memory
+  const closeNames = { 1000: "normal", 1001: "going away", 1006: "connection lost", 1008: "policy violation", 1009: "message too big", 1013: "try again later" };
+  let stop = null;
+  let generation = 0; // callbacks of a connection the user replaced are ignored
+  let attempts = 0; // connection attempts since the user pressed Connect
+
+  // Secrets in the fragment (make run's link: #token=...&key=...) fill the
+  // form and leave the address bar, the history and any screen share.
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  if (fragment.has("token") || fragment.has("key")) {
+    $("token").value = fragment.get("token") || "";
+    $("key").value = fragment.get("key") || "";
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+
+  // wsURL is /ws on this page's server, ws: or wss: as the page is http: or https:.
+  function wsURL() {
+    const u = new URL("ws", location.href);
+    u.protocol = u.protocol === "https:" ? "wss:" : "ws:";
+    u.search = "";
+    u.hash = "";
+    return u.href;
+  }
+
+  // tokenUID reads the uid claim to fill the send panel; the server, not
+  // this page, checks the token.
+  function tokenUID(token) {
+    try {
+      const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      const json = new TextDecoder().decode(Uint8Array.from(atob(payload), (c) => c.charCodeAt(0)));
+      const uid = JSON.parse(json).uid;
+      return typeof uid === "string" ? uid : "";
+    } catch {
+      return "";
+    }
+  }
+
+  function clock(d) {
+    const p = (n, w) => String(n).padStart(w, "0");
+    return `${p(d.getHours(), 2)}:${p(d.getMinutes(), 2)}:${p(d.getSeconds(), 2)}.${p(d.getMilliseconds(), 3)}`;
+  }
+
+  function showMessage(text) {
+    const now = new Date();
+    const li = document.createElement("li");
+    const time = document.createElement("time");
+    time.dateTime = now.toISOString();
+    time.textContent = clock(now);
+    const body = document.createElement("span");
+    body.className = "text";
+    body.textContent = text;
+    li.append(time, body);
+    const list = $("messages");
+    list.prepend(li);
+    while (list.children.length > maxMessages) list.lastElementChild.remove();
+    $("count").textContent = `(${list.children.length})`;
+  }
+
+  function closedText(code, reason) {
+    const name = closeNames[code] ? ` ${closeNames[code]}` : "";
+    return `closed: ${code}${name}${reason ? ": " + reason : ""}`;
+  }
+
+  function showState({ state, code, reason, retryIn }) {
+    const el = $("state");
+    if (state === "connecting") attempts++;
+    el.dataset.state = state;
+    el.dataset.attempts = attempts;
+    if (state !== "connecting") el.dataset.code = code || ""; // the last close, while reconnecting
+    switch (state) {
+      case "connecting":
+        el.textContent = attempts > 1 ? `Reconnecting (attempt ${attempts})…` : "Connecting…";
+        break;
+      case "open":
+        el.textContent = `Open: listening as ${tokenUID($("token").value) || "this token's uid"}.`;
+        break;
+      case "reconnecting":
+        el.textContent = `${closedText(code, reason)}. Reconnecting in ${(retryIn / 1000).toFixed(1)} s…`;
+        break;
+      default:
+        el.textContent = code === 1008 ? `${closedText(code, reason)}. Not reconnecting: paste a valid token and connect.` : `${closedText(code, reason)}.`;
+    }
+    const live = state !== "closed";
+    $("connect").disabled = live;
+    $("disconnect").disabled = !live;
+    if (!live) stop = null;
+  }
+
+  $("listen-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    if (stop) stop();
+    const token = $("token").value.trim();
+    attempts = 0;
+    if (!$("uid").value) $("uid").value = tokenUID(token);
+    const gen = ++generation;
+    const current = (f) => (arg) => { if (gen === generation) f(arg); };
+    stop = connectPusher(wsURL(), token, current(showMessage), current(showState));
+  });
+  $("disconnect").addEventListener("click", () => { if (stop) stop(); });
+  $("clear").addEventListener("click", () => {
+    $("messages").replaceChildren();
+    $("count").textContent = "(0)";
+  });
+
+  $("send-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const out = $("send-result");
+    out.dataset.status = "";
+    out.className = "";
+    out.textContent = "Sending…";
+    $("send").disabled = true;
+    try {
+      const res = await fetch("send", {
+        method: "POST",
+        headers: { "Authorization": "Bearer " + $("key").value.trim(), "Content-Type": "application/json" },
+        body: JSON.stringify({ uid: $("uid").value, message: $("message").value }),
+        cache: "no-store",
+      });
+      const body = (await res.text()).trim();
+      let text = `${res.status} ${res.statusText}\n${body}`;
+      if (res.status === 404 && !body.startsWith("client not found")) {
+        text += "\n\n/send is not served on this address: the server runs with -internal-addr, so /send is only on the internal listener. Send from a backend that reaches it.";
+      } else if (res.status === 404) {
+        text += "\n\nNobody with this uid is connected to this server.";
+      }
+      out.dataset.status = res.status;
+      out.className = res.ok ? "ok" : "error";
+      out.textContent = text;
+    } catch (err) {
+      out.dataset.status = "error";
+      out.className = "error";
+      out.textContent = `Request failed: ${err.message}`;
+    } finally {
+      $("send").disabled = false;
+    }
+  });
+
+  // make run's link carries a token: listen at once.
+  if ($("token").value) $("listen-form").requestSubmit();
+})();
