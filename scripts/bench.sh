@@ -59,7 +59,19 @@ OUT=${BENCH_OUT:-bin/bench}
 ulimit -n "$(ulimit -Hn)"
 
 tmp=$(mktemp -d)
-trap 'stop_server; rm -rf "$tmp"' EXIT
+TOOL_PID=
+stop_tool() {
+	if [ -n "$TOOL_PID" ]; then
+		kill "$TOOL_PID" 2>/dev/null || true
+		wait "$TOOL_PID" 2>/dev/null || true
+		TOOL_PID=
+	fi
+}
+trap 'stop_tool; stop_server; rm -rf "$tmp"' EXIT
+# A signal ends the script at once (bash runs traps only between
+# foreground commands, hence the tool runs in the background and is
+# waited for), and the EXIT trap stops the tool and the server.
+trap 'exit 130' INT TERM
 failed=()
 
 go build -o bin/go-pusher .
@@ -91,7 +103,10 @@ for log in $MESSAGE_LOGS; do
 		report=$OUT/$sc-$log.json
 		rc=0
 		bin/pusher-bench -url "$SERVER_URL" -server-pid "$SERVER_PID" -scenario "$sc" -label "log=$log" \
-			-size "$SIZE" "${size[@]}" -json >"$report" || rc=$?
+			-size "$SIZE" "${size[@]}" -json >"$report" &
+		TOOL_PID=$!
+		wait "$TOOL_PID" || rc=$?
+		TOOL_PID=
 		stop_server
 		if [ -s "$report" ]; then
 			reports+=("$report")

@@ -72,6 +72,7 @@ smoke() {
 	# Global, not local: the EXIT trap runs after smoke has returned.
 	tmp=$(mktemp -d)
 	trap 'stop_server; rm -rf "$tmp"' EXIT
+	trap 'exit 130' INT TERM # so that the EXIT trap stops the server then too
 	go build -o "$tmp/go-pusher" .
 	go build -o "$tmp/pusher-bench" ./cmd/pusher-bench
 	start_server "$tmp/go-pusher" "$tmp" -message-log stdout
