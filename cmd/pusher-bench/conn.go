@@ -157,6 +157,9 @@ func (p *pool) runSlot(slot int32) {
 			first = false
 		}
 		if err != nil {
+			if p.ctx.Err() != nil {
+				return // cut short by stop: not the server's failure
+			}
 			p.rep.emit(event{kind: evDialError, slot: slot, at: time.Now().UnixNano(), text: err.Error()})
 			if !p.redial.Load() || !sleep(p.ctx, redialBackoff) {
 				return

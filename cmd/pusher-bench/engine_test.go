@@ -167,6 +167,9 @@ func TestFaultsShow(t *testing.T) {
 		{"server stops answering", faults{hangUpAfter: 50}, scenarioSend, func(r *Report) bool {
 			return r.Accepted == 50 && r.Requests < 300 && strings.Contains(strings.Join(r.Problems, ";"), "got no answer")
 		}},
+		{"handshakes refused", faults{refuseEvery: 5}, scenarioIdle, func(r *Report) bool {
+			return r.Connected == 8 && r.DialErrors["http 503"] == 2
+		}},
 		{"leak", faults{leakConns: true}, scenarioChurn, func(r *Report) bool { return strings.Contains(strings.Join(r.Problems, ";"), "baseline") }},
 	}
 	for _, tt := range tests {

@@ -29,6 +29,7 @@ type faults struct {
 	notFoundEvery int64 // this /send (counted by requests) answers 404 although the uid is connected
 	leakConns     bool  // closed connections stay counted
 	hangUpAfter   int64 // /send requests after this many get no answer: the connection is dropped
+	refuseEvery   int64 // this handshake (counted from 1) is refused with 503
 }
 
 // fakeServer is a small push server with go-pusher's contract: /ws with
@@ -44,6 +45,7 @@ type fakeServer struct {
 	leaked int
 
 	queued   atomic.Int64 // messages queued, for the faults
+	dials    atomic.Int64
 	requests atomic.Int64
 	pending  atomic.Int64
 	wg       sync.WaitGroup // handlers and writers of WebSocket connections
@@ -82,6 +84,10 @@ func (fs *fakeServer) close() {
 }
 
 func (fs *fakeServer) serveWS(w http.ResponseWriter, r *http.Request) {
+	if every(fs.f.refuseEvery, fs.dials.Add(1)) {
+		http.Error(w, "busy", http.StatusServiceUnavailable)
+		return
+	}
 	var claims struct {
 		UID string `json:"uid"`
 		jwt.RegisteredClaims

@@ -88,11 +88,8 @@ func (r *Report) check() {
 	add(r.Malformed, "malformed")
 	add(r.NotFoundWhileOpen, "answered 404 while the uid had a connection open")
 	// The tool closes every connection itself: any other end is news.
-	closes := 0
-	for _, n := range r.ServerCloses {
-		closes += n
-	}
-	add(closes, "connections closed by the server or the network")
+	add(sum(r.ServerCloses), "connections closed by the server or the network")
+	add(sum(r.DialErrors), "handshakes failed")
 	r.Result = "PASS"
 	if len(r.Problems) > 0 {
 		r.Result = "FAIL"
@@ -195,6 +192,14 @@ func counts(line func(key, format string, a ...any), key string, m map[string]in
 		parts = append(parts, fmt.Sprintf("%s ×%d", k, m[k]))
 	}
 	line(key, "%s", strings.Join(parts, ", "))
+}
+
+func sum(m map[string]int) int {
+	n := 0
+	for _, v := range m {
+		n += v
+	}
+	return n
 }
 
 func bytesOf(b float64) string {

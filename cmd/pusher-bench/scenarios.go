@@ -82,9 +82,6 @@ func (r *runner) connect(ctx context.Context, s *session, base serverState, conf
 	if d := time.Duration(s.p.lastUp.Load() - start.UnixNano()); d > 0 {
 		rep.UpgradesPerSec = float64(n) / d.Seconds()
 	}
-	if int(n) < r.slots() {
-		rep.problem("%d of %d handshakes failed", r.slots()-int(n), r.slots())
-	}
 	if !confirm {
 		return nil
 	}
