@@ -690,3 +690,15 @@ func TestConsoleInBrowser(t *testing.T) {
 		}
 	})
 }
+
+// TestREADMEShowsTheReferenceClient: the README's browser snippet is the
+// console page's own code, character for character.
+func TestREADMEShowsTheReferenceClient(t *testing.T) {
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(readme), "```js\n"+referenceClient(t)) {
+		t.Error("README.md's browser snippet differs from the reference client in console/console.js; copy it from there")
+	}
+}

@@ -9,11 +9,24 @@ ADDR=${PUSHER_ADDR:-:8181}
 PORT=${ADDR##*:}
 TOKEN=$("$BIN" token -uid alice -ttl 24h)
 
+# urlencode percent-encodes $1 for the console URL's fragment.
+urlencode() {
+	local s=$1 out= c i
+	for ((i = 0; i < ${#s}; i++)); do
+		c=${s:i:1}
+		case $c in
+		[A-Za-z0-9._~-]) out+=$c ;;
+		*) out+=$(printf '%%%02X' "'$c") ;;
+		esac
+	done
+	printf '%s' "$out"
+}
+
 cat <<TXT
 
 go-pusher (development secrets; do not use them in production)
 
-  Console:  http://localhost:$PORT/#token=$TOKEN&key=$PUSHER_API_KEY
+  Console:  http://localhost:$PORT/#token=$(urlencode "$TOKEN")&key=$(urlencode "$PUSHER_API_KEY")
 
   Token for uid "alice" (valid 24h):
     $TOKEN
@@ -23,6 +36,8 @@ go-pusher (development secrets; do not use them in production)
 
   Push to alice:
     curl -H "Authorization: Bearer $PUSHER_API_KEY" -d uid=alice -d message=hello http://localhost:$PORT/send
+
+  The console page has a send panel too. Stop the server with Ctrl-C.
 
 TXT
 exec "$BIN" "$@"
