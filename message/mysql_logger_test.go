@@ -289,6 +289,36 @@ func TestBuildInsertsSplits(t *testing.T) {
 	}
 }
 
+func TestBuildUpdatesSplits(t *testing.T) {
+	l := &MySQLLogger{cfg: MySQLConfig{BatchSize: 5}, maxStmt: 700}
+	var keys []any
+	for i := range 23 {
+		keys = append(keys, fmt.Sprintf("id%02d", i), strings.Repeat("u", 10*(i%4)))
+	}
+	stmts := l.buildUpdates(StatusDelivered, "d.status <> 1", time.Now(), keys)
+	pairs := 0
+	for _, s := range stmts {
+		n := (len(s.args) - 1) / 2
+		pairs += n
+		if n < 1 || n > 5 {
+			t.Errorf("statement of %d rows, want 1 to 5", n)
+		}
+		if got := strings.Count(s.query, "?"); got != len(s.args) {
+			t.Errorf("statement has %d placeholders for %d arguments", got, len(s.args))
+		}
+		size := len(s.query) - len(s.args) + quotedTimeLen
+		for _, a := range s.args[:len(s.args)-1] {
+			size += quotedLen(a.(string))
+		}
+		if size > l.maxStmt {
+			t.Errorf("statement of %d bytes, over %d", size, l.maxStmt)
+		}
+	}
+	if pairs != 23 {
+		t.Errorf("%d rows in %d statements, want 23", pairs, len(stmts))
+	}
+}
+
 func TestQuotedLen(t *testing.T) {
 	for _, s := range []string{"", "abc", "a'b", `\`, "\x00\n\r\x1a'\"\\", "😀"} {
 		if got, want := quotedLen(s), len(fmt.Sprintf("'%s'", escapeForTest(s))); got != want {

@@ -14,6 +14,9 @@ type stmt struct {
 }
 
 const (
+	updateHead   = "UPDATE db_logs d JOIN ("
+	updateFirst  = "SELECT ? AS id, ? AS uid"
+	updateRow    = " UNION ALL SELECT ?, ?"
 	insertPrefix = "INSERT INTO db_logs (id, uid, message, status, created_at, updated_at) VALUES "
 	insertRow    = "(?,?,?,0,?,?)"
 	// quotedTimeLen is a DATETIME(6) as the driver writes it: '2006-01-02 15:04:05.999999'.
@@ -110,33 +113,41 @@ func (l *MySQLLogger) execInserts(ctx context.Context, stmts []stmt) error {
 	return nil
 }
 
-// buildUpdates splits keys (id, uid pairs) into UPDATE statements that
-// fit in maxStmt.
-func (l *MySQLLogger) buildUpdates(head string, now time.Time, keys []any) []stmt {
+// buildUpdates turns keys (id, uid pairs) into UPDATE statements that set
+// status where the row's status matches when, each at most BatchSize rows
+// and maxStmt bytes. The keys are joined as a derived table: MariaDB
+// plans "(id, uid) IN ((?,?), ...)" with its range optimizer, which costs
+// about 10 times as much for a few hundred pairs as these primary-key
+// lookups do. UNION ALL rather than VALUES, whose syntax MySQL and
+// MariaDB do not share.
+func (l *MySQLLogger) buildUpdates(set Status, when string, now time.Time, keys []any) []stmt {
+	tail := fmt.Sprintf(") v ON d.id = v.id AND d.uid = v.uid SET d.status = %d, d.updated_at = ? WHERE %s", set, when)
 	var stmts []stmt
 	var q strings.Builder
 	var args []any
-	size := 0
+	size, rows := 0, 0
 	flush := func() {
-		if len(args) > 1 {
-			q.WriteByte(')')
-			stmts = append(stmts, stmt{q.String(), args})
+		if rows > 0 {
+			q.WriteString(tail)
+			stmts = append(stmts, stmt{q.String(), append(args, now)})
 		}
 		q.Reset()
-		q.WriteString(head)
-		args, size = []any{now}, len(head)+quotedTimeLen+1
+		args, rows, size = nil, 0, len(updateHead)+len(tail)+quotedTimeLen
 	}
 	flush()
 	for i := 0; i < len(keys); i += 2 {
-		n := len("(?,?),") + quotedLen(keys[i].(string)) + quotedLen(keys[i+1].(string))
-		if len(args) > 1 && size+n > l.maxStmt {
+		n := max(len(updateFirst), len(updateRow)) + quotedLen(keys[i].(string)) + quotedLen(keys[i+1].(string))
+		if rows > 0 && (rows >= l.cfg.BatchSize || size+n > l.maxStmt) {
 			flush()
 		}
-		if len(args) > 1 {
-			q.WriteByte(',')
+		if rows == 0 {
+			q.WriteString(updateHead)
+			q.WriteString(updateFirst)
+		} else {
+			q.WriteString(updateRow)
 		}
-		q.WriteString("(?,?)")
 		args = append(args, keys[i], keys[i+1])
+		rows++
 		size += n
 	}
 	flush()

@@ -160,14 +160,15 @@ func (l *MySQLLogger) writeUpdates(ctx context.Context, batch []statusUpdate) (i
 	}
 	now := time.Now().UTC().Truncate(time.Millisecond)
 	sets := []struct {
-		head string
+		set  Status
+		when string
 		keys []any
 	}{
-		{"UPDATE db_logs SET status = 1, updated_at = ? WHERE status <> 1 AND (id, uid) IN (", delivered},
-		{"UPDATE db_logs SET status = 2, updated_at = ? WHERE status = 0 AND (id, uid) IN (", failed},
+		{StatusDelivered, "d.status <> 1", delivered},
+		{StatusFailed, "d.status = 0", failed},
 	}
 	for _, set := range sets {
-		for _, s := range l.buildUpdates(set.head, now, set.keys) {
+		for _, s := range l.buildUpdates(set.set, set.when, now, set.keys) {
 			if _, err := l.db.ExecContext(ctx, s.query, s.args...); err != nil {
 				return 0, err
 			}
