@@ -24,7 +24,7 @@
 #   BENCH_GO              0 skips the Go benchmarks               (1)
 #   BENCH_OUT             where the -json reports are kept        (bin/bench)
 #
-# The full-size figures (about 5 minutes on 2 cores):
+# The full-size figures (about 3 minutes on 2 cores):
 #
 #   BENCH_IDLE_CONNS=10000 BENCH_USERS=1000 BENCH_SENDERS=32 BENCH_MESSAGES=100000 \
 #   BENCH_MC_USERS=1000 BENCH_ROUNDS=100 BENCH_CHURN_USERS=1000 BENCH_CHURN_DURATION=60s \
