@@ -210,10 +210,15 @@ func (p *pool) hold(slot, gen int32, conn *websocket.Conn, life time.Duration, a
 	// (or drop the socket); the read loop below then ends. Each signals
 	// when it has run, so that hold returns only after them.
 	var by atomic.Int32 // closeReason+1 of the first closer, 0: the server
+	// closedAt is when the tool began to close: from then on the server may
+	// unregister the connection, so that is its end for the checks (the
+	// close handshake takes a while longer).
+	var closedAt atomic.Int64
 	var once sync.Once
 	closer := func(reason closeReason) {
 		once.Do(func() {
 			by.Store(int32(reason) + 1)
+			closedAt.Store(time.Now().UnixNano())
 			if reason == closedByChurn && abrupt {
 				// A peer that vanishes without a close frame.
 				_ = conn.NetConn().Close() // the read loop reports the end
@@ -234,6 +239,7 @@ func (p *pool) hold(slot, gen int32, conn *websocket.Conn, life time.Duration, a
 	stopAfter := context.AfterFunc(p.ctx, func() { defer close(stopRan); closer(closedByStop) })
 
 	code, text := p.read(slot, gen, conn)
+	ended := time.Now().UnixNano()
 
 	if timer != nil && !timer.Stop() {
 		<-timerRan
@@ -246,7 +252,11 @@ func (p *pool) hold(slot, gen int32, conn *websocket.Conn, life time.Duration, a
 	if b := by.Load(); b != 0 {
 		reason = closeReason(b - 1)
 	}
-	p.rep.emit(event{kind: evDown, slot: slot, gen: gen, at: time.Now().UnixNano(), reason: reason, code: int32(code), text: text})
+	down := closedAt.Load()
+	if down == 0 {
+		down = ended
+	}
+	p.rep.emit(event{kind: evDown, slot: slot, gen: gen, at: down, reason: reason, code: int32(code), text: text})
 }
 
 // read reads messages until the connection ends, and returns the close

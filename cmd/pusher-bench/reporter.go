@@ -224,7 +224,7 @@ func (r *reporter) summarize(rep *Report, grace time.Duration) {
 			key := uint64(s)<<32 | uint64(i+1)
 			switch {
 			case rec.code/100 == 2:
-				r.owed(rec, grace, func(cs *connState) {
+				r.owed(rec, grace, false, func(cs *connState) {
 					rep.Expected++
 					if _, ok := cs.seen[key]; !ok {
 						rep.Lost++
@@ -232,9 +232,11 @@ func (r *reporter) summarize(rep *Report, grace time.Duration) {
 				})
 			case rec.code == 404:
 				// "client not found" while a connection of the uid was
-				// open across the whole request is a wrong answer.
+				// open across the whole request is a wrong answer, also
+				// when churn closed that connection later: the server
+				// sees a close only after the tool makes it.
 				wrong := false
-				r.owed(rec, grace, func(cs *connState) {
+				r.owed(rec, grace, true, func(cs *connState) {
 					wrong = wrong || cs.down == 0 || cs.down > rec.answered
 				})
 				if wrong {
@@ -256,14 +258,15 @@ func (r *reporter) summarize(rep *Report, grace time.Duration) {
 	rep.Latency = latencyOf(r.latencies)
 }
 
-// owed calls f for each connection that was open grace before rec was
-// issued and that the tool did not close early (churn).
-func (r *reporter) owed(rec sentRec, grace time.Duration, f func(cs *connState)) {
+// owed calls f for each connection of rec's uids that was open grace
+// before rec was issued and, unless churned, that the tool did not close
+// early (churn).
+func (r *reporter) owed(rec sentRec, grace time.Duration, churned bool, f func(cs *connState)) {
 	for j := range int(rec.count) {
 		u := (int(rec.first) + j) % r.users
 		for k := range r.connsPerUser {
 			for _, cs := range r.slots[u*r.connsPerUser+k] {
-				if cs.reason == closedByChurn || cs.up+int64(grace) > rec.at || (cs.down != 0 && cs.down < rec.at) {
+				if (cs.reason == closedByChurn && !churned) || cs.up+int64(grace) > rec.at || (cs.down != 0 && cs.down < rec.at) {
 					continue
 				}
 				f(cs)
