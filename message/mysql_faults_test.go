@@ -100,7 +100,7 @@ func TestMySQLOutage(t *testing.T) {
 func TestMySQLUpdateNeverBlocks(t *testing.T) {
 	d := newTestDB(t)
 	p := startProxy(t, d.base.Addr)
-	l := newTestLogger(t, d.dsnVia(p.Addr()), MySQLConfig{UpdateQueue: 16, BatchSize: 4})
+	l := newTestLogger(t, d.dsnVia(p.Addr()), MySQLConfig{UpdateQueue: 16, UpdateBatchSize: 4})
 	id := testID(t)
 	logOK(t, l, Log{ID: id, UIDs: []string{"u"}, Message: "m"})
 	p.setMode(proxyCut)

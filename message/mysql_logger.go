@@ -18,16 +18,25 @@ import (
 type MySQLConfig struct {
 	// DSN is a go-sql-driver DSN naming the database that holds db_logs.
 	DSN string
-	// BatchSize is the most rows one INSERT (or one status UPDATE) carries:
-	// a batch is written when it holds this many rows or when BatchInterval
-	// has passed since its first row, whichever comes first. Default 256.
+	// BatchSize is the most rows one INSERT carries: a batch is written
+	// when it holds this many rows or when BatchInterval has passed since
+	// its first row, whichever comes first. Default 256.
 	BatchSize int
 	// BatchInterval is the longest a row waits for its batch to fill.
-	// It is the latency a lone /send pays for group commit. Default 2ms.
+	// It is the most a lone /send pays for group commit; under load batches
+	// fill sooner. Default 1ms: with 64 concurrent senders 2ms cost about a tenth
+	// of the throughput, and 0.5ms gained nothing over 1ms.
 	BatchInterval time.Duration
 	// Writers is how many batches are written at once, so that one batch
 	// fills while others commit. Default 4.
 	Writers int
+	// UpdateInterval is the longest a status update waits for its batch to
+	// fill, and UpdateBatchSize the most updates one batch holds. Statuses
+	// are on no caller's path, so they wait longer than rows and go in
+	// fewer, larger statements, which costs the database less per row.
+	// Defaults 100ms and 1024.
+	UpdateInterval  time.Duration
+	UpdateBatchSize int
 	// UpdateQueue is how many status updates may wait to be written;
 	// beyond it Update drops them (see DroppedUpdates). Default 65536.
 	UpdateQueue int
@@ -42,9 +51,11 @@ type MySQLConfig struct {
 // The defaults of MySQLConfig.
 const (
 	DefaultMySQLBatchSize     = 256
-	DefaultMySQLBatchInterval = 2 * time.Millisecond
+	DefaultMySQLBatchInterval = time.Millisecond
 	defaultMySQLWriters       = 4
 	defaultMySQLUpdateQueue   = 1 << 16
+	defaultMySQLUpdateWait    = 100 * time.Millisecond
+	defaultMySQLUpdateBatch   = 1024
 	defaultMySQLWriteTimeout  = 10 * time.Second
 )
 
@@ -57,6 +68,12 @@ func (c *MySQLConfig) setDefaults() {
 	}
 	if c.Writers <= 0 {
 		c.Writers = defaultMySQLWriters
+	}
+	if c.UpdateInterval <= 0 {
+		c.UpdateInterval = defaultMySQLUpdateWait
+	}
+	if c.UpdateBatchSize <= 0 {
+		c.UpdateBatchSize = defaultMySQLUpdateBatch
 	}
 	if c.UpdateQueue <= 0 {
 		c.UpdateQueue = defaultMySQLUpdateQueue

@@ -290,7 +290,7 @@ func TestBuildInsertsSplits(t *testing.T) {
 }
 
 func TestBuildUpdatesSplits(t *testing.T) {
-	l := &MySQLLogger{cfg: MySQLConfig{BatchSize: 5}, maxStmt: 700}
+	l := &MySQLLogger{cfg: MySQLConfig{UpdateBatchSize: 5}, maxStmt: 700}
 	var keys []any
 	for i := range 23 {
 		keys = append(keys, fmt.Sprintf("id%02d", i), strings.Repeat("u", 10*(i%4)))
@@ -344,7 +344,7 @@ func TestMySQLCloseFlushes(t *testing.T) {
 	}
 
 	// A logger that would wait an hour to write anything: only Close does.
-	l := newTestLogger(t, d.dsn, MySQLConfig{BatchInterval: time.Hour, BatchSize: 1000})
+	l := newTestLogger(t, d.dsn, MySQLConfig{BatchInterval: time.Hour, BatchSize: 1000, UpdateInterval: time.Hour, UpdateBatchSize: 1000})
 	for i, id := range ids {
 		l.Update(id, "u", []Status{StatusDelivered, StatusFailed}[i%2])
 	}

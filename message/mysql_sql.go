@@ -114,7 +114,7 @@ func (l *MySQLLogger) execInserts(ctx context.Context, stmts []stmt) error {
 }
 
 // buildUpdates turns keys (id, uid pairs) into UPDATE statements that set
-// status where the row's status matches when, each at most BatchSize rows
+// status where the row's status matches when, each at most UpdateBatchSize rows
 // and maxStmt bytes. The keys are joined as a derived table: MariaDB
 // plans "(id, uid) IN ((?,?), ...)" with its range optimizer, which costs
 // about 10 times as much for a few hundred pairs as these primary-key
@@ -137,7 +137,7 @@ func (l *MySQLLogger) buildUpdates(set Status, when string, now time.Time, keys 
 	flush()
 	for i := 0; i < len(keys); i += 2 {
 		n := max(len(updateFirst), len(updateRow)) + quotedLen(keys[i].(string)) + quotedLen(keys[i+1].(string))
-		if rows > 0 && (rows >= l.cfg.BatchSize || size+n > l.maxStmt) {
+		if rows > 0 && (rows >= l.cfg.UpdateBatchSize || size+n > l.maxStmt) {
 			flush()
 		}
 		if rows == 0 {

@@ -46,7 +46,7 @@ func (l *MySQLLogger) enqueueUpdate(u statusUpdate) {
 }
 
 // runUpdates writes queued status updates: a batch is written at
-// BatchSize updates or BatchInterval after its first one. A batch that
+// UpdateBatchSize updates or UpdateInterval after its first one. A batch that
 // fails is retried (the updates are idempotent) until it is written or
 // Close gives up; meanwhile new updates wait in the queue. After Close
 // it writes everything still queued, then returns.
@@ -67,9 +67,9 @@ func (l *MySQLLogger) runUpdates() {
 			}
 			return
 		}
-		timer.Reset(l.cfg.BatchInterval)
+		timer.Reset(l.cfg.UpdateInterval)
 	fill:
-		for len(batch) < l.cfg.BatchSize {
+		for len(batch) < l.cfg.UpdateBatchSize {
 			select {
 			case u := <-l.updates:
 				batch = append(batch, u)
@@ -91,11 +91,11 @@ func (l *MySQLLogger) runUpdates() {
 
 // drainUpdates writes what is queued, in batches, after Close began.
 func (l *MySQLLogger) drainUpdates() {
-	batch := make([]statusUpdate, 0, l.cfg.BatchSize)
+	batch := make([]statusUpdate, 0, l.cfg.UpdateBatchSize)
 	for {
 		batch = batch[:0]
 	take:
-		for len(batch) < l.cfg.BatchSize {
+		for len(batch) < l.cfg.UpdateBatchSize {
 			select {
 			case u := <-l.updates:
 				batch = append(batch, u)
