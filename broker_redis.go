@@ -82,6 +82,22 @@ func newRedisBroker(ctx context.Context, rawURL, prefix string, hub *Hub, log *s
 	// Redis answers the handshake with an error on every connection.
 	opt.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
 	opt.DisableIdentity = true
+	// /send waits on Redis: an unreachable Redis must turn into a 503
+	// within seconds, not after go-redis's default 5 s dial and three
+	// retries. URL parameters (dial_timeout=...) still win.
+	if opt.DialTimeout == 0 {
+		opt.DialTimeout = 2 * time.Second
+	}
+	if opt.ReadTimeout == 0 {
+		opt.ReadTimeout = 2 * time.Second
+	}
+	if opt.WriteTimeout == 0 {
+		opt.WriteTimeout = 2 * time.Second
+	}
+	if opt.MaxRetries == 0 {
+		opt.MaxRetries = 1
+	}
+	opt.ContextTimeoutEnabled = true
 	b := &RedisBroker{
 		rdb:        redis.NewClient(opt),
 		hub:        hub,

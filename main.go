@@ -52,7 +52,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if len(cfg.JWTSecret) < 32 {
 		log.Warn("JWT_SECRET is shorter than 32 bytes: tokens signed with a short secret can be forged by brute force")
 	}
-	msgLog, err := openMessageLog(ctx, cfg, stdout)
+	msgLog, err := openMessageLog(ctx, cfg, stdout, log)
 	if err != nil {
 		return err
 	}

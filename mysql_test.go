@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -139,7 +138,7 @@ func mysqlConfig(tb testing.TB, dsn string, args ...string) Config {
 // openMySQLLog opens the message log of cfg as the server does.
 func openMySQLLog(tb testing.TB, cfg Config) message.Logger {
 	tb.Helper()
-	l, err := openMessageLogWith(context.Background(), cfg, io.Discard, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	l, err := openMessageLog(context.Background(), cfg, io.Discard, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		tb.Fatalf("openMessageLog: %v", err)
 	}
@@ -222,11 +221,11 @@ func TestMySQLMulticastRows(t *testing.T) {
 func TestMySQLOutageSend(t *testing.T) {
 	for _, mode := range []struct {
 		name string
-		mode mysqlProxyMode
-	}{{"cut", mysqlProxyCut}, {"blackhole", mysqlProxyHang}} {
+		mode proxyMode
+	}{{"cut", proxyCut}, {"blackhole", proxyBlackhole}} {
 		t.Run(mode.name, func(t *testing.T) {
 			d := newMySQLTestDB(t)
-			p := startMySQLProxy(t, d.base.Addr)
+			p := startProxy(t, d.base.Addr)
 			const timeout = time.Second
 			ts := startMySQLServer(t, d.dsnVia(p.addr()), "-message-log-timeout", timeout.String())
 			conn := ts.dial("alice")
@@ -255,7 +254,7 @@ func TestMySQLOutageSend(t *testing.T) {
 				t.Errorf("%d connections during the outage, want 1", n)
 			}
 
-			p.setMode(mysqlProxyForward)
+			p.setMode(proxyForward)
 			var id string
 			waitFor(t, "send after the outage", func() bool {
 				code, body := ts.send("application/x-www-form-urlencoded", url.Values{"uid": {"alice"}, "message": {"after"}}.Encode())
@@ -426,101 +425,4 @@ func TestMySQLStartErrors(t *testing.T) {
 			}
 		})
 	}
-}
-
-// mysqlProxyMode is what a mysqlProxy does with connections.
-type mysqlProxyMode int
-
-const (
-	mysqlProxyForward mysqlProxyMode = iota // pass bytes both ways
-	mysqlProxyCut                           // close every connection, new ones at once
-	mysqlProxyHang                          // hold connections and pass nothing: a blackhole
-)
-
-// mysqlProxy stands between the server and the database so that a test
-// can cut the network and restore it, with the same address throughout.
-type mysqlProxy struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	mode   mysqlProxyMode
-	conns  map[net.Conn]struct{}
-	wg     sync.WaitGroup
-}
-
-func startMySQLProxy(t *testing.T, target string) *mysqlProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &mysqlProxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
-	p.wg.Go(p.accept)
-	t.Cleanup(func() {
-		ln.Close()
-		p.setMode(mysqlProxyCut)
-		p.wg.Wait()
-	})
-	return p
-}
-
-func (p *mysqlProxy) addr() string { return p.ln.Addr().String() }
-
-// setMode switches the proxy and closes every connection it holds: a cut
-// ends them as a network failure would, and a restored network resets
-// what a blackhole held (rather than leaving it stuck until timeouts).
-func (p *mysqlProxy) setMode(m mysqlProxyMode) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.mode = m
-	for c := range p.conns {
-		c.Close()
-		delete(p.conns, c)
-	}
-}
-
-func (p *mysqlProxy) accept() {
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return // closed at cleanup
-		}
-		p.mu.Lock()
-		mode := p.mode
-		switch mode {
-		case mysqlProxyCut:
-			c.Close()
-		case mysqlProxyHang:
-			p.conns[c] = struct{}{}
-		}
-		p.mu.Unlock()
-		if mode == mysqlProxyForward {
-			p.forward(c)
-		}
-	}
-}
-
-func (p *mysqlProxy) forward(c net.Conn) {
-	up, err := net.Dial("tcp", p.target)
-	if err != nil {
-		c.Close()
-		return
-	}
-	p.mu.Lock()
-	if p.mode != mysqlProxyForward {
-		p.mu.Unlock()
-		c.Close()
-		up.Close()
-		return
-	}
-	p.conns[c], p.conns[up] = struct{}{}, struct{}{}
-	p.mu.Unlock()
-	pipe := func(dst, src net.Conn) {
-		// An error is the cut or a peer closing: either ends both.
-		_, _ = io.Copy(dst, src)
-		dst.Close()
-		src.Close()
-	}
-	p.wg.Go(func() { pipe(up, c) })
-	p.wg.Go(func() { pipe(c, up) })
 }

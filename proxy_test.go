@@ -8,17 +8,25 @@ import (
 	"testing"
 )
 
-// tcpProxy forwards connections to target until cut: Cut closes every
-// forwarded connection and refuses new ones until Restore. It stands for a
-// network failure between the server and Redis or MySQL.
+// proxyMode is what a tcpProxy does with connections.
+type proxyMode int
+
+const (
+	proxyForward proxyMode = iota // pass bytes both ways
+	proxyCut                           // close every connection, new ones at once
+	proxyBlackhole                          // hold connections and pass nothing: a blackhole
+)
+
+// tcpProxy stands between the server and a dependency (MySQL, Redis) so
+// that a test can cut the network and restore it, with the same address
+// throughout.
 type tcpProxy struct {
 	ln     net.Listener
 	target string
-
-	mu    sync.Mutex
-	cut   bool
-	conns map[net.Conn]struct{}
-	wg    sync.WaitGroup
+	mu     sync.Mutex
+	mode   proxyMode
+	conns  map[net.Conn]struct{}
+	wg     sync.WaitGroup
 }
 
 func startProxy(t *testing.T, target string) *tcpProxy {
@@ -28,71 +36,74 @@ func startProxy(t *testing.T, target string) *tcpProxy {
 		t.Fatal(err)
 	}
 	p := &tcpProxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
-	p.wg.Add(1)
-	go p.accept()
+	p.wg.Go(p.accept)
 	t.Cleanup(func() {
 		ln.Close()
-		p.Cut()
+		p.setMode(proxyCut)
 		p.wg.Wait()
 	})
 	return p
 }
 
-func (p *tcpProxy) Addr() string { return p.ln.Addr().String() }
+func (p *tcpProxy) addr() string { return p.ln.Addr().String() }
+
+// setMode switches the proxy and closes every connection it holds: a cut
+// ends them as a network failure would, and a restored network resets
+// what a blackhole held (rather than leaving it stuck until timeouts).
+func (p *tcpProxy) setMode(m proxyMode) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.mode = m
+	for c := range p.conns {
+		c.Close()
+		delete(p.conns, c)
+	}
+}
 
 func (p *tcpProxy) accept() {
-	defer p.wg.Done()
 	for {
 		c, err := p.ln.Accept()
 		if err != nil {
-			return
+			return // closed at cleanup
 		}
 		p.mu.Lock()
-		if p.cut {
-			p.mu.Unlock()
+		mode := p.mode
+		switch mode {
+		case proxyCut:
 			c.Close()
-			continue
+		case proxyBlackhole:
+			p.conns[c] = struct{}{}
 		}
-		up, err := net.Dial("tcp", p.target)
-		if err != nil {
-			p.mu.Unlock()
-			c.Close()
-			continue
-		}
-		p.conns[c], p.conns[up] = struct{}{}, struct{}{}
-		p.wg.Add(2)
 		p.mu.Unlock()
-		go p.pipe(c, up)
-		go p.pipe(up, c)
+		if mode == proxyForward {
+			p.forward(c)
+		}
 	}
 }
 
-func (p *tcpProxy) pipe(dst, src net.Conn) {
-	defer p.wg.Done()
-	io.Copy(dst, src)
-	dst.Close()
-	src.Close()
-	p.mu.Lock()
-	delete(p.conns, dst)
-	delete(p.conns, src)
-	p.mu.Unlock()
-}
-
-// Cut drops every connection and refuses new ones.
-func (p *tcpProxy) Cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.cut = true
-	for c := range p.conns {
+func (p *tcpProxy) forward(c net.Conn) {
+	up, err := net.Dial("tcp", p.target)
+	if err != nil {
 		c.Close()
+		return
 	}
-}
-
-// Restore accepts connections again.
-func (p *tcpProxy) Restore() {
 	p.mu.Lock()
-	p.cut = false
+	if p.mode != proxyForward {
+		p.mu.Unlock()
+		c.Close()
+		up.Close()
+		return
+	}
+	p.conns[c], p.conns[up] = struct{}{}, struct{}{}
 	p.mu.Unlock()
+	pipe := func(dst, src net.Conn) {
+		// An error is the cut or a peer closing: either ends both.
+		_, _ = io.Copy(dst, src)
+		dst.Close()
+		src.Close()
+	}
+	p.wg.Go(func() { pipe(up, c) })
+	p.wg.Go(func() { pipe(c, up) })
 }
 
 // dialable reports whether a TCP listener answers at hostport.

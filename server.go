@@ -68,6 +68,9 @@ func newServer(cfg Config, log *slog.Logger, msgLog message.Logger) (*Server, er
 	}, log, msgLog, nil)
 	s.metrics = newMetrics(s.hub)
 	s.hub.metrics = s.metrics
+	if ml, ok := msgLog.(*message.MySQLLogger); ok {
+		s.metrics.reg.MustRegister(newMySQLCollector(ml))
+	}
 	s.broker = localBroker{hub: s.hub}
 	if cfg.RedisURL != "" {
 		rb, err := newRedisBroker(context.Background(), cfg.RedisURL, cfg.RedisPrefix, s.hub, log, s.metrics.reg)
