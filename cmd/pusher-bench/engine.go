@@ -84,7 +84,8 @@ type Engine struct {
 	// ConnectTimeout bounds opening every connection and seeing the
 	// server's connections gauge count them.
 	ConnectTimeout time.Duration
-	// SettleTimeout bounds churn's wait for the gauges to return.
+	// SettleTimeout bounds the wait for the gauges to return to their
+	// baseline after the connections closed (idle, churn).
 	SettleTimeout time.Duration
 	// RequestTimeout bounds one /send and one handshake.
 	RequestTimeout time.Duration
