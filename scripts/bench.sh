@@ -30,6 +30,9 @@
 #   BENCH_MC_USERS=1000 BENCH_ROUNDS=100 BENCH_CHURN_USERS=1000 BENCH_CHURN_DURATION=60s \
 #   BENCH_SETTLE=10s make bench
 #
+# The server inherits the environment, so PUSHER_* variables (for example
+# PUSHER_SEND_BUFFER) bench other settings.
+#
 # The server and the tool share the machine's cores: compare the
 # "per server CPU-second" figures across machines, not the rates, and
 # mind the "other CPU" column (other processes busy during the run).
