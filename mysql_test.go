@@ -172,6 +172,13 @@ func TestMySQLSendDelivered(t *testing.T) {
 	if code, body := ts.get("/readyz"); code != http.StatusOK {
 		t.Errorf("/readyz = %d %q, want 200", code, body)
 	}
+	waitFor(t, "status update counted on /metrics", func() bool {
+		_, body := ts.get("/metrics")
+		return strings.Contains(body, "\npusher_mysql_rows_total 1\n") &&
+			strings.Contains(body, "\npusher_mysql_batches_total 1\n") &&
+			strings.Contains(body, "\npusher_mysql_status_updates_total 1\n") &&
+			strings.Contains(body, "\npusher_mysql_status_updates_dropped_total 0\n")
+	})
 }
 
 func TestMySQLMulticastRows(t *testing.T) {
