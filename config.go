@@ -52,6 +52,7 @@ type Config struct {
 	LogFormat       string // text or json
 	LogLevel        string // debug, info, warn or error
 	Console         bool
+	Pprof           bool
 	ShowVersion     bool
 }
 
@@ -87,6 +88,7 @@ func newFlagSet(cfg *Config, origins *string) *flag.FlagSet {
 	fs.StringVar(&cfg.LogFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.BoolVar(&cfg.Console, "console", true, "serve the console page at /")
+	fs.BoolVar(&cfg.Pprof, "pprof", false, "serve net/http/pprof at /debug/pprof/ beside /metrics (use with -internal-addr)")
 	fs.BoolVar(&cfg.ShowVersion, "version", false, "print the version and exit")
 	return fs
 }

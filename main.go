@@ -52,6 +52,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if len(cfg.JWTSecret) < 32 {
 		log.Warn("JWT_SECRET is shorter than 32 bytes: tokens signed with a short secret can be forged by brute force")
 	}
+	if cfg.Pprof && cfg.InternalAddr == "" {
+		log.Warn("-pprof without -internal-addr: profiles are served on the public listener")
+	}
 	msgLog, err := openMessageLog(ctx, cfg, stdout, log)
 	if err != nil {
 		return err

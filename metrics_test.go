@@ -97,3 +97,22 @@ func TestMetricsEndpoint(t *testing.T) {
 		t.Errorf("pusher_messages_failed_total reasons = %v", reasons)
 	}
 }
+
+func TestPprofOnlyWhenAsked(t *testing.T) {
+	off := startServer(t, testConfig(t))
+	if code, _ := off.get("/debug/pprof/"); code != http.StatusNotFound {
+		t.Errorf("/debug/pprof/ without -pprof = %d, want 404", code)
+	}
+	on := startServer(t, testConfig(t, "-pprof", "-internal-addr", "127.0.0.1:0"))
+	if code, _ := on.get("/debug/pprof/"); code != http.StatusOK {
+		t.Errorf("/debug/pprof/ with -pprof = %d, want 200", code)
+	}
+	resp, err := on.client.Get("http://" + on.Addr() + "/debug/pprof/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("public /debug/pprof/ with -internal-addr = %d, want 404", resp.StatusCode)
+	}
+}

@@ -12,9 +12,9 @@ import (
 type proxyMode int
 
 const (
-	proxyForward proxyMode = iota // pass bytes both ways
-	proxyCut                           // close every connection, new ones at once
-	proxyBlackhole                          // hold connections and pass nothing: a blackhole
+	proxyForward   proxyMode = iota // pass bytes both ways
+	proxyCut                        // close every connection, new ones at once
+	proxyBlackhole                  // hold connections and pass nothing: a blackhole
 )
 
 // tcpProxy stands between the server and a dependency (MySQL, Redis) so
