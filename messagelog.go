@@ -35,6 +35,7 @@ func openMessageLog(ctx context.Context, cfg Config, stdout io.Writer, log *slog
 			BatchSize:      cfg.MySQLBatchSize,
 			BatchInterval:  cfg.MySQLBatchInterval,
 			MaxMessageSize: cfg.MaxMessageSize,
+			LogTimeout:     cfg.MessageLogTimeout,
 		}, log.With("component", "message_log"))
 		if err != nil {
 			return nil, fmt.Errorf("PUSHER_MYSQL_DSN: %w", err)

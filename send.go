@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -243,12 +242,10 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request, now time.Time) int
 		return replyText(w, http.StatusNotFound, "client not found: "+req.UIDs[0])
 	}
 
-	m := &Message{ID: s.ids.next(now), Data: StringToBytes(req.Message), Accepted: now}
+	m := newMessage(s.ids.next(now), StringToBytes(req.Message), now)
 	if len(online) > 0 {
-		ctx, cancel := context.WithTimeout(r.Context(), s.cfg.MessageLogTimeout)
-		err := s.msgLog.Log(ctx, message.Log{ID: m.ID, UIDs: online, Message: req.Message, Time: now})
-		cancel()
-		if err != nil {
+		// The log bounds the wait itself (-message-log-timeout).
+		if err := s.msgLog.Log(r.Context(), message.Log{ID: m.ID, UIDs: online, Message: req.Message, Time: now}); err != nil {
 			s.log.Warn("message log failed", "id", m.ID, "err", err)
 			return replyText(w, http.StatusServiceUnavailable, "message log unavailable: the message was not sent")
 		}

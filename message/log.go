@@ -49,7 +49,10 @@ type Log struct {
 // Log is on the /send path: it returns once the message is recorded (for a
 // batching logger, once the batch holding it is committed), or with an
 // error when it could not be, in which case the message is not pushed.
-// Concurrent calls are expected and may share one write.
+// Concurrent calls are expected and may share one write. A logger that can
+// wait on something remote bounds each call itself (the server configures
+// it with -message-log-timeout) as well as by ctx, so that /send need not
+// arm a timer for every message.
 //
 // Update is on the delivery path and must not block: a logger that writes
 // somewhere slow queues it. A uid with several connections may report

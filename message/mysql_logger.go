@@ -43,6 +43,9 @@ type MySQLConfig struct {
 	// WriteTimeout caps one batch write. A batch also stops when every
 	// Log waiting for it has given up. Default 10s.
 	WriteTimeout time.Duration
+	// LogTimeout bounds each Log call, on top of its context's deadline:
+	// the server's -message-log-timeout. 0: only the context bounds it.
+	LogTimeout time.Duration
 	// MaxMessageSize is the largest message the server accepts; at start
 	// a warning is logged if max_allowed_packet cannot carry it. 0: no check.
 	MaxMessageSize int
@@ -214,6 +217,11 @@ func (l *MySQLLogger) Log(ctx context.Context, m Log) error {
 	r, err := l.newRequest(m)
 	if err != nil {
 		return err
+	}
+	if l.cfg.LogTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, l.cfg.LogTimeout)
+		defer cancel()
 	}
 	if deadline, ok := ctx.Deadline(); ok {
 		r.deadline = deadline

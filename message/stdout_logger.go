@@ -14,17 +14,35 @@ import (
 //
 // A multicast gets one line with "uids" instead of "uid". Delivery status
 // is not written: the line is the record of the message.
+//
+// Lines of concurrent calls share one write (group commit): the first
+// caller writes its line and every line appended while an earlier write
+// was in flight, the others wait for that write. A write per message
+// would cost a system call per /send.
 type StdoutLogger struct {
-	mu  sync.Mutex
-	w   io.Writer
-	buf []byte // reused under mu
+	w io.Writer
+
+	mu      sync.Mutex
+	cond    sync.Cond    // signalled when a batch is written
+	cur     *stdoutBatch // lines waiting for the next write
+	writing bool         // a caller is writing a batch
+	spare   []byte       // a written batch's buffer, for reuse
+}
+
+// stdoutBatch is the lines of one write, and its outcome.
+type stdoutBatch struct {
+	buf  []byte
+	done bool
+	err  error
 }
 
 var _ Logger = (*StdoutLogger)(nil)
 
 // NewStdoutLogger returns a logger writing to w (os.Stdout in the server).
 func NewStdoutLogger(w io.Writer) *StdoutLogger {
-	return &StdoutLogger{w: w}
+	l := &StdoutLogger{w: w}
+	l.cond.L = &l.mu
+	return l
 }
 
 // Log implements Logger. It returns after the line was handed to w; a
@@ -33,11 +51,34 @@ func NewStdoutLogger(w io.Writer) *StdoutLogger {
 func (l *StdoutLogger) Log(_ context.Context, m Log) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.buf = AppendLine(l.buf[:0], m)
-	if _, err := l.w.Write(l.buf); err != nil {
-		return fmt.Errorf("write message log: %w", err)
+	if l.cur == nil {
+		l.cur = &stdoutBatch{buf: l.spare[:0]}
+		l.spare = nil
 	}
-	return nil
+	mine := l.cur
+	mine.buf = AppendLine(mine.buf, m)
+	for !mine.done {
+		if l.writing {
+			l.cond.Wait()
+			continue
+		}
+		// Write the pending batch, which holds this line.
+		b := l.cur
+		l.cur, l.writing = nil, true
+		l.mu.Unlock()
+		_, err := l.w.Write(b.buf)
+		l.mu.Lock()
+		l.writing, b.done = false, true
+		if err != nil {
+			b.err = fmt.Errorf("write message log: %w", err)
+		}
+		if cap(b.buf) <= 64<<10 {
+			l.spare = b.buf[:0] // keep a modest buffer, not a huge one
+		}
+		b.buf = nil
+		l.cond.Broadcast()
+	}
+	return mine.err
 }
 
 // Update implements Logger; the stdout log records messages only.

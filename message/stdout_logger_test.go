@@ -4,8 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 )
 
 func TestAppendLine(t *testing.T) {
@@ -67,4 +70,72 @@ func TestStdoutLoggerWriteError(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "disk full") {
 		t.Fatalf("Log() error = %v, want the write error", err)
 	}
+}
+
+// slowWriter records each write and takes a while, so that lines pile up.
+type slowWriter struct {
+	mu     sync.Mutex
+	writes []string
+	fail   bool
+}
+
+func (w *slowWriter) Write(p []byte) (int, error) {
+	time.Sleep(time.Millisecond)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.writes = append(w.writes, string(p))
+	if w.fail {
+		return 0, errors.New("pipe closed")
+	}
+	return len(p), nil
+}
+
+// TestStdoutLoggerGroupCommit: concurrent lines share writes, each line is
+// written once and whole, and every Log returns after its line's write.
+func TestStdoutLoggerGroupCommit(t *testing.T) {
+	w := &slowWriter{}
+	l := NewStdoutLogger(w)
+	const n = 200
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			id := fmt.Sprintf("m%03d", i)
+			if err := l.Log(context.Background(), Log{ID: id, UIDs: []string{"u"}, Message: "x"}); err != nil {
+				t.Errorf("Log: %v", err)
+			}
+			w.mu.Lock()
+			defer w.mu.Unlock()
+			if !strings.Contains(strings.Join(w.writes, ""), `"id":"`+id+`"`) {
+				t.Errorf("Log(%s) returned before its line was written", id)
+			}
+		})
+	}
+	wg.Wait()
+	all := strings.Join(w.writes, "")
+	for i := range n {
+		if c := strings.Count(all, fmt.Sprintf(`"id":"m%03d"`, i)); c != 1 {
+			t.Fatalf("line m%03d written %d times", i, c)
+		}
+	}
+	if lines := strings.Count(all, "\n"); lines != n {
+		t.Fatalf("%d lines written, want %d", lines, n)
+	}
+	if len(w.writes) >= n {
+		t.Errorf("%d writes for %d concurrent lines: no group commit", len(w.writes), n)
+	}
+	t.Logf("%d lines in %d writes", n, len(w.writes))
+}
+
+func TestStdoutLoggerGroupCommitError(t *testing.T) {
+	w := &slowWriter{fail: true}
+	l := NewStdoutLogger(w)
+	var wg sync.WaitGroup
+	for range 20 {
+		wg.Go(func() {
+			if err := l.Log(context.Background(), Log{ID: "a", UIDs: []string{"u"}, Message: "m"}); err == nil || !strings.Contains(err.Error(), "pipe closed") {
+				t.Errorf("Log() = %v, want the write error", err)
+			}
+		})
+	}
+	wg.Wait()
 }
