@@ -1,10 +1,6 @@
 package main
 
-import (
-	"context"
-
-	"github.com/gorilla/websocket"
-)
+import "context"
 
 // Broker carries an accepted message from /send to the connections of its
 // uids: on this node only (localBroker, the default) or on every node of a
@@ -64,25 +60,13 @@ func (b localBroker) Publish(_ context.Context, m *Message, uids []string) ([]st
 // consumer, say) is not gone: the message was accepted for it and counts
 // as failed there.
 func deliverLocal(h *Hub, m *Message, uids []string) (gone []string) {
-	var one [1][]*Client
-	lists := one[:0]
-	conns := 0
 	for _, uid := range uids {
 		cs := h.clients(uid)
-		lists = append(lists, cs)
-		conns += len(cs)
-	}
-	if conns > 1 && m.prepared == nil {
-		// Frame it once for every connection. The error is only for
-		// compression, which is off.
-		m.prepared, _ = websocket.NewPreparedMessage(websocket.TextMessage, m.Data)
-	}
-	for i, uid := range uids {
-		if len(lists[i]) == 0 {
+		if len(cs) == 0 {
 			gone = append(gone, uid)
 			continue
 		}
-		h.deliver(uid, lists[i], m)
+		h.deliver(uid, cs, m)
 	}
 	return gone
 }

@@ -477,5 +477,5 @@ func decodeEnvelope(s string) (*Message, error) {
 	if err != nil {
 		return nil, fmt.Errorf("time %q: %w", ts, err)
 	}
-	return &Message{ID: id, Data: StringToBytes(body), Accepted: time.Unix(0, nanos)}, nil
+	return newMessage(id, StringToBytes(body), time.Unix(0, nanos)), nil
 }

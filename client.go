@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"log/slog"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,17 +32,6 @@ const (
 	stateClosed           // torn down: the socket is closed
 )
 
-// Message is one accepted /send message, shared by every connection it is
-// queued on.
-type Message struct {
-	ID       string
-	Data     []byte // the frame payload: exactly the /send message
-	Accepted time.Time
-	// prepared holds the encoded frame when the message goes to more than
-	// one connection, so it is framed once for all of them.
-	prepared *websocket.PreparedMessage
-}
-
 // Client is one WebSocket connection of a uid.
 //
 // Goroutines: readPump runs for the whole life of the connection and ends
@@ -51,24 +41,48 @@ type Message struct {
 type Client struct {
 	hub       *Hub
 	conn      *websocket.Conn
+	raw       net.Conn  // the socket under conn: data frames are written here
+	deadline  deadliner // sets raw's write deadline, skipping repeats
 	uid       string
 	expiresAt time.Time
+
+	// wmu orders data frames against the close frame the readPump sends
+	// back when the peer closes: no data frame may follow a close.
+	wmu sync.Mutex
 
 	state  atomic.Int32
 	queued atomic.Int32 // messages queued or being written: at most SendBuffer
 
 	mu         sync.Mutex
 	queue      []*Message // not yet taken by the writer
+	spare      []*Message // the writer's last batch, emptied, for the next queue
 	writing    bool       // a writer goroutine runs (or the close frame was handed to one)
 	closeCode  int
 	closeText  string
 	dropReason string // failure reason for messages dropped by the close
 	pingTimer  *time.Timer
 	expTimer   *time.Timer
+
+	// writeDeadline is the deadline the writer hands gorilla; it moves
+	// only when half of -write-timeout has passed (see write).
+	writeDeadline time.Time
 }
 
 func newClient(h *Hub, conn *websocket.Conn, id Identity) *Client {
-	return &Client{hub: h, conn: conn, uid: id.UID, expiresAt: id.ExpiresAt}
+	c := &Client{hub: h, conn: conn, uid: id.UID, expiresAt: id.ExpiresAt}
+	c.raw, c.deadline = conn.NetConn(), conn.NetConn()
+	if dc, ok := c.raw.(*deadlineConn); ok {
+		// writev needs the TCP connection itself: net.Buffers falls back
+		// to one write per buffer on anything else.
+		c.raw = dc.Conn
+	}
+	conn.SetCloseHandler(c.onClose)
+	return c
+}
+
+// deadliner is what a Client needs to set its socket's write deadline.
+type deadliner interface {
+	SetWriteDeadline(time.Time) error
 }
 
 // start runs the connection after the hub registered it.
@@ -101,6 +115,9 @@ func (c *Client) enqueue(m *Message) bool {
 			c.hub.log.Info("slow consumer", "uid", c.uid, "remote", c.conn.RemoteAddr().String(), "queued", c.hub.cfg.SendBuffer)
 		}
 		return false
+	}
+	if c.queue == nil && c.spare != nil {
+		c.queue, c.spare = c.spare, nil
 	}
 	c.queue = append(c.queue, m)
 	c.queued.Add(1)
@@ -153,6 +170,11 @@ func (c *Client) close(code int, text, reason string, flush bool) bool {
 	return true
 }
 
+// maxSpare bounds the queue buffer a connection keeps between bursts:
+// enough that a steady stream allocates nothing, small enough that an
+// idle connection holds little.
+const maxSpare = 16
+
 // takeQueueLocked empties the queue and uncounts it.
 func (c *Client) takeQueueLocked() []*Message {
 	q := c.queue
@@ -178,10 +200,15 @@ func (c *Client) expire() {
 // is closing.
 func (c *Client) writeLoop() {
 	defer c.hub.wg.Done()
+	var batch []*Message
 	for {
 		c.mu.Lock()
-		batch := c.queue
-		c.queue = nil
+		if batch != nil && cap(batch) <= maxSpare {
+			clear(batch) // let the messages go
+			c.spare = batch[:0]
+		}
+		batch = c.queue
+		c.queue, c.spare = c.spare, nil
 		if len(batch) == 0 {
 			st := c.state.Load()
 			if st == stateOpen || st == stateClosed {
@@ -202,26 +229,51 @@ func (c *Client) writeLoop() {
 	}
 }
 
-// writeBatch writes batch in order. It returns false when the socket
-// failed; it was then closed, and readPump tears the connection down.
+// writeBatch writes batch in order, every frame in one writev: each
+// message is still its own frame, but a connection with several messages
+// queued (a burst, or a multicast under load) pays one system call for
+// all of them. It returns false when the socket failed; it was then
+// closed, and readPump tears the connection down.
 func (c *Client) writeBatch(batch []*Message) bool {
-	for i, m := range batch {
-		if c.state.Load() >= stateClosingNow {
-			c.dropBatch(batch[i:])
-			return true
+	c.wmu.Lock()
+	if c.state.Load() >= stateClosingNow {
+		c.wmu.Unlock()
+		c.dropBatch(batch)
+		return true
+	}
+	iov := c.hub.iovs.Get().(*net.Buffers)
+	bufs := (*iov)[:0]
+	for _, m := range batch {
+		bufs = append(bufs, m.header(), m.Data)
+	}
+	c.setWriteDeadline(time.Now())
+	*iov = bufs // WriteTo consumes *iov; bufs keeps the buffers to clear
+	n, err := iov.WriteTo(c.raw)
+	c.wmu.Unlock()
+	clear(bufs) // let the messages go
+	*iov = bufs[:0]
+	c.hub.iovs.Put(iov)
+
+	written := 0 // messages whose whole frame went out
+	for _, m := range batch {
+		if n < m.frameLen() {
+			break
 		}
-		now := time.Now()
-		err := c.write(m, now)
-		c.queued.Add(-1)
-		c.hub.pending.Add(-1)
-		if err != nil {
-			c.hub.failed(batch[i:i+1], c.uid, failWriteError)
-			c.dropBatch(batch[i+1:])
-			c.hub.log.Debug("write failed", "uid", c.uid, "remote", c.conn.RemoteAddr().String(), "err", err)
-			c.abort()
-			return false
-		}
+		n -= m.frameLen()
+		written++
+	}
+	c.queued.Add(-int32(len(batch)))
+	c.hub.pending.Add(-int64(len(batch)))
+	now := time.Now()
+	for _, m := range batch[:written] {
 		c.hub.delivered(m, c.uid, now)
+	}
+	if err != nil {
+		c.hub.failed(batch[written:written+1], c.uid, failWriteError)
+		c.hub.failed(batch[written+1:], c.uid, failClosed)
+		c.hub.log.Debug("write failed", "uid", c.uid, "remote", c.conn.RemoteAddr().String(), "err", err)
+		c.abort()
+		return false
 	}
 	return true
 }
@@ -242,13 +294,33 @@ func (c *Client) dropBatch(ms []*Message) {
 	c.hub.failed(ms, c.uid, reason)
 }
 
-func (c *Client) write(m *Message, now time.Time) error {
-	// SetWriteDeadline only records the time; it cannot fail.
-	_ = c.conn.SetWriteDeadline(now.Add(c.hub.cfg.WriteTimeout))
-	if m.prepared != nil {
-		return c.conn.WritePreparedMessage(m.prepared)
+// setWriteDeadline gives the next write between half and all of
+// -write-timeout: moving the deadline for every batch would re-arm a
+// runtime timer each time (see deadlineConn).
+func (c *Client) setWriteDeadline(now time.Time) {
+	if timeout := c.hub.cfg.WriteTimeout; c.writeDeadline.Sub(now) < timeout/2 {
+		c.writeDeadline = now.Add(timeout)
 	}
-	return c.conn.WriteMessage(websocket.TextMessage, m.Data)
+	// On a TCP socket it fails only once the socket is closed, which the
+	// write that follows reports.
+	_ = c.deadline.SetWriteDeadline(c.writeDeadline)
+}
+
+// onClose is the close handler: the peer sent a close frame. No data
+// frame may follow the close frame sent back, so the writer is stopped
+// first (under wmu) and the queue is left to teardown.
+func (c *Client) onClose(code int, _ string) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.mu.Lock()
+	c.state.Store(stateClosed)
+	c.mu.Unlock()
+	if code == websocket.CloseNoStatusReceived {
+		code = websocket.CloseNormalClosure
+	}
+	// ErrCloseSent when the server closed first; either way it is done.
+	_ = c.conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, ""), time.Now().Add(closeGrace))
+	return nil
 }
 
 // writeClose writes the close frame, then gives the peer closeGrace to

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -61,6 +62,10 @@ type Hub struct {
 	// pending counts messages queued on connections and not yet written.
 	pending atomic.Int64
 
+	// iovs holds *net.Buffers for the writers' writev, so that a write
+	// allocates nothing and an idle connection holds no buffer list.
+	iovs sync.Pool
+
 	// wg counts the goroutines of connections: readPumps (added when the
 	// hub registers the client), writers and pings (added under the
 	// client's lock while its readPump's count is held, so the counter is
@@ -85,6 +90,7 @@ func newHub(cfg hubConfig, log *slog.Logger, msgLog message.Logger, events hubEv
 		quit:        make(chan struct{}),
 		done:        make(chan struct{}),
 		userClients: make(map[string][]*Client),
+		iovs:        sync.Pool{New: func() any { return new(net.Buffers) }},
 	}
 }
 

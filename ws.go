@@ -69,7 +69,7 @@ func (s *Server) serveWs(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id, authErr := s.auth.Authenticate(r)
-	conn, err := s.upgrader.Upgrade(w, r, nil)
+	conn, err := s.upgrader.Upgrade(withDeadlineConn(w), r, nil)
 	if err != nil {
 		// Upgrade has answered with an HTTP error already.
 		s.log.Debug("upgrade failed", "url", redactURL(r.URL), "remote", r.RemoteAddr, "err", err)
