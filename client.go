@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net"
 	"sync"
@@ -35,14 +36,14 @@ const (
 // Client is one WebSocket connection of a uid.
 //
 // Goroutines: readPump runs for the whole life of the connection and ends
-// it (teardown). A writer goroutine runs only while the queue is not
-// empty, so an idle connection costs one goroutine, not two. Pings are
-// written by a timer. All three are counted in the hub's WaitGroup.
+// it (teardown). A writer goroutine runs only while there is something to
+// write (messages, or a ping the hub's pinger asked for), so an idle
+// connection costs one goroutine, not two. Both are counted in the hub's
+// WaitGroup.
 type Client struct {
 	hub       *Hub
 	conn      *websocket.Conn
-	raw       net.Conn  // the socket under conn: data frames are written here
-	deadline  deadliner // sets raw's write deadline, skipping repeats
+	raw       net.Conn // the socket under conn: data frames are written here
 	uid       string
 	expiresAt time.Time
 
@@ -60,39 +61,26 @@ type Client struct {
 	closeCode  int
 	closeText  string
 	dropReason string // failure reason for messages dropped by the close
-	pingTimer  *time.Timer
+	pingDue    bool   // the pinger asked for a ping; the writer sends it
 	expTimer   *time.Timer
 
-	// writeDeadline is the deadline the writer hands gorilla; it moves
-	// only when half of -write-timeout has passed (see write).
+	// writeDeadline is the socket's write deadline as the writer last set
+	// it; it moves only when half of -write-timeout has passed.
 	writeDeadline time.Time
 }
 
 func newClient(h *Hub, conn *websocket.Conn, id Identity) *Client {
-	c := &Client{hub: h, conn: conn, uid: id.UID, expiresAt: id.ExpiresAt}
-	c.raw, c.deadline = conn.NetConn(), conn.NetConn()
-	if dc, ok := c.raw.(*deadlineConn); ok {
-		// writev needs the TCP connection itself: net.Buffers falls back
-		// to one write per buffer on anything else.
-		c.raw = dc.Conn
-	}
+	c := &Client{hub: h, conn: conn, raw: conn.NetConn(), uid: id.UID, expiresAt: id.ExpiresAt}
 	conn.SetCloseHandler(c.onClose)
+	conn.SetPingHandler(c.onPing)
 	return c
-}
-
-// deadliner is what a Client needs to set its socket's write deadline.
-type deadliner interface {
-	SetWriteDeadline(time.Time) error
 }
 
 // start runs the connection after the hub registered it.
 func (c *Client) start() {
 	c.mu.Lock()
-	if c.state.Load() == stateOpen {
-		c.pingTimer = time.AfterFunc(c.hub.cfg.PingInterval, c.ping)
-		if !c.expiresAt.IsZero() {
-			c.expTimer = time.AfterFunc(time.Until(c.expiresAt), c.expire)
-		}
+	if c.state.Load() == stateOpen && !c.expiresAt.IsZero() {
+		c.expTimer = time.AfterFunc(time.Until(c.expiresAt), c.expire)
 	}
 	c.mu.Unlock()
 	go c.readPump()
@@ -209,7 +197,9 @@ func (c *Client) writeLoop() {
 		}
 		batch = c.queue
 		c.queue, c.spare = c.spare, nil
-		if len(batch) == 0 {
+		ping := c.pingDue
+		c.pingDue = false
+		if len(batch) == 0 && !ping {
 			st := c.state.Load()
 			if st == stateOpen || st == stateClosed {
 				c.writing = false
@@ -223,7 +213,10 @@ func (c *Client) writeLoop() {
 			return
 		}
 		c.mu.Unlock()
-		if !c.writeBatch(batch) {
+		if len(batch) > 0 && !c.writeBatch(batch) {
+			return
+		}
+		if ping && !c.writePing() {
 			return
 		}
 	}
@@ -295,15 +288,33 @@ func (c *Client) dropBatch(ms []*Message) {
 }
 
 // setWriteDeadline gives the next write between half and all of
-// -write-timeout: moving the deadline for every batch would re-arm a
-// runtime timer each time (see deadlineConn).
+// -write-timeout. Setting a socket deadline re-arms a runtime timer under
+// a lock (a tenth of a multicast's CPU when done for every frame), so it
+// moves only when half the timeout has passed.
+//
+// gorilla sets the same socket's write deadline for control frames; every
+// one of those it sends while data may follow (pings, pongs) has a
+// deadline -write-timeout away, never earlier than this one.
 func (c *Client) setWriteDeadline(now time.Time) {
-	if timeout := c.hub.cfg.WriteTimeout; c.writeDeadline.Sub(now) < timeout/2 {
-		c.writeDeadline = now.Add(timeout)
+	timeout := c.hub.cfg.WriteTimeout
+	if c.writeDeadline.Sub(now) >= timeout/2 {
+		return
 	}
+	c.writeDeadline = now.Add(timeout)
 	// On a TCP socket it fails only once the socket is closed, which the
 	// write that follows reports.
-	_ = c.deadline.SetWriteDeadline(c.writeDeadline)
+	_ = c.raw.SetWriteDeadline(c.writeDeadline)
+}
+
+// onPing answers a client's ping. gorilla's own handler would give the
+// pong a one-second deadline, which would then cut short the writer's
+// next frames (see setWriteDeadline).
+func (c *Client) onPing(data string) error {
+	err := c.conn.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(c.hub.cfg.WriteTimeout))
+	if err != nil && !errors.Is(err, websocket.ErrCloseSent) {
+		return err
+	}
+	return nil
 }
 
 // onClose is the close handler: the peer sent a close frame. No data
@@ -340,27 +351,36 @@ func (c *Client) graceDeadline() {
 	_ = c.conn.SetReadDeadline(time.Now().Add(closeGrace))
 }
 
-// ping writes a ping and schedules the next. It runs on a timer goroutine;
-// WriteControl may be called concurrently with the writer.
-func (c *Client) ping() {
+// requestPing has the writer send a ping; the pinger calls it once per
+// -ping-interval. It reports whether the connection is still there (the
+// pinger forgets it otherwise), and never blocks.
+func (c *Client) requestPing() bool {
 	c.mu.Lock()
-	if c.state.Load() != stateOpen {
+	st := c.state.Load()
+	if st != stateOpen {
 		c.mu.Unlock()
-		return
+		return st != stateClosed
 	}
-	c.hub.wg.Add(1)
+	c.pingDue = true
+	start := c.startWriterLocked()
 	c.mu.Unlock()
-	defer c.hub.wg.Done()
+	if start {
+		go c.writeLoop()
+	}
+	return true
+}
 
+// writePing writes a ping after the frames queued before it. It returns
+// false when the socket failed; it was then closed.
+func (c *Client) writePing() bool {
+	if c.state.Load() != stateOpen {
+		return true
+	}
 	if err := c.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(c.hub.cfg.WriteTimeout)); err != nil {
 		c.abort()
-		return
+		return false
 	}
-	c.mu.Lock()
-	if c.state.Load() == stateOpen {
-		c.pingTimer.Reset(c.hub.cfg.PingInterval)
-	}
-	c.mu.Unlock()
+	return true
 }
 
 // readPump reads and discards what the client sends (the article's), which
@@ -411,9 +431,6 @@ func (c *Client) teardown() {
 	c.mu.Lock()
 	c.state.Store(stateClosed)
 	dropped := c.takeQueueLocked()
-	if c.pingTimer != nil {
-		c.pingTimer.Stop()
-	}
 	if c.expTimer != nil {
 		c.expTimer.Stop()
 	}

@@ -49,6 +49,7 @@ type Hub struct {
 	msgLog  message.Logger
 	events  hubEvents // nil: nobody listens
 
+	pinger     *pinger
 	register   chan registration
 	unregister chan *Client
 	shutdown   chan chan []*Client
@@ -84,6 +85,7 @@ func newHub(cfg hubConfig, log *slog.Logger, msgLog message.Logger, events hubEv
 		log:         log,
 		msgLog:      msgLog,
 		events:      events,
+		pinger:      newPinger(cfg.PingInterval),
 		register:    make(chan registration),
 		unregister:  make(chan *Client),
 		shutdown:    make(chan chan []*Client),
@@ -94,11 +96,13 @@ func newHub(cfg hubConfig, log *slog.Logger, msgLog message.Logger, events hubEv
 	}
 }
 
-// run handles registrations until Shutdown. After a shutdown request it
-// refuses new registrations but still handles unregistrations, so that
-// closing connections can leave.
+// run handles registrations until Shutdown, and runs the pinger. After a
+// shutdown request it refuses new registrations but still handles
+// unregistrations, so that closing connections can leave.
 func (h *Hub) run() {
 	defer close(h.done)
+	go h.pinger.run()
+	defer h.pinger.close()
 	closing := false
 	for {
 		select {
@@ -155,6 +159,7 @@ func (h *Hub) add(c *Client) error {
 	h.mu.Unlock()
 
 	h.wg.Add(1) // c's readPump
+	h.pinger.add(c)
 	if len(cs) == 0 && h.events != nil {
 		h.events.UserOnline(c.uid)
 	}

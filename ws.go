@@ -12,19 +12,24 @@ import (
 	"github.com/gorilla/websocket"
 )
 
+// readBufferSize is each connection's read buffer. Clients have nothing to
+// say (their messages are discarded in chunks); it holds a frame header and
+// a control frame's payload (at most 125 bytes) with room to spare.
+const readBufferSize = 256
+
 // refuseWait bounds how long a refused connection waits for the peer's
 // close reply after the server's close frame.
 const refuseWait = time.Second
 
 // newUpgrader returns the /ws upgrader. The origin is checked before
 // Upgrade (so a refused origin is a plain 403), hence CheckOrigin allows
-// all. Writes borrow a buffer from a pool for the length of one message,
-// so an idle connection holds no write buffer; reads need only a small
-// buffer because clients have nothing to say (maxReadSize).
+// all. Data frames are written by the Client itself, straight from the
+// message; gorilla writes only control frames and the refusal text,
+// borrowing a pooled buffer, so an idle connection holds no write buffer.
 func newUpgrader() *websocket.Upgrader {
 	return &websocket.Upgrader{
 		HandshakeTimeout: 10 * time.Second,
-		ReadBufferSize:   maxReadSize,
+		ReadBufferSize:   readBufferSize,
 		WriteBufferSize:  4096,
 		WriteBufferPool:  new(sync.Pool),
 		CheckOrigin:      func(*http.Request) bool { return true },
@@ -69,7 +74,7 @@ func (s *Server) serveWs(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id, authErr := s.auth.Authenticate(r)
-	conn, err := s.upgrader.Upgrade(withDeadlineConn(w), r, nil)
+	conn, err := s.upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		// Upgrade has answered with an HTTP error already.
 		s.log.Debug("upgrade failed", "url", redactURL(r.URL), "remote", r.RemoteAddr, "err", err)
