@@ -111,7 +111,9 @@ func BenchmarkDeliver(b *testing.B) {
 			b.ResetTimer()
 			for i := range b.N {
 				m := newMessage("06a1r3k6c7l2q0e9f1s8", data, time.Now())
-				deliverLocal(srv.hub, m, uids)
+				if _, err := srv.broker.Publish(context.Background(), m, uids); err != nil {
+					b.Fatal(err)
+				}
 				want := int64((i + 1) * n)
 				for received.Load() < want {
 					time.Sleep(10 * time.Microsecond)

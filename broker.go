@@ -13,11 +13,17 @@ type Broker interface {
 	// Online splits uids into those with a connection on some node and
 	// those without, keeping their order.
 	Online(ctx context.Context, uids []string) (online, offline []string, err error)
-	// Publish queues m on every connection of each of uids, on every node.
-	// It returns the uids that turned out to have no connection anywhere
-	// (they went away after Online). An error means m may not have reached
-	// some connections.
+	// Publish gives m the next offset of each of uids, stores it in their
+	// history and queues it on all their connections, on every node. It
+	// returns the uids that turned out to have no connection anywhere
+	// (they went away after Online): nothing was stored for them. An error
+	// means m may not have reached some connections.
 	Publish(ctx context.Context, m *Message, uids []string) (gone []string, err error)
+	// Replay returns what a connection of uid that has seen everything up
+	// to since missed, in offset order, and whether history holds all of
+	// it. The connection is registered (and held) already, so anything
+	// newer reaches it live.
+	Replay(ctx context.Context, uid string, since position) ([]qitem, bool)
 	// Ready reports why the broker cannot route messages now, or nil.
 	Ready(ctx context.Context) error
 	// Close stops routing. Messages that reached the broker before it are
@@ -25,24 +31,22 @@ type Broker interface {
 	Close(ctx context.Context) error
 }
 
-// localBroker routes within this process: the article's single node.
+// localBroker routes within this process: the article's single node. It
+// keeps the uids' history in memory.
 type localBroker struct {
-	hub *Hub
+	hub  *Hub
+	hist *memHistory
 }
 
 var _ Broker = localBroker{}
 
-func (localBroker) UserOnline(string)  {}
-func (localBroker) UserOffline(string) {}
+func (localBroker) UserOnline(string) {}
+
+func (b localBroker) UserOffline(uid string) { b.hist.userOffline(uid) }
 
 func (b localBroker) Online(_ context.Context, uids []string) (online, offline []string, err error) {
-	return splitLocal(b.hub, uids)
-}
-
-// splitLocal splits uids by whether they have a connection on this node.
-func splitLocal(h *Hub, uids []string) (online, offline []string, err error) {
 	for _, uid := range uids {
-		if len(h.clients(uid)) > 0 {
+		if len(b.hub.clients(uid)) > 0 {
 			online = append(online, uid)
 		} else {
 			offline = append(offline, uid)
@@ -52,23 +56,11 @@ func splitLocal(h *Hub, uids []string) (online, offline []string, err error) {
 }
 
 func (b localBroker) Publish(_ context.Context, m *Message, uids []string) ([]string, error) {
-	return deliverLocal(b.hub, m, uids), nil
+	return b.hist.deliver(b.hub, m, uids), nil
 }
 
-// deliverLocal queues m on the local connections of uids and returns the
-// uids that have none. A uid whose connections are all closing (a slow
-// consumer, say) is not gone: the message was accepted for it and counts
-// as failed there.
-func deliverLocal(h *Hub, m *Message, uids []string) (gone []string) {
-	for _, uid := range uids {
-		cs := h.clients(uid)
-		if len(cs) == 0 {
-			gone = append(gone, uid)
-			continue
-		}
-		h.deliver(uid, cs, m)
-	}
-	return gone
+func (b localBroker) Replay(_ context.Context, uid string, since position) ([]qitem, bool) {
+	return b.hist.since(uid, since)
 }
 
 func (localBroker) Ready(context.Context) error { return nil }

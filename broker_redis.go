@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -46,19 +47,23 @@ const (
 // When the pub/sub connection fails, a new one is made with backoff and
 // every wanted uid is subscribed again.
 type RedisBroker struct {
-	rdb    *redis.Client
-	hub    *Hub
-	log    *slog.Logger
-	prefix string // channel of uid u is prefix + u
+	rdb     *redis.Client
+	hub     *Hub
+	log     *slog.Logger
+	prefix  string // channel of uid u is prefix + "u:" + u; keys prefix + "s:" and "h:"
+	hist    historyLimits
+	publish *redis.Script
 
 	mu         sync.Mutex
 	wanted     map[string]struct{} // uids with a local connection
 	pending    map[string]bool     // uid → wanted, changes not yet applied
 	subscribed map[string]struct{} // uids asked of the current pub/sub connection
 	ps         *redis.PubSub       // the current pub/sub connection, nil between two
-	healthy    bool                // ps is subscribed to every wanted uid and answering
-	lastErr    error               // why the last pub/sub connection ended
-	draining   chan struct{}       // closed when Close has unsubscribed everything
+	confirmed  map[string]struct{} // channels Redis confirmed on ps
+	waiters    map[string][]chan struct{}
+	healthy    bool          // ps is subscribed to every wanted uid and answering
+	lastErr    error         // why the last pub/sub connection ended
+	draining   chan struct{} // closed when Close has unsubscribed everything
 
 	notify chan struct{} // wakes the syncer; capacity 1
 	stop   chan struct{} // closed by Close
@@ -67,13 +72,14 @@ type RedisBroker struct {
 	published  prometheus.Counter
 	received   prometheus.Counter
 	reconnects prometheus.Counter
+	recovered  *prometheus.CounterVec
 }
 
 var _ Broker = (*RedisBroker)(nil)
 
 // newRedisBroker connects to rawURL and checks that Redis answers; errors
 // name PUSHER_REDIS_URL and never show its password. Start runs it.
-func newRedisBroker(ctx context.Context, rawURL, prefix string, hub *Hub, log *slog.Logger, reg prometheus.Registerer) (*RedisBroker, error) {
+func newRedisBroker(ctx context.Context, rawURL, prefix string, hist historyLimits, hub *Hub, log *slog.Logger, reg prometheus.Registerer) (*RedisBroker, error) {
 	opt, err := redis.ParseURL(rawURL)
 	if err != nil {
 		return nil, errors.New("invalid PUSHER_REDIS_URL: want redis://[user:password@]host:port[/db] or rediss://...")
@@ -102,7 +108,11 @@ func newRedisBroker(ctx context.Context, rawURL, prefix string, hub *Hub, log *s
 		rdb:        redis.NewClient(opt),
 		hub:        hub,
 		log:        log,
-		prefix:     prefix + ":u:",
+		prefix:     prefix + ":",
+		hist:       hist,
+		publish:    redis.NewScript(publishScript),
+		confirmed:  map[string]struct{}{},
+		waiters:    map[string][]chan struct{}{},
 		wanted:     map[string]struct{}{},
 		pending:    map[string]bool{},
 		subscribed: map[string]struct{}{},
@@ -117,6 +127,13 @@ func newRedisBroker(ctx context.Context, rawURL, prefix string, hub *Hub, log *s
 		reconnects: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "pusher_redis_reconnects_total", Help: "Times the Redis pub/sub connection was lost and made again.",
 		}),
+		recovered: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pusher_recoveries_total",
+			Help: "Reconnections with ?since=, by result: recovered (replayed without a gap) or failed ({\"recovered\": false}).",
+		}, []string{"result"}),
+	}
+	for _, r := range []string{"recovered", "failed"} {
+		b.recovered.WithLabelValues(r)
 	}
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -125,7 +142,11 @@ func newRedisBroker(ctx context.Context, rawURL, prefix string, hub *Hub, log *s
 		_ = b.rdb.Close()
 		return nil, fmt.Errorf("PUSHER_REDIS_URL: redis at %s does not answer: %w", opt.Addr, err)
 	}
-	reg.MustRegister(b.published, b.received, b.reconnects, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+	if err := b.publish.Load(pctx, b.rdb).Err(); err != nil {
+		_ = b.rdb.Close()
+		return nil, fmt.Errorf("PUSHER_REDIS_URL: load the publish script into redis at %s: %w", opt.Addr, err)
+	}
+	reg.MustRegister(b.published, b.received, b.reconnects, b.recovered, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "pusher_redis_subscriptions", Help: "uid channels this node is subscribed to.",
 	}, func() float64 {
 		b.mu.Lock()
@@ -142,7 +163,9 @@ func (b *RedisBroker) Start() {
 	go b.syncLoop()
 }
 
-func (b *RedisBroker) channel(uid string) string { return b.prefix + uid }
+func (b *RedisBroker) channel(uid string) string  { return b.prefix + "u:" + uid }
+func (b *RedisBroker) stateKey(uid string) string { return b.prefix + "s:" + uid }
+func (b *RedisBroker) histKey(uid string) string  { return b.prefix + "h:" + uid }
 
 // UserOnline implements hubEvents. It never blocks: the syncer subscribes.
 func (b *RedisBroker) UserOnline(uid string) { b.want(uid, true) }
@@ -220,6 +243,7 @@ func (b *RedisBroker) session() error {
 	b.mu.Lock()
 	b.ps, b.healthy, b.lastErr = nil, false, err
 	b.subscribed = map[string]struct{}{}
+	clear(b.confirmed)
 	b.mu.Unlock()
 	// Closing an already failed connection reports that failure again.
 	_ = ps.Close()
@@ -252,32 +276,49 @@ func (b *RedisBroker) receive(ctx context.Context, ps *redis.PubSub) error {
 		case *redis.Pong:
 			b.kick() // the syncer marks the connection healthy once it is in step
 		case *redis.Subscription:
-			if m.Kind == "unsubscribe" && m.Count == 0 {
-				b.mu.Lock()
-				if b.draining != nil {
+			b.mu.Lock()
+			switch m.Kind {
+			case "subscribe":
+				b.confirmed[m.Channel] = struct{}{}
+				for _, w := range b.waiters[m.Channel] {
+					close(w)
+				}
+				delete(b.waiters, m.Channel)
+			case "unsubscribe":
+				delete(b.confirmed, m.Channel)
+				if m.Count == 0 && b.draining != nil {
 					close(b.draining)
 					b.draining = nil
 				}
-				b.mu.Unlock()
 			}
+			b.mu.Unlock()
 		}
 	}
 }
 
 // handle delivers a message from Redis to this node's connections of its
-// uid.
+// uid. Redis sends a channel's messages in the order the publish script
+// ran, which is offset order.
 func (b *RedisBroker) handle(rm *redis.Message) {
 	b.received.Inc()
-	uid, ok := strings.CutPrefix(rm.Channel, b.prefix)
+	uid, ok := strings.CutPrefix(rm.Channel, b.prefix+"u:")
 	if !ok {
 		return
 	}
-	m, err := decodeEnvelope(rm.Payload)
+	pos, tail, ok := strings.Cut(rm.Payload, "|")
+	p, err := parsePosition(pos)
+	if !ok || err != nil {
+		b.log.Warn("malformed message from redis", "channel", rm.Channel)
+		return
+	}
+	m, err := decodeEnvelope(tail)
 	if err != nil {
 		b.log.Warn("malformed message from redis", "channel", rm.Channel, "err", err)
 		return
 	}
-	deliverLocal(b.hub, m, []string{uid})
+	if cs := b.hub.clients(uid); len(cs) > 0 {
+		b.hub.deliver(uid, cs, qitem{m: m, off: p.n, epoch: p.epoch})
+	}
 }
 
 // syncLoop applies subscription changes in batches until Close.
@@ -374,31 +415,181 @@ func (b *RedisBroker) Online(ctx context.Context, uids []string) (online, offlin
 	return online, offline, nil
 }
 
-// Publish implements Broker: one PUBLISH per uid, pipelined. A uid whose
-// channel no node received is gone.
+// publishScript gives a message its uid's next offset, stores it in the
+// uid's history and publishes it, atomically, so that any node can serve
+// a since= and offsets follow publish order. A uid nobody subscribes to
+// gets nothing stored and 0 receivers (its /send is a 404).
+//
+// KEYS: the uid's state hash (epoch e, last offset n) and history stream.
+// ARGV: channel, message ("id|nanos|message"), an epoch for a new state,
+// history size, history TTL in ms, state TTL in ms.
+const publishScript = `
+local subs = redis.call('PUBSUB', 'NUMSUB', ARGV[1])
+if tonumber(subs[2]) == 0 then return {0, '', 0} end
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[3]
+  redis.call('HSET', KEYS[1], 'e', epoch)
+  redis.call('DEL', KEYS[2])
+end
+local n = redis.call('HINCRBY', KEYS[1], 'n', 1)
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+if tonumber(ARGV[4]) > 0 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], '*', 'o', n, 'd', ARGV[2])
+  local t = redis.call('TIME')
+  local cutoff = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[5])
+  if cutoff > 0 then redis.call('XTRIM', KEYS[2], 'MINID', cutoff) end
+  redis.call('PEXPIRE', KEYS[2], ARGV[5])
+end
+local rcv = redis.call('PUBLISH', ARGV[1], epoch .. ':' .. n .. '|' .. ARGV[2])
+return {rcv, epoch, n}
+`
+
+// redisStateTTL is how long a uid's epoch and offset outlive its last
+// message in Redis; after it the uid starts a new epoch.
+const redisStateTTL = 24 * time.Hour
+
+// Publish implements Broker: the publish script once per uid, pipelined.
+// A uid whose channel nobody subscribes to is gone.
 func (b *RedisBroker) Publish(ctx context.Context, m *Message, uids []string) (gone []string, err error) {
-	payload := encodeEnvelope(m)
+	tail := encodeEnvelope(m)
+	epoch, err := newEpoch()
+	if err != nil {
+		return nil, err
+	}
+	stateTTL := max(redisStateTTL, b.hist.TTL).Milliseconds()
 	err = inBatches(uids, func(batch []string) error {
-		pipe := b.rdb.Pipeline()
-		cmds := make([]*redis.IntCmd, len(batch))
-		for i, uid := range batch {
-			cmds[i] = pipe.Publish(ctx, b.channel(uid), payload)
+		run := func() ([]*redis.Cmd, error) {
+			pipe := b.rdb.Pipeline()
+			cmds := make([]*redis.Cmd, len(batch))
+			for i, uid := range batch {
+				cmds[i] = b.publish.EvalSha(ctx, pipe, []string{b.stateKey(uid), b.histKey(uid)},
+					b.channel(uid), tail, epoch, b.hist.Size, b.hist.TTL.Milliseconds(), stateTTL)
+			}
+			_, err := pipe.Exec(ctx)
+			return cmds, err
 		}
-		if _, err := pipe.Exec(ctx); err != nil {
+		cmds, err := run()
+		if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+			// Redis restarted and forgot the script: nothing ran.
+			if err := b.publish.Load(ctx, b.rdb).Err(); err != nil {
+				return err
+			}
+			cmds, err = run()
+		}
+		if err != nil {
 			return err
 		}
 		b.published.Add(float64(len(batch)))
 		for i, c := range cmds {
-			if c.Val() == 0 {
+			res, err := c.Slice()
+			if err != nil || len(res) != 3 {
+				return fmt.Errorf("publish script: %v", err)
+			}
+			if rcv, _ := res[0].(int64); rcv == 0 {
 				gone = append(gone, batch[i])
 			}
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("redis PUBLISH: %w", err)
+		return nil, fmt.Errorf("redis publish: %w", err)
 	}
 	return gone, nil
+}
+
+// Replay implements Broker: wait until this node's subscription to uid is
+// in place (so that everything newer arrives live), then read the uid's
+// state and history from Redis.
+func (b *RedisBroker) Replay(ctx context.Context, uid string, since position) ([]qitem, bool) {
+	items, ok := b.replay(ctx, uid, since)
+	result := "recovered"
+	if !ok {
+		result, items = "failed", nil
+	}
+	b.recovered.WithLabelValues(result).Inc()
+	return items, ok
+}
+
+func (b *RedisBroker) replay(ctx context.Context, uid string, since position) ([]qitem, bool) {
+	if b.hist.Size == 0 {
+		return nil, false
+	}
+	ctx, cancel := context.WithTimeout(ctx, redisHealthInterval)
+	defer cancel()
+	if err := b.waitSubscribed(ctx, uid); err != nil {
+		b.log.Warn("replay: subscription not confirmed", "uid", uid, "err", err)
+		return nil, false
+	}
+	var state *redis.SliceCmd
+	var entries *redis.XMessageSliceCmd
+	_, err := b.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		state = p.HMGet(ctx, b.stateKey(uid), "e", "n")
+		entries = p.XRange(ctx, b.histKey(uid), "-", "+")
+		return nil
+	})
+	if err != nil {
+		b.log.Warn("replay: read history", "uid", uid, "err", err)
+		return nil, false
+	}
+	epoch, _ := state.Val()[0].(string)
+	last, _ := strconv.ParseUint(fmt.Sprint(state.Val()[1]), 10, 64)
+	if epoch != since.epoch || since.n > last {
+		return nil, false
+	}
+	cutoff := time.Now().Add(-b.hist.TTL).UnixMilli()
+	var items []qitem
+	next := since.n + 1
+	for _, e := range entries.Val() {
+		off, _ := strconv.ParseUint(fmt.Sprint(e.Values["o"]), 10, 64)
+		if off < next {
+			continue
+		}
+		ms, _, _ := strings.Cut(e.ID, "-")
+		if t, _ := strconv.ParseInt(ms, 10, 64); off != next || t < cutoff {
+			return nil, false // a gap: dropped by count or age
+		}
+		d, _ := e.Values["d"].(string)
+		m, err := decodeEnvelope(d)
+		if err != nil {
+			return nil, false
+		}
+		items = append(items, qitem{m: m, off: off, epoch: epoch, replay: true})
+		next++
+	}
+	if next <= last {
+		return nil, false // the newest ones are missing
+	}
+	return items, true
+}
+
+// waitSubscribed returns once Redis confirmed this node's subscription to
+// uid's channel, or with ctx's error.
+func (b *RedisBroker) waitSubscribed(ctx context.Context, uid string) error {
+	ch := b.channel(uid)
+	b.mu.Lock()
+	if _, ok := b.confirmed[ch]; ok {
+		b.mu.Unlock()
+		return nil
+	}
+	w := make(chan struct{})
+	b.waiters[ch] = append(b.waiters[ch], w)
+	b.mu.Unlock()
+	select {
+	case <-w:
+		return nil
+	case <-ctx.Done():
+		b.mu.Lock()
+		ws := b.waiters[ch]
+		if i := slices.Index(ws, w); i >= 0 {
+			b.waiters[ch] = slices.Delete(ws, i, i+1)
+			if len(b.waiters[ch]) == 0 {
+				delete(b.waiters, ch)
+			}
+		}
+		b.mu.Unlock()
+		return ctx.Err()
+	}
 }
 
 // Ready implements Broker.

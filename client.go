@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"net"
 	"sync"
@@ -46,18 +45,20 @@ type Client struct {
 	raw       net.Conn // the socket under conn: data frames are written here
 	uid       string
 	expiresAt time.Time
+	json      bool // format=json: frames carry id and offset
 
 	// wmu orders data frames against the close frame the readPump sends
 	// back when the peer closes: no data frame may follow a close.
 	wmu sync.Mutex
 
 	state  atomic.Int32
-	queued atomic.Int32 // messages queued or being written: at most SendBuffer
+	queued atomic.Int32 // live messages queued or being written: at most SendBuffer
 
 	mu         sync.Mutex
-	queue      []*Message // not yet taken by the writer
-	spare      []*Message // the writer's last batch, emptied, for the next queue
-	writing    bool       // a writer goroutine runs (or the close frame was handed to one)
+	queue      []qitem // not yet taken by the writer
+	spare      []qitem // the writer's last batch, emptied, for the next queue
+	writing    bool    // a writer goroutine runs (or the close frame was handed to one)
+	held       bool    // replaying history: queue live messages, start no writer
 	closeCode  int
 	closeText  string
 	dropReason string // failure reason for messages dropped by the close
@@ -69,8 +70,14 @@ type Client struct {
 	writeDeadline time.Time
 }
 
-func newClient(h *Hub, conn *websocket.Conn, id Identity) *Client {
-	c := &Client{hub: h, conn: conn, raw: conn.NetConn(), uid: id.UID, expiresAt: id.ExpiresAt}
+// clientOptions are what a /ws request asked for.
+type clientOptions struct {
+	json bool // format=json
+	hold bool // a since= replay follows registration (see release)
+}
+
+func newClient(h *Hub, conn *websocket.Conn, id Identity, opt clientOptions) *Client {
+	c := &Client{hub: h, conn: conn, raw: conn.NetConn(), uid: id.UID, expiresAt: id.ExpiresAt, json: opt.json, held: opt.hold}
 	conn.SetCloseHandler(c.onClose)
 	conn.SetPingHandler(c.onPing)
 	return c
@@ -86,18 +93,18 @@ func (c *Client) start() {
 	go c.readPump()
 }
 
-// enqueue queues m and returns whether it did. It never blocks: a full
+// enqueue queues it and returns whether it did. It never blocks: a full
 // queue closes the connection as a slow consumer.
-func (c *Client) enqueue(m *Message) bool {
+func (c *Client) enqueue(it qitem) bool {
 	c.mu.Lock()
 	if c.state.Load() != stateOpen {
 		c.mu.Unlock()
-		c.hub.failed([]*Message{m}, c.uid, failClosed)
+		c.hub.failed([]qitem{it}, c.uid, failClosed)
 		return false
 	}
 	if int(c.queued.Load()) >= c.hub.cfg.SendBuffer {
 		c.mu.Unlock()
-		c.hub.failed([]*Message{m}, c.uid, failSlowConsumer)
+		c.hub.failed([]qitem{it}, c.uid, failSlowConsumer)
 		if c.close(websocket.CloseTryAgainLater, "slow consumer", failSlowConsumer, false) {
 			c.hub.metrics.slowConsumers.Inc()
 			c.hub.log.Info("slow consumer", "uid", c.uid, "remote", c.conn.RemoteAddr().String(), "queued", c.hub.cfg.SendBuffer)
@@ -107,15 +114,67 @@ func (c *Client) enqueue(m *Message) bool {
 	if c.queue == nil && c.spare != nil {
 		c.queue, c.spare = c.spare, nil
 	}
-	c.queue = append(c.queue, m)
+	c.queue = append(c.queue, it)
 	c.queued.Add(1)
 	c.hub.pending.Add(1)
-	start := c.startWriterLocked()
+	start := !c.held && c.startWriterLocked()
 	c.mu.Unlock()
 	if start {
 		go c.writeLoop()
 	}
 	return true
+}
+
+// release ends a since= replay: it puts the replayed history and the
+// recovered frame before the live messages queued meanwhile, dropping the
+// live ones the replay covers (offsets up to its last), and lets the
+// writer go. With ok false only {"recovered": false} goes first. Offsets
+// of one uid only grow, so what is left is in order, without a gap (the
+// connection was registered before history was read) and without a
+// duplicate.
+func (c *Client) release(replay []qitem, ok bool, from uint64) {
+	c.mu.Lock()
+	if !c.held {
+		c.mu.Unlock()
+		return
+	}
+	c.held = false
+	if c.state.Load() != stateOpen {
+		c.mu.Unlock()
+		return // teardown drops what is queued
+	}
+	last := from
+	if n := len(replay); n > 0 {
+		last = replay[n-1].off
+	}
+	out := make([]qitem, 0, len(replay)+1+len(c.queue))
+	out = append(out, replay...)
+	out = append(out, qitem{m: c.hub.recoveredFrame(ok), ctl: true})
+	var skipped []qitem
+	for _, it := range c.queue {
+		if ok && it.off != 0 && it.off <= last && it.epoch == epochOf(replay, it.epoch) {
+			skipped = append(skipped, it)
+			continue
+		}
+		out = append(out, it)
+	}
+	c.queue = out
+	c.hub.pending.Add(int64(len(replay) + 1))
+	start := c.startWriterLocked()
+	c.mu.Unlock()
+	c.uncount(skipped) // delivered by the replay instead
+	if start {
+		go c.writeLoop()
+	}
+}
+
+// epochOf is the epoch of the replayed items, or want when none were
+// replayed (the since epoch then matched).
+func epochOf(replay []qitem, want string) string {
+	if len(replay) > 0 {
+		return replay[0].epoch
+	}
+	return want
 }
 
 // startWriterLocked reports whether the caller must start a writer
@@ -140,7 +199,7 @@ func (c *Client) close(code int, text, reason string, flush bool) bool {
 		c.mu.Unlock()
 		return false
 	}
-	var dropped []*Message
+	var dropped []qitem
 	if flush {
 		c.state.Store(stateClosing)
 	} else {
@@ -164,11 +223,10 @@ func (c *Client) close(code int, text, reason string, flush bool) bool {
 const maxSpare = 16
 
 // takeQueueLocked empties the queue and uncounts it.
-func (c *Client) takeQueueLocked() []*Message {
+func (c *Client) takeQueueLocked() []qitem {
 	q := c.queue
 	c.queue = nil
-	c.queued.Add(-int32(len(q)))
-	c.hub.pending.Add(-int64(len(q)))
+	c.uncount(q)
 	return q
 }
 
@@ -181,206 +239,6 @@ func (c *Client) abort() {
 
 func (c *Client) expire() {
 	c.close(websocket.ClosePolicyViolation, "token expired", failClosed, false)
-}
-
-// writeLoop is the writer goroutine: it writes queued messages until the
-// queue is empty, then exits, or writes the close frame when the client
-// is closing.
-func (c *Client) writeLoop() {
-	defer c.hub.wg.Done()
-	var batch []*Message
-	for {
-		c.mu.Lock()
-		if batch != nil && cap(batch) <= maxSpare {
-			clear(batch) // let the messages go
-			c.spare = batch[:0]
-		}
-		batch = c.queue
-		c.queue, c.spare = c.spare, nil
-		ping := c.pingDue
-		c.pingDue = false
-		if len(batch) == 0 && !ping {
-			st := c.state.Load()
-			if st == stateOpen || st == stateClosed {
-				c.writing = false
-				c.mu.Unlock()
-				return
-			}
-			// Closing: writing stays true so no writer starts again.
-			code, text := c.closeCode, c.closeText
-			c.mu.Unlock()
-			c.writeClose(code, text)
-			return
-		}
-		c.mu.Unlock()
-		if len(batch) > 0 && !c.writeBatch(batch) {
-			return
-		}
-		if ping && !c.writePing() {
-			return
-		}
-	}
-}
-
-// writeBatch writes batch in order, every frame in one writev: each
-// message is still its own frame, but a connection with several messages
-// queued (a burst, or a multicast under load) pays one system call for
-// all of them. It returns false when the socket failed; it was then
-// closed, and readPump tears the connection down.
-func (c *Client) writeBatch(batch []*Message) bool {
-	c.wmu.Lock()
-	if c.state.Load() >= stateClosingNow {
-		c.wmu.Unlock()
-		c.dropBatch(batch)
-		return true
-	}
-	iov := c.hub.iovs.Get().(*net.Buffers)
-	bufs := (*iov)[:0]
-	for _, m := range batch {
-		bufs = append(bufs, m.header(), m.Data)
-	}
-	c.setWriteDeadline(time.Now())
-	*iov = bufs // WriteTo consumes *iov; bufs keeps the buffers to clear
-	n, err := iov.WriteTo(c.raw)
-	c.wmu.Unlock()
-	clear(bufs) // let the messages go
-	*iov = bufs[:0]
-	c.hub.iovs.Put(iov)
-
-	written := 0 // messages whose whole frame went out
-	for _, m := range batch {
-		if n < m.frameLen() {
-			break
-		}
-		n -= m.frameLen()
-		written++
-	}
-	c.queued.Add(-int32(len(batch)))
-	c.hub.pending.Add(-int64(len(batch)))
-	now := time.Now()
-	for _, m := range batch[:written] {
-		c.hub.delivered(m, c.uid, now)
-	}
-	if err != nil {
-		c.hub.failed(batch[written:written+1], c.uid, failWriteError)
-		c.hub.failed(batch[written+1:], c.uid, failClosed)
-		c.hub.log.Debug("write failed", "uid", c.uid, "remote", c.conn.RemoteAddr().String(), "err", err)
-		c.abort()
-		return false
-	}
-	return true
-}
-
-// dropBatch uncounts messages the writer took but will not write.
-func (c *Client) dropBatch(ms []*Message) {
-	if len(ms) == 0 {
-		return
-	}
-	c.queued.Add(-int32(len(ms)))
-	c.hub.pending.Add(-int64(len(ms)))
-	c.mu.Lock()
-	reason := c.dropReason
-	c.mu.Unlock()
-	if reason == "" {
-		reason = failClosed
-	}
-	c.hub.failed(ms, c.uid, reason)
-}
-
-// setWriteDeadline gives the next write between half and all of
-// -write-timeout. Setting a socket deadline re-arms a runtime timer under
-// a lock (a tenth of a multicast's CPU when done for every frame), so it
-// moves only when half the timeout has passed.
-//
-// gorilla sets the same socket's write deadline for control frames; every
-// one of those it sends while data may follow (pings, pongs) has a
-// deadline -write-timeout away, never earlier than this one.
-func (c *Client) setWriteDeadline(now time.Time) {
-	timeout := c.hub.cfg.WriteTimeout
-	if c.writeDeadline.Sub(now) >= timeout/2 {
-		return
-	}
-	c.writeDeadline = now.Add(timeout)
-	// On a TCP socket it fails only once the socket is closed, which the
-	// write that follows reports.
-	_ = c.raw.SetWriteDeadline(c.writeDeadline)
-}
-
-// onPing answers a client's ping. gorilla's own handler would give the
-// pong a one-second deadline, which would then cut short the writer's
-// next frames (see setWriteDeadline).
-func (c *Client) onPing(data string) error {
-	err := c.conn.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(c.hub.cfg.WriteTimeout))
-	if err != nil && !errors.Is(err, websocket.ErrCloseSent) {
-		return err
-	}
-	return nil
-}
-
-// onClose is the close handler: the peer sent a close frame. No data
-// frame may follow the close frame sent back, so the writer is stopped
-// first (under wmu) and the queue is left to teardown.
-func (c *Client) onClose(code int, _ string) error {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	c.mu.Lock()
-	c.state.Store(stateClosed)
-	c.mu.Unlock()
-	if code == websocket.CloseNoStatusReceived {
-		code = websocket.CloseNormalClosure
-	}
-	// ErrCloseSent when the server closed first; either way it is done.
-	_ = c.conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, ""), time.Now().Add(closeGrace))
-	return nil
-}
-
-// writeClose writes the close frame, then gives the peer closeGrace to
-// answer before readPump gives up on it.
-func (c *Client) writeClose(code int, text string) {
-	msg := closeMessage(code, text)
-	if err := c.conn.WriteControl(websocket.CloseMessage, msg, time.Now().Add(c.hub.cfg.WriteTimeout)); err != nil {
-		c.abort()
-		return
-	}
-	c.graceDeadline()
-}
-
-func (c *Client) graceDeadline() {
-	// net.Conn deadlines are safe to set from any goroutine and cannot fail
-	// on an open TCP socket; on a closed one readPump is ending anyway.
-	_ = c.conn.SetReadDeadline(time.Now().Add(closeGrace))
-}
-
-// requestPing has the writer send a ping; the pinger calls it once per
-// -ping-interval. It reports whether the connection is still there (the
-// pinger forgets it otherwise), and never blocks.
-func (c *Client) requestPing() bool {
-	c.mu.Lock()
-	st := c.state.Load()
-	if st != stateOpen {
-		c.mu.Unlock()
-		return st != stateClosed
-	}
-	c.pingDue = true
-	start := c.startWriterLocked()
-	c.mu.Unlock()
-	if start {
-		go c.writeLoop()
-	}
-	return true
-}
-
-// writePing writes a ping after the frames queued before it. It returns
-// false when the socket failed; it was then closed.
-func (c *Client) writePing() bool {
-	if c.state.Load() != stateOpen {
-		return true
-	}
-	if err := c.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(c.hub.cfg.WriteTimeout)); err != nil {
-		c.abort()
-		return false
-	}
-	return true
 }
 
 // readPump reads and discards what the client sends (the article's), which

@@ -49,6 +49,7 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	HistorySize     int
 	HistoryTTL      time.Duration
+	HistoryBytes    int64
 	LogFormat       string // text or json
 	LogLevel        string // debug, info, warn or error
 	Console         bool
@@ -85,6 +86,7 @@ func newFlagSet(cfg *Config, origins *string) *flag.FlagSet {
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "drain limit on SIGINT/SIGTERM")
 	fs.IntVar(&cfg.HistorySize, "history-size", 100, "messages kept per uid for recovery (0: off)")
 	fs.DurationVar(&cfg.HistoryTTL, "history-ttl", 5*time.Minute, "how long they are kept")
+	fs.Int64Var(&cfg.HistoryBytes, "history-bytes", 64<<20, "most bytes of history a node keeps in memory, all uids together (oldest go first)")
 	fs.StringVar(&cfg.LogFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.BoolVar(&cfg.Console, "console", true, "serve the console page at /")
@@ -150,7 +152,7 @@ func kindOf(f *flag.Flag) string {
 	switch f.Value.(flag.Getter).Get().(type) {
 	case time.Duration:
 		return "a duration such as 10s or 1m30s"
-	case int:
+	case int, int64:
 		return "an integer"
 	case bool:
 		return "true or false"
@@ -232,6 +234,9 @@ func (c *Config) validate() []error {
 	positive("mysql-batch-size", c.MySQLBatchSize)
 	if c.HistorySize < 0 {
 		bad("invalid -history-size %d: must not be negative", c.HistorySize)
+	}
+	if c.HistoryBytes < 0 {
+		bad("invalid -history-bytes %d: must not be negative", c.HistoryBytes)
 	}
 	durations := []struct {
 		name string

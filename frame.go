@@ -2,7 +2,10 @@ package main
 
 import (
 	"encoding/binary"
+	"strconv"
 	"time"
+
+	"go-pusher/message"
 )
 
 // maxFrameHeader is the longest header of an unmasked frame.
@@ -45,4 +48,44 @@ func appendTextFrameHeader(b []byte, n int) []byte {
 	default:
 		return binary.BigEndian.AppendUint64(append(b, finText, 127), uint64(n))
 	}
+}
+
+// qitem is a message queued on one connection, with its place in the
+// stream of the connection's uid (the offset differs per uid in a
+// multicast, so it is not part of the shared Message).
+type qitem struct {
+	m      *Message
+	off    uint64 // 0: none (a control frame, or a history failure)
+	epoch  string
+	ctl    bool // m.Data is a whole frame payload ({"recovered": ...})
+	replay bool // from history: not counted against -send-buffer
+}
+
+// appendJSONFrame appends it as the text frame of a format=json connection:
+//
+//	{"id":"<message id>","offset":"<epoch>:<n>","message":"<message>"}
+//
+// The payload is written after room for the longest header, then moved
+// next to the header once its length is known.
+func appendJSONFrame(b []byte, it qitem) []byte {
+	start := len(b)
+	b = append(b, make([]byte, maxFrameHeader)...)
+	p := len(b)
+	if it.ctl {
+		b = append(b, it.m.Data...)
+	} else {
+		b = append(b, `{"id":`...)
+		b = message.AppendJSONString(b, it.m.ID)
+		b = append(b, `,"offset":"`...)
+		b = append(b, it.epoch...)
+		b = append(b, ':')
+		b = strconv.AppendUint(b, it.off, 10)
+		b = append(b, `","message":`...)
+		b = message.AppendJSONString(b, BytesToString(it.m.Data))
+		b = append(b, '}')
+	}
+	var hdr [maxFrameHeader]byte
+	h := appendTextFrameHeader(hdr[:0], len(b)-p)
+	n := copy(b[start:], h)
+	return b[:start+n+copy(b[start+n:], b[p:])]
 }

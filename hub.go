@@ -63,6 +63,12 @@ type Hub struct {
 	// pending counts messages queued on connections and not yet written.
 	pending atomic.Int64
 
+	// The frames {"recovered": true} and {"recovered": false}.
+	recoveredTrue, recoveredFalse *Message
+
+	// frames holds *[]byte for the writers' JSON frames.
+	frames sync.Pool
+
 	// iovs holds *net.Buffers for the writers' writev, so that a write
 	// allocates nothing and an idle connection holds no buffer list.
 	iovs sync.Pool
@@ -81,18 +87,21 @@ type registration struct {
 
 func newHub(cfg hubConfig, log *slog.Logger, msgLog message.Logger, events hubEvents) *Hub {
 	return &Hub{
-		cfg:         cfg,
-		log:         log,
-		msgLog:      msgLog,
-		events:      events,
-		pinger:      newPinger(cfg.PingInterval),
-		register:    make(chan registration),
-		unregister:  make(chan *Client),
-		shutdown:    make(chan chan []*Client),
-		quit:        make(chan struct{}),
-		done:        make(chan struct{}),
-		userClients: make(map[string][]*Client),
-		iovs:        sync.Pool{New: func() any { return new(net.Buffers) }},
+		cfg:            cfg,
+		log:            log,
+		msgLog:         msgLog,
+		events:         events,
+		pinger:         newPinger(cfg.PingInterval),
+		register:       make(chan registration),
+		unregister:     make(chan *Client),
+		shutdown:       make(chan chan []*Client),
+		quit:           make(chan struct{}),
+		done:           make(chan struct{}),
+		userClients:    make(map[string][]*Client),
+		iovs:           sync.Pool{New: func() any { return new(net.Buffers) }},
+		frames:         sync.Pool{New: func() any { return new([]byte) }},
+		recoveredTrue:  &Message{Data: []byte(`{"recovered":true}`)},
+		recoveredFalse: &Message{Data: []byte(`{"recovered":false}`)},
 	}
 }
 
@@ -206,18 +215,18 @@ func (h *Hub) clients(uid string) []*Client {
 	return cs
 }
 
-// deliver queues m on each of cs, the connections of uid. It never blocks:
-// a connection whose queue is full is closed as a slow consumer instead.
-// It returns how many connections took m.
-func (h *Hub) deliver(uid string, cs []*Client, m *Message) int {
+// deliver queues it on each of cs, the connections of uid. It never
+// blocks: a connection whose queue is full is closed as a slow consumer
+// instead. It returns how many connections took it.
+func (h *Hub) deliver(uid string, cs []*Client, it qitem) int {
 	n := 0
 	for _, c := range cs {
-		if c.enqueue(m) {
+		if c.enqueue(it) {
 			n++
 		}
 	}
 	if n == 0 {
-		h.msgLog.Update(m.ID, uid, message.StatusFailed)
+		h.msgLog.Update(it.m.ID, uid, message.StatusFailed)
 	}
 	return n
 }
@@ -283,13 +292,24 @@ func (h *Hub) delivered(m *Message, uid string, now time.Time) {
 	h.msgLog.Update(m.ID, uid, message.StatusDelivered)
 }
 
-// failed records that ms were not written to a connection of uid.
-func (h *Hub) failed(ms []*Message, uid, reason string) {
-	if len(ms) == 0 {
-		return
+// failed records that items were not written to a connection of uid.
+func (h *Hub) failed(items []qitem, uid, reason string) {
+	n := 0
+	for _, it := range items {
+		if !it.ctl {
+			h.msgLog.Update(it.m.ID, uid, message.StatusFailed)
+			n++
+		}
 	}
-	h.metrics.failedCounter(reason).Add(float64(len(ms)))
-	for _, m := range ms {
-		h.msgLog.Update(m.ID, uid, message.StatusFailed)
+	if n > 0 {
+		h.metrics.failedCounter(reason).Add(float64(n))
 	}
+}
+
+// recoveredFrame is the frame that ends a since= replay.
+func (h *Hub) recoveredFrame(ok bool) *Message {
+	if ok {
+		return h.recoveredTrue
+	}
+	return h.recoveredFalse
 }

@@ -13,6 +13,9 @@ import (
 // connection leaves its slot when the slot is next visited.
 type pinger struct {
 	tick time.Duration
+	// onTick, when set before run, is called after every visit (the
+	// memory history expires old messages then).
+	onTick func()
 
 	mu    sync.Mutex
 	slots [][]*Client
@@ -54,6 +57,9 @@ func (p *pinger) run() {
 			return
 		case <-t.C:
 			p.visit()
+			if p.onTick != nil {
+				p.onTick()
+			}
 		}
 	}
 }

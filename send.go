@@ -257,10 +257,16 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request, now time.Time) int
 			s.log.Warn("publish failed", "id", m.ID, "err", err)
 			return replyText(w, http.StatusServiceUnavailable, "cluster unavailable: the message was not sent")
 		}
-		if !req.Multicast && len(gone) == 1 {
-			// The uid went away between the lookup and the publish: nobody
-			// will get this. Its log row is marked failed by the hub.
-			return replyText(w, http.StatusNotFound, "client not found: "+req.UIDs[0])
+		if len(gone) > 0 {
+			// Went away between the lookup and the publish: nobody will
+			// get it, and nothing was stored for them.
+			for _, uid := range gone {
+				s.msgLog.Update(m.ID, uid, message.StatusFailed)
+			}
+			if !req.Multicast {
+				return replyText(w, http.StatusNotFound, "client not found: "+req.UIDs[0])
+			}
+			online, notFound = moveGone(online, notFound, gone)
 		}
 	}
 
@@ -291,4 +297,21 @@ func replyJSON(w http.ResponseWriter, code int, body []byte) int {
 	// A write error means the client left; the message is sent regardless.
 	_, _ = w.Write(append(body, '\n'))
 	return code
+}
+
+// moveGone moves the uids of gone from online to offline, keeping order.
+func moveGone(online, offline, gone []string) ([]string, []string) {
+	g := make(map[string]bool, len(gone))
+	for _, uid := range gone {
+		g[uid] = true
+	}
+	kept := online[:0]
+	for _, uid := range online {
+		if g[uid] {
+			offline = append(offline, uid)
+		} else {
+			kept = append(kept, uid)
+		}
+	}
+	return kept, offline
 }

@@ -72,13 +72,17 @@ func newServer(cfg Config, log *slog.Logger, msgLog message.Logger) (*Server, er
 	if ml, ok := msgLog.(*message.MySQLLogger); ok {
 		s.metrics.reg.MustRegister(newMySQLCollector(ml))
 	}
-	s.broker = localBroker{hub: s.hub}
+	hist := historyLimits{Size: cfg.HistorySize, TTL: cfg.HistoryTTL, MaxBytes: cfg.HistoryBytes}
 	if cfg.RedisURL != "" {
-		rb, err := newRedisBroker(context.Background(), cfg.RedisURL, cfg.RedisPrefix, s.hub, log, s.metrics.reg)
+		rb, err := newRedisBroker(context.Background(), cfg.RedisURL, cfg.RedisPrefix, hist, s.hub, log, s.metrics.reg)
 		if err != nil {
 			return nil, err
 		}
 		s.broker, s.hub.events = rb, rb
+	} else {
+		lb := localBroker{hub: s.hub, hist: newMemHistory(hist, time.Now, s.metrics.reg)}
+		s.broker, s.hub.events = lb, lb
+		s.hub.pinger.onTick = func() { lb.hist.sweep(s.hub) }
 	}
 	return s, nil
 }

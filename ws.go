@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -73,6 +74,11 @@ func (s *Server) serveWs(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "origin not allowed", http.StatusForbidden)
 		return
 	}
+	opt, since, err := parseStreamOptions(r)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
 	id, authErr := s.auth.Authenticate(r)
 	conn, err := s.upgrader.Upgrade(w, r, nil)
 	if err != nil {
@@ -91,7 +97,7 @@ func (s *Server) serveWs(w http.ResponseWriter, r *http.Request) {
 		refuse(conn, "authenticate error: "+reason, websocket.ClosePolicyViolation, reason)
 		return
 	}
-	c := newClient(s.hub, conn, id)
+	c := newClient(s.hub, conn, id, opt)
 	if err := s.hub.Register(c); err != nil {
 		code := websocket.CloseGoingAway
 		if errors.Is(err, errConnLimit) {
@@ -104,7 +110,36 @@ func (s *Server) serveWs(w http.ResponseWriter, r *http.Request) {
 	if s.log.Enabled(context.Background(), slog.LevelDebug) {
 		s.log.Debug("connection opened", "uid", id.UID, "remote", r.RemoteAddr)
 	}
+	if opt.hold {
+		// Registered and held: what is published from now on waits in
+		// the queue while history is read.
+		replay, ok := s.broker.Replay(r.Context(), id.UID, since)
+		c.release(replay, ok, since.n)
+	}
 	c.start()
+}
+
+// parseStreamOptions reads ?format= and ?since= of a /ws request. since
+// implies format=json.
+func parseStreamOptions(r *http.Request) (clientOptions, position, error) {
+	q := r.URL.Query()
+	var opt clientOptions
+	switch f := q.Get("format"); f {
+	case "":
+	case "json":
+		opt.json = true
+	default:
+		return opt, position{}, fmt.Errorf("unknown format %q: want json, or none for the message alone", f)
+	}
+	var since position
+	if v := q.Get("since"); v != "" || q.Has("since") {
+		p, err := parsePosition(v)
+		if err != nil {
+			return opt, position{}, fmt.Errorf("malformed since %q: %v", v, err)
+		}
+		since, opt.json, opt.hold = p, true, true
+	}
+	return opt, since, nil
 }
 
 // refuse ends an unregistered connection: an optional text message, a

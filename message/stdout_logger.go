@@ -94,22 +94,22 @@ func (l *StdoutLogger) Close(context.Context) error { return nil }
 // AppendLine appends m's log line, ending in a newline, to b.
 func AppendLine(b []byte, m Log) []byte {
 	b = append(b, `send message: {"id":`...)
-	b = appendJSONString(b, m.ID)
+	b = AppendJSONString(b, m.ID)
 	if len(m.UIDs) == 1 {
 		b = append(b, `,"uid":`...)
-		b = appendJSONString(b, m.UIDs[0])
+		b = AppendJSONString(b, m.UIDs[0])
 	} else {
 		b = append(b, `,"uids":[`...)
 		for i, uid := range m.UIDs {
 			if i > 0 {
 				b = append(b, ',')
 			}
-			b = appendJSONString(b, uid)
+			b = AppendJSONString(b, uid)
 		}
 		b = append(b, ']')
 	}
 	b = append(b, `,"message":`...)
-	b = appendJSONString(b, m.Message)
+	b = AppendJSONString(b, m.Message)
 	return append(b, "}\n"...)
 }
 
@@ -118,7 +118,7 @@ const hexDigits = "0123456789abcdef"
 // appendJSONString appends s as a JSON string. Invalid UTF-8 (which /send
 // refuses before it gets here) would be written as U+FFFD, so the line is
 // always valid JSON.
-func appendJSONString(b []byte, s string) []byte {
+func AppendJSONString(b []byte, s string) []byte {
 	b = append(b, '"')
 	start := 0
 	for i := 0; i < len(s); {

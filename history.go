@@ -1,0 +1,287 @@
+package main
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// position is a place in a uid's stream of messages: the epoch that names
+// the history and the offset n counted in it (1, 2, 3, ...).
+type position struct {
+	epoch string
+	n     uint64
+}
+
+func (p position) String() string { return p.epoch + ":" + strconv.FormatUint(p.n, 10) }
+
+// maxEpochLen bounds the epoch of a since parameter.
+const maxEpochLen = 32
+
+// parsePosition reads "<epoch>:<n>" as sent in ?since=.
+func parsePosition(s string) (position, error) {
+	epoch, n, ok := strings.Cut(s, ":")
+	if !ok || epoch == "" || len(epoch) > maxEpochLen || strings.ContainsFunc(epoch, func(r rune) bool {
+		return !('0' <= r && r <= '9' || 'a' <= r && r <= 'z')
+	}) {
+		return position{}, errors.New("want <epoch>:<n>, as in the offset of a message")
+	}
+	v, err := strconv.ParseUint(n, 10, 64)
+	if err != nil {
+		return position{}, fmt.Errorf("offset %q is not a number", n)
+	}
+	return position{epoch, v}, nil
+}
+
+// newEpoch returns a fresh random epoch.
+func newEpoch() (string, error) {
+	var b [6]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("epoch: %w", err)
+	}
+	return hex.EncodeToString(b[:]), nil
+}
+
+// historyLimits bound the memory history.
+type historyLimits struct {
+	Size     int           // messages kept per uid (0: none)
+	TTL      time.Duration // how long a message is kept
+	MaxBytes int64         // all uids together
+}
+
+// entryOverhead is what a history entry costs beside its message and id.
+const entryOverhead = 96
+
+// memHistory is the history of a single node: for each uid an epoch, the
+// last offset given, and its latest messages. Offsets are given, messages
+// stored and queued on the uid's connections under one lock, so every
+// connection of a uid sees offset order. Memory is bounded by Size per
+// uid, TTL, and MaxBytes in all; eviction is oldest first: every entry is
+// also on one list in the order it was stored.
+//
+// A uid's state is dropped when it has no connection and no stored
+// message; it comes back with a new epoch, so an offset is never reused.
+type memHistory struct {
+	lim historyLimits
+	now func() time.Time
+
+	mu     sync.Mutex
+	users  map[string]*uidLog
+	oldest *histEntry // the list of every entry, oldest first
+	newest *histEntry
+	bytes  int64
+	count  int
+	idle   map[string]struct{} // uids that lost their last connection
+
+	evicted   *prometheus.CounterVec
+	recovered *prometheus.CounterVec
+}
+
+// uidLog is one uid's history.
+type uidLog struct {
+	epoch   string
+	last    uint64       // the offset of the latest message
+	entries []*histEntry // oldest first, at most Size
+}
+
+// histEntry is a stored message of one uid.
+type histEntry struct {
+	uid        string
+	off        uint64
+	m          *Message
+	size       int64
+	prev, next *histEntry // the list of every entry
+}
+
+func newMemHistory(lim historyLimits, now func() time.Time, reg prometheus.Registerer) *memHistory {
+	h := &memHistory{
+		lim:   lim,
+		now:   now,
+		users: map[string]*uidLog{},
+		idle:  map[string]struct{}{},
+		evicted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pusher_history_evicted_total",
+			Help: "Messages dropped from history, by reason: count (-history-size), age (-history-ttl), bytes (-history-bytes).",
+		}, []string{"reason"}),
+		recovered: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pusher_recoveries_total",
+			Help: "Reconnections with ?since=, by result: recovered (replayed without a gap) or failed ({\"recovered\": false}).",
+		}, []string{"result"}),
+	}
+	for _, r := range []string{"count", "age", "bytes"} {
+		h.evicted.WithLabelValues(r)
+	}
+	for _, r := range []string{"recovered", "failed"} {
+		h.recovered.WithLabelValues(r)
+	}
+	reg.MustRegister(h.evicted, h.recovered,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "pusher_history_messages", Help: "Messages held in history (memory, this node).",
+		}, func() float64 { h.mu.Lock(); defer h.mu.Unlock(); return float64(h.count) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "pusher_history_bytes", Help: "Bytes of messages held in history, as counted against -history-bytes.",
+		}, func() float64 { h.mu.Lock(); defer h.mu.Unlock(); return float64(h.bytes) }),
+	)
+	return h
+}
+
+// deliver gives m the next offset of each uid that has a connection,
+// stores it, and queues it on the uid's connections, all under the lock.
+// It returns the uids that had no connection: nothing was stored for
+// them.
+func (h *memHistory) deliver(hub *Hub, m *Message, uids []string) (gone []string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, uid := range uids {
+		cs := hub.clients(uid)
+		if len(cs) == 0 {
+			gone = append(gone, uid)
+			continue
+		}
+		it, err := h.appendLocked(uid, m)
+		if err != nil {
+			// Only crypto/rand can fail here; the message goes out without
+			// an offset rather than not at all.
+			hub.log.Error("history append failed", "uid", uid, "err", err)
+		}
+		hub.deliver(uid, cs, it)
+	}
+	h.evictLocked()
+	return gone
+}
+
+func (h *memHistory) appendLocked(uid string, m *Message) (qitem, error) {
+	u := h.users[uid]
+	if u == nil {
+		epoch, err := newEpoch()
+		if err != nil {
+			return qitem{m: m}, err
+		}
+		u = &uidLog{epoch: epoch}
+		h.users[uid] = u
+	}
+	u.last++
+	it := qitem{m: m, off: u.last, epoch: u.epoch}
+	if h.lim.Size == 0 {
+		return it, nil
+	}
+	if len(u.entries) == h.lim.Size {
+		h.removeLocked(u.entries[0], "count")
+	}
+	e := &histEntry{uid: uid, off: u.last, m: m, size: int64(len(m.Data)+len(m.ID)) + entryOverhead, prev: h.newest}
+	if h.newest != nil {
+		h.newest.next = e
+	} else {
+		h.oldest = e
+	}
+	h.newest = e
+	u.entries = append(u.entries, e)
+	h.bytes += e.size
+	h.count++
+	return it, nil
+}
+
+// removeLocked drops e, which is the oldest entry of its uid.
+func (h *memHistory) removeLocked(e *histEntry, reason string) {
+	if e.prev != nil {
+		e.prev.next = e.next
+	} else {
+		h.oldest = e.next
+	}
+	if e.next != nil {
+		e.next.prev = e.prev
+	} else {
+		h.newest = e.prev
+	}
+	if u := h.users[e.uid]; u != nil && len(u.entries) > 0 && u.entries[0] == e {
+		// Shift rather than reslice, so that the slice does not creep
+		// through its array; at most Size pointers move.
+		n := copy(u.entries, u.entries[1:])
+		u.entries[n] = nil
+		u.entries = u.entries[:n]
+	}
+	h.bytes -= e.size
+	h.count--
+	*e = histEntry{} // let the message go
+	h.evicted.WithLabelValues(reason).Inc()
+}
+
+// evictLocked drops the oldest entries while over the byte budget or
+// past their age. The oldest entry of all is the oldest of its uid.
+func (h *memHistory) evictLocked() {
+	cutoff := h.now().Add(-h.lim.TTL)
+	for e := h.oldest; e != nil; e = h.oldest {
+		switch {
+		case h.bytes > h.lim.MaxBytes:
+			h.removeLocked(e, "bytes")
+		case e.m.Accepted.Before(cutoff):
+			h.removeLocked(e, "age")
+		default:
+			return
+		}
+	}
+}
+
+// userOffline notes that uid lost its last connection; sweep drops its
+// state once it holds no message either.
+func (h *memHistory) userOffline(uid string) {
+	h.mu.Lock()
+	h.idle[uid] = struct{}{}
+	h.mu.Unlock()
+}
+
+// sweep expires old entries and drops the state of uids without a
+// connection and without messages. The hub's pinger calls it every tick.
+func (h *memHistory) sweep(hub *Hub) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.evictLocked()
+	for uid := range h.idle {
+		if len(hub.clients(uid)) > 0 {
+			delete(h.idle, uid)
+			continue
+		}
+		if u := h.users[uid]; u == nil || len(u.entries) == 0 {
+			delete(h.users, uid)
+			delete(h.idle, uid)
+		}
+	}
+}
+
+// since returns what a connection of uid that saw everything up to p has
+// missed, and whether history has all of it. A connection that calls it
+// is registered already, so anything newer reaches it live.
+func (h *memHistory) since(uid string, p position) ([]qitem, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.evictLocked()
+	u := h.users[uid]
+	ok := h.lim.Size > 0 && u != nil && u.epoch == p.epoch && p.n <= u.last
+	var items []qitem
+	if ok && p.n < u.last {
+		// Everything after p.n must still be there: the first kept entry
+		// is p.n+1 or older.
+		if len(u.entries) == 0 || u.entries[0].off > p.n+1 {
+			ok = false
+		} else {
+			for _, e := range u.entries {
+				if e.off > p.n {
+					items = append(items, qitem{m: e.m, off: e.off, epoch: u.epoch, replay: true})
+				}
+			}
+		}
+	}
+	result := "recovered"
+	if !ok {
+		result, items = "failed", nil
+	}
+	h.recovered.WithLabelValues(result).Inc()
+	return items, ok
+}
