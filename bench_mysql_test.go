@@ -37,7 +37,7 @@ func BenchmarkSendMySQL(b *testing.B) {
 	})
 	b.Run("mysql", func(b *testing.B) {
 		d := newMySQLTestDB(b)
-		cfg := mysqlConfig(b, d.dsn)
+		cfg := mysqlConfig(b, d.DSN)
 		benchSend(b, cfg, openMySQLLog(b, cfg))
 	})
 }

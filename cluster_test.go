@@ -17,6 +17,8 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/redis/go-redis/v9"
+
+	"go-pusher/internal/testutil"
 )
 
 // testRedis returns the Redis URL for tests (PUSHER_TEST_REDIS_URL, or
@@ -181,17 +183,17 @@ func TestClusterMulticast(t *testing.T) {
 func TestClusterRedisOutage(t *testing.T) {
 	for _, mode := range []struct {
 		name string
-		mode proxyMode
-	}{{"cut", proxyCut}, {"blackhole", proxyBlackhole}} {
+		mode testutil.ProxyMode
+	}{{"cut", testutil.Cut}, {"blackhole", testutil.Blackhole}} {
 		t.Run(mode.name, func(t *testing.T) { testClusterRedisOutage(t, mode.mode) })
 	}
 }
 
-func testClusterRedisOutage(t *testing.T, mode proxyMode) {
+func testClusterRedisOutage(t *testing.T, mode testutil.ProxyMode) {
 	u, prefix := testRedis(t), testPrefix(t)
-	proxy := startProxy(t, u.Host)
-	a := startNode(t, redisVia(u, proxy.addr()), prefix)
-	b := startNode(t, redisVia(u, proxy.addr()), prefix)
+	proxy := testutil.StartProxy(t, u.Host)
+	a := startNode(t, redisVia(u, proxy.Addr()), prefix)
+	b := startNode(t, redisVia(u, proxy.Addr()), prefix)
 	waitReady(t, a)
 	waitReady(t, b)
 	conn := dialSubscribed(t, a, "alice", b)
@@ -200,7 +202,7 @@ func testClusterRedisOutage(t *testing.T, mode proxyMode) {
 		t.Fatalf("got %q", got)
 	}
 
-	proxy.setMode(mode)
+	proxy.SetMode(mode)
 	for _, ts := range []*testServer{a, b} {
 		waitFor(t, "/readyz 503 during the outage", func() bool {
 			code, body := ts.get("/readyz")
@@ -220,7 +222,7 @@ func testClusterRedisOutage(t *testing.T, mode proxyMode) {
 		t.Fatalf("connections on a = %d during the outage, want 1", n)
 	}
 
-	proxy.setMode(proxyForward)
+	proxy.SetMode(testutil.Forward)
 	for _, ts := range []*testServer{a, b} {
 		waitReady(t, ts)
 	}

@@ -2,9 +2,7 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
 	"database/sql"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,92 +10,32 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/go-sql-driver/mysql"
 	"github.com/gorilla/websocket"
 
+	"go-pusher/internal/testutil"
 	"go-pusher/message"
 )
 
 // These tests run the server with -message-log=mysql against a real
 // MariaDB (make test starts one), each in a database of its own.
 
-// mysqlTestDB is a fresh database on the test server, dropped when the
-// test ends.
-type mysqlTestDB struct {
-	name string
-	dsn  string
-	db   *sql.DB
-	base *mysql.Config
-}
+// mysqlTestDB is a database of the test's own on the test server.
+type mysqlTestDB struct{ *testutil.MySQLDB }
 
-// newMySQLTestDB creates a database for tb on PUSHER_TEST_MYSQL_DSN
-// (default root@tcp(127.0.0.1:3306)/). Without a server the test is
+// newMySQLTestDB creates a database for tb; without a server the test is
 // skipped, or fails under CI=true.
-func newMySQLTestDB(tb testing.TB) *mysqlTestDB {
-	tb.Helper()
-	base := os.Getenv("PUSHER_TEST_MYSQL_DSN")
-	if base == "" {
-		base = "root@tcp(127.0.0.1:3306)/"
-	}
-	cfg, err := mysql.ParseDSN(base)
-	if err != nil {
-		tb.Fatalf("PUSHER_TEST_MYSQL_DSN: %v", err)
-	}
-	cfg.DBName = ""
-	admin, err := sql.Open("mysql", cfg.FormatDSN())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := admin.PingContext(ctx); err != nil {
-		admin.Close()
-		if os.Getenv("CI") == "true" {
-			tb.Fatalf("MariaDB at %s: %v (make test starts it)", cfg.Addr, err)
-		}
-		tb.Skipf("MariaDB at %s: %v (make test starts it)", cfg.Addr, err)
-	}
-	var rnd [6]byte
-	if _, err := rand.Read(rnd[:]); err != nil {
-		tb.Fatal(err)
-	}
-	d := &mysqlTestDB{name: "gp_test_" + hex.EncodeToString(rnd[:]), base: cfg}
-	if _, err := admin.Exec("CREATE DATABASE " + d.name); err != nil {
-		admin.Close()
-		tb.Fatal(err)
-	}
-	d.dsn = d.dsnVia(cfg.Addr)
-	if d.db, err = sql.Open("mysql", d.dsn); err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() {
-		d.db.Close()
-		if _, err := admin.Exec("DROP DATABASE IF EXISTS " + d.name); err != nil {
-			tb.Errorf("drop database %s: %v", d.name, err)
-		}
-		admin.Close()
-	})
-	return d
-}
-
-// dsnVia is the database's DSN through addr (a proxy, say).
-func (d *mysqlTestDB) dsnVia(addr string) string {
-	cfg := d.base.Clone()
-	cfg.DBName, cfg.Addr = d.name, addr
-	return cfg.FormatDSN()
-}
+func newMySQLTestDB(tb testing.TB) *mysqlTestDB { return &mysqlTestDB{testutil.NewMySQLDB(tb)} }
 
 func (d *mysqlTestDB) count(tb testing.TB, where string, args ...any) int {
 	tb.Helper()
 	var n int
-	if err := d.db.QueryRow("SELECT COUNT(*) FROM db_logs WHERE "+where, args...).Scan(&n); err != nil {
+	if err := d.DB.QueryRow("SELECT COUNT(*) FROM db_logs WHERE "+where, args...).Scan(&n); err != nil {
 		tb.Fatal(err)
 	}
 	return n
@@ -106,7 +44,7 @@ func (d *mysqlTestDB) count(tb testing.TB, where string, args ...any) int {
 // row returns the message and status of (id, uid), or ok false.
 func (d *mysqlTestDB) row(tb testing.TB, id, uid string) (msg string, s message.Status, ok bool) {
 	tb.Helper()
-	err := d.db.QueryRow("SELECT message, status FROM db_logs WHERE id = ? AND uid = ?", id, uid).Scan(&msg, &s)
+	err := d.DB.QueryRow("SELECT message, status FROM db_logs WHERE id = ? AND uid = ?", id, uid).Scan(&msg, &s)
 	if errors.Is(err, sql.ErrNoRows) {
 		return "", 0, false
 	}
@@ -155,7 +93,7 @@ func startMySQLServer(t *testing.T, dsn string, args ...string) *testServer {
 
 func TestMySQLSendDelivered(t *testing.T) {
 	d := newMySQLTestDB(t)
-	ts := startMySQLServer(t, d.dsn)
+	ts := startMySQLServer(t, d.DSN)
 	conn := ts.dial("alice")
 	const msg = "héllo 😀 'quoted' \\ \"and\" more"
 	id := ts.sendOK("alice", msg)
@@ -183,7 +121,7 @@ func TestMySQLSendDelivered(t *testing.T) {
 
 func TestMySQLMulticastRows(t *testing.T) {
 	d := newMySQLTestDB(t)
-	ts := startMySQLServer(t, d.dsn)
+	ts := startMySQLServer(t, d.DSN)
 	c1, c2 := ts.dial("u1"), ts.dial("u2")
 	code, body := ts.sendJSON(map[string]any{"uids": []string{"u1", "u2", "u3"}, "message": "to all"})
 	if code != http.StatusOK {
@@ -228,20 +166,20 @@ func TestMySQLMulticastRows(t *testing.T) {
 func TestMySQLOutageSend(t *testing.T) {
 	for _, mode := range []struct {
 		name string
-		mode proxyMode
-	}{{"cut", proxyCut}, {"blackhole", proxyBlackhole}} {
+		mode testutil.ProxyMode
+	}{{"cut", testutil.Cut}, {"blackhole", testutil.Blackhole}} {
 		t.Run(mode.name, func(t *testing.T) {
 			d := newMySQLTestDB(t)
-			p := startProxy(t, d.base.Addr)
+			p := testutil.StartProxy(t, d.Base.Addr)
 			const timeout = time.Second
-			ts := startMySQLServer(t, d.dsnVia(p.addr()), "-message-log-timeout", timeout.String())
+			ts := startMySQLServer(t, d.DSNVia(p.Addr()), "-message-log-timeout", timeout.String())
 			conn := ts.dial("alice")
 			ts.sendOK("alice", "before")
 			if got := readText(t, conn); got != "before" {
 				t.Fatalf("read %q, want before", got)
 			}
 
-			p.setMode(mode.mode)
+			p.SetMode(mode.mode)
 			for range 3 {
 				start := time.Now()
 				code, body := ts.send("application/x-www-form-urlencoded", url.Values{"uid": {"alice"}, "message": {"lost"}}.Encode())
@@ -261,7 +199,7 @@ func TestMySQLOutageSend(t *testing.T) {
 				t.Errorf("%d connections during the outage, want 1", n)
 			}
 
-			p.setMode(proxyForward)
+			p.SetMode(testutil.Forward)
 			var id string
 			waitFor(t, "send after the outage", func() bool {
 				code, body := ts.send("application/x-www-form-urlencoded", url.Values{"uid": {"alice"}, "message": {"after"}}.Encode())
@@ -293,7 +231,7 @@ func TestMySQLOutageSend(t *testing.T) {
 // its row, once.
 func TestMySQLParallelSend(t *testing.T) {
 	d := newMySQLTestDB(t)
-	ts := startMySQLServer(t, d.dsn)
+	ts := startMySQLServer(t, d.DSN)
 	const users, sends = 8, 400
 	var received atomic.Int64
 	var readers sync.WaitGroup

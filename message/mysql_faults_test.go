@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/go-sql-driver/mysql"
+
+	"go-pusher/internal/testutil"
 )
 
 // TestMySQLOutage cuts the network between the logger and the database:
@@ -17,9 +19,9 @@ import (
 // and a failed one has none that look queued.
 func TestMySQLOutage(t *testing.T) {
 	d := newTestDB(t)
-	p := startProxy(t, d.base.Addr)
+	p := testutil.StartProxy(t, d.Base.Addr)
 	// Writes stuck on a blackholed connection give up after WriteTimeout.
-	l := newTestLogger(t, d.dsnVia(p.Addr()), MySQLConfig{WriteTimeout: 2 * time.Second})
+	l := newTestLogger(t, d.DSNVia(p.Addr()), MySQLConfig{WriteTimeout: 2 * time.Second})
 	ok := map[string]bool{} // id → Log succeeded
 	logged := func(timeout time.Duration) (time.Duration, error) {
 		id := testID(t)
@@ -36,10 +38,10 @@ func TestMySQLOutage(t *testing.T) {
 
 	for _, mode := range []struct {
 		name string
-		mode proxyMode
-	}{{"cut", proxyCut}, {"blackhole", proxyHang}} {
+		mode testutil.ProxyMode
+	}{{"cut", testutil.Cut}, {"blackhole", testutil.Blackhole}} {
 		t.Run(mode.name, func(t *testing.T) {
-			p.setMode(mode.mode)
+			p.SetMode(mode.mode)
 			const deadline = time.Second
 			for range 3 {
 				took, err := logged(deadline)
@@ -62,7 +64,7 @@ func TestMySQLOutage(t *testing.T) {
 			}
 			t.Logf("Ready: %v", err)
 
-			p.setMode(proxyForward)
+			p.SetMode(testutil.Forward)
 			waitFor(t, "Ready after the outage", func() bool {
 				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 				defer cancel()
@@ -99,11 +101,11 @@ func TestMySQLOutage(t *testing.T) {
 // down: Update returns at once and counts what it drops.
 func TestMySQLUpdateNeverBlocks(t *testing.T) {
 	d := newTestDB(t)
-	p := startProxy(t, d.base.Addr)
-	l := newTestLogger(t, d.dsnVia(p.Addr()), MySQLConfig{UpdateQueue: 16, UpdateBatchSize: 4})
+	p := testutil.StartProxy(t, d.Base.Addr)
+	l := newTestLogger(t, d.DSNVia(p.Addr()), MySQLConfig{UpdateQueue: 16, UpdateBatchSize: 4})
 	id := testID(t)
 	logOK(t, l, Log{ID: id, UIDs: []string{"u"}, Message: "m"})
-	p.setMode(proxyCut)
+	p.SetMode(testutil.Cut)
 	start := time.Now()
 	for range 1000 {
 		l.Update(id, "u", StatusFailed)
@@ -115,7 +117,7 @@ func TestMySQLUpdateNeverBlocks(t *testing.T) {
 		t.Errorf("DroppedUpdates() = %d, want at least %d", n, 1000-16-4)
 	}
 	// Back: what was queued is written.
-	p.setMode(proxyForward)
+	p.SetMode(testutil.Forward)
 	d.waitStatus(t, id, "u", StatusFailed)
 }
 
@@ -128,15 +130,15 @@ func TestMySQLStartErrors(t *testing.T) {
 	for _, q := range []string{
 		fmt.Sprintf("CREATE USER '%s'@'%%' IDENTIFIED BY '%s'", user, pw),
 		fmt.Sprintf("CREATE USER '%s'@'localhost' IDENTIFIED BY '%s'", user, pw),
-		fmt.Sprintf("GRANT SELECT, INSERT, UPDATE ON %s.* TO '%s'@'%%', '%s'@'localhost'", d.name, user, user),
+		fmt.Sprintf("GRANT SELECT, INSERT, UPDATE ON %s.* TO '%s'@'%%', '%s'@'localhost'", d.Name, user, user),
 	} {
-		if _, err := d.admin.Exec(q); err != nil {
+		if _, err := d.Admin.Exec(q); err != nil {
 			t.Fatalf("%s: %v", q, err)
 		}
 	}
 	t.Cleanup(func() {
 		for _, host := range []string{"%", "localhost"} {
-			if _, err := d.admin.Exec(fmt.Sprintf("DROP USER IF EXISTS '%s'@'%s'", user, host)); err != nil {
+			if _, err := d.Admin.Exec(fmt.Sprintf("DROP USER IF EXISTS '%s'@'%s'", user, host)); err != nil {
 				t.Errorf("drop user: %v", err)
 			}
 		}
@@ -147,8 +149,8 @@ func TestMySQLStartErrors(t *testing.T) {
 		return cfg.FormatDSN()
 	}
 	// A port with nobody listening: a listener closed at once.
-	closed := startProxy(t, d.base.Addr)
-	closed.setMode(proxyCut)
+	closed := testutil.StartProxy(t, d.Base.Addr)
+	closed.SetMode(testutil.Cut)
 
 	tests := []struct {
 		name string
@@ -157,12 +159,12 @@ func TestMySQLStartErrors(t *testing.T) {
 	}{
 		{"unparsable", "root:" + pw + "@tcp(127.0.0.1:3306", "unparsable DSN"},
 		{"unparsable param", "root:" + pw + "@tcp(127.0.0.1:3306)/db?parseTime=maybe", "unparsable DSN"},
-		{"no database", dsn("root", pw, d.base.Addr, ""), "names no database"},
-		{"unreachable", dsn("root", pw, "127.0.0.1:1", d.name), "cannot connect"},
-		{"connection closed", dsn("root", pw, closed.Addr(), d.name), "cannot connect"},
-		{"wrong password", dsn(user, pw+"x", d.base.Addr, d.name), "Access denied"},
-		{"unknown database", dsn(user, pw, d.base.Addr, d.name+"_missing"), "cannot connect"},
-		{"no CREATE privilege", dsn(user, pw, d.base.Addr, d.name), "no privilege to create table db_logs"},
+		{"no database", dsn("root", pw, d.Base.Addr, ""), "names no database"},
+		{"unreachable", dsn("root", pw, "127.0.0.1:1", d.Name), "cannot connect"},
+		{"connection closed", dsn("root", pw, closed.Addr(), d.Name), "cannot connect"},
+		{"wrong password", dsn(user, pw+"x", d.Base.Addr, d.Name), "Access denied"},
+		{"unknown database", dsn(user, pw, d.Base.Addr, d.Name+"_missing"), "cannot connect"},
+		{"no CREATE privilege", dsn(user, pw, d.Base.Addr, d.Name), "no privilege to create table db_logs"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -185,23 +187,23 @@ func TestMySQLStartErrors(t *testing.T) {
 
 	// With the table there, the user may log without CREATE; without
 	// INSERT it may not start.
-	l := newTestLogger(t, d.dsn, MySQLConfig{}) // creates db_logs as root
+	l := newTestLogger(t, d.DSN, MySQLConfig{}) // creates db_logs as root
 	l.Close(context.Background())
-	newTestLogger(t, dsn(user, pw, d.base.Addr, d.name), MySQLConfig{})
-	if _, err := d.admin.Exec(fmt.Sprintf("REVOKE INSERT ON %s.* FROM '%s'@'%%', '%s'@'localhost'", d.name, user, user)); err != nil {
+	newTestLogger(t, dsn(user, pw, d.Base.Addr, d.Name), MySQLConfig{})
+	if _, err := d.Admin.Exec(fmt.Sprintf("REVOKE INSERT ON %s.* FROM '%s'@'%%', '%s'@'localhost'", d.Name, user, user)); err != nil {
 		t.Fatal(err)
 	}
-	_, err := NewMySQLLogger(context.Background(), MySQLConfig{DSN: dsn(user, pw, d.base.Addr, d.name)}, testSlog(t))
+	_, err := NewMySQLLogger(context.Background(), MySQLConfig{DSN: dsn(user, pw, d.Base.Addr, d.Name)}, testSlog(t))
 	if err == nil || !strings.Contains(err.Error(), "no privilege to write table db_logs") {
 		t.Errorf("NewMySQLLogger without INSERT = %v, want no privilege to write", err)
 	}
 
 	// A db_logs that is not ours.
 	other := newTestDB(t)
-	if _, err := other.db.Exec("CREATE TABLE db_logs (id INT PRIMARY KEY, msg TEXT)"); err != nil {
+	if _, err := other.DB.Exec("CREATE TABLE db_logs (id INT PRIMARY KEY, msg TEXT)"); err != nil {
 		t.Fatal(err)
 	}
-	_, err = NewMySQLLogger(context.Background(), MySQLConfig{DSN: other.dsn}, testSlog(t))
+	_, err = NewMySQLLogger(context.Background(), MySQLConfig{DSN: other.DSN}, testSlog(t))
 	if err == nil || !strings.Contains(err.Error(), "exists with other columns") {
 		t.Errorf("NewMySQLLogger with a foreign db_logs = %v, want exists with other columns", err)
 	}
@@ -236,7 +238,7 @@ func TestCheckMySQLDSN(t *testing.T) {
 // goroutines at once, as the server does (the race detector watches).
 func TestMySQLConcurrentLogAndUpdate(t *testing.T) {
 	d := newTestDB(t)
-	l := newTestLogger(t, d.dsn, MySQLConfig{})
+	l := newTestLogger(t, d.DSN, MySQLConfig{})
 	var wg sync.WaitGroup
 	ids := make([]string, 200)
 	for i := range ids {

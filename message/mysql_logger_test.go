@@ -27,7 +27,7 @@ func logOK(t testing.TB, l *MySQLLogger, m Log) {
 
 func TestMySQLLogRows(t *testing.T) {
 	d := newTestDB(t)
-	l := newTestLogger(t, d.dsn, MySQLConfig{})
+	l := newTestLogger(t, d.DSN, MySQLConfig{})
 	tests := []struct {
 		name string
 		uids []string
@@ -55,7 +55,7 @@ func TestMySQLLogRows(t *testing.T) {
 				}
 			}
 			var created, updated string
-			err := d.db.QueryRow("SELECT created_at, updated_at FROM db_logs WHERE id = ? LIMIT 1", id).Scan(&created, &updated)
+			err := d.DB.QueryRow("SELECT created_at, updated_at FROM db_logs WHERE id = ? LIMIT 1", id).Scan(&created, &updated)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -68,7 +68,7 @@ func TestMySQLLogRows(t *testing.T) {
 
 func TestMySQLLogRefusesBadInput(t *testing.T) {
 	d := newTestDB(t)
-	l := newTestLogger(t, d.dsn, MySQLConfig{})
+	l := newTestLogger(t, d.DSN, MySQLConfig{})
 	ctx := context.Background()
 	if err := l.Log(ctx, Log{ID: testID(t)}); err != nil {
 		t.Errorf("Log(no uids) = %v, want nil (nothing to record)", err)
@@ -108,7 +108,7 @@ func (d *testDB) waitStatus(t testing.TB, id, uid string, want Status) {
 
 func TestMySQLStatusUpdates(t *testing.T) {
 	d := newTestDB(t)
-	l := newTestLogger(t, d.dsn, MySQLConfig{})
+	l := newTestLogger(t, d.DSN, MySQLConfig{})
 	tests := []struct {
 		name    string
 		updates []Status
@@ -156,7 +156,7 @@ func TestMySQLStatusUpdates(t *testing.T) {
 
 func TestMySQLConcurrentLog(t *testing.T) {
 	d := newTestDB(t)
-	l := newTestLogger(t, d.dsn, MySQLConfig{})
+	l := newTestLogger(t, d.DSN, MySQLConfig{})
 	const n = 500
 	ids := make([]string, n)
 	errs := make([]error, n)
@@ -203,7 +203,7 @@ func TestMySQLConcurrentLog(t *testing.T) {
 
 func TestMySQLLargeMessages(t *testing.T) {
 	d := newTestDB(t)
-	l := newTestLogger(t, d.dsn, MySQLConfig{})
+	l := newTestLogger(t, d.DSN, MySQLConfig{})
 	// 64 KiB and more of multibyte UTF-8, emoji and characters the
 	// driver escapes.
 	unit := "é世😀'\\\"\n\x00"
@@ -336,7 +336,7 @@ func escapeForTest(s string) string {
 func TestMySQLCloseFlushes(t *testing.T) {
 	d := newTestDB(t)
 	// Rows first, with a logger that writes at once.
-	l1 := newTestLogger(t, d.dsn, MySQLConfig{BatchInterval: time.Millisecond})
+	l1 := newTestLogger(t, d.DSN, MySQLConfig{BatchInterval: time.Millisecond})
 	ids := make([]string, 300)
 	for i := range ids {
 		ids[i] = testID(t)
@@ -344,7 +344,7 @@ func TestMySQLCloseFlushes(t *testing.T) {
 	}
 
 	// A logger that would wait an hour to write anything: only Close does.
-	l := newTestLogger(t, d.dsn, MySQLConfig{BatchInterval: time.Hour, BatchSize: 1000, UpdateInterval: time.Hour, UpdateBatchSize: 1000})
+	l := newTestLogger(t, d.DSN, MySQLConfig{BatchInterval: time.Hour, BatchSize: 1000, UpdateInterval: time.Hour, UpdateBatchSize: 1000})
 	for i, id := range ids {
 		l.Update(id, "u", []Status{StatusDelivered, StatusFailed}[i%2])
 	}
@@ -392,7 +392,7 @@ func TestMySQLCloseFlushes(t *testing.T) {
 
 func TestMySQLAbandonedLog(t *testing.T) {
 	d := newTestDB(t)
-	l := newTestLogger(t, d.dsn, MySQLConfig{BatchInterval: 300 * time.Millisecond})
+	l := newTestLogger(t, d.DSN, MySQLConfig{BatchInterval: 300 * time.Millisecond})
 
 	// Given up before its batch was written: no row.
 	gaveUp := testID(t)
