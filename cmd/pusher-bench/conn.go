@@ -28,12 +28,11 @@ const redialBackoff = 100 * time.Millisecond
 // pool runs the slots: one goroutine per slot dials a connection, reads
 // it, and, while redialing is on, dials again when the connection ends.
 // A slot is one logical client (a uid's tab); its successive connections
-// are its generations. A later reconnect scenario is a policy that drops
-// connections and redials with ?since= the last offset the slot saw.
+// are its generations. With several nodes a slot dials them in turn.
 type pool struct {
 	r       *runner
 	rep     *reporter
-	wsURL   string
+	wsURLs  []string            // /ws of each node
 	dialers []*websocket.Dialer // one per source address
 
 	ctx    context.Context // ended by stop: every connection closes
@@ -47,6 +46,15 @@ type pool struct {
 	// TCP connection without a close frame.
 	lifetime func(slot int32, rnd *rand.Rand) (time.Duration, bool)
 
+	// reconnect: connections ask for format=json, each slot keeps the last
+	// offset it received and redials with ?since= it; a dropper per
+	// connection drops it at random moments while phase is phaseDropping.
+	reconnect bool
+	phase     atomic.Int32
+	dropping  atomic.Int64  // drops decided and not yet counted in unsettled
+	steady    []atomic.Bool // by slot: connected, and recovered when dialled with since
+	unsettled atomic.Int64  // slots not steady
+
 	firstDials sync.WaitGroup // one per slot: done after its first handshake
 	sem        chan struct{}  // bounds handshakes in flight
 	open       atomic.Int64   // connections open now
@@ -56,19 +64,31 @@ type pool struct {
 
 func newPool(r *runner, rep *reporter) (*pool, error) {
 	e := r.e
-	u, err := url.Parse(e.URL)
-	if err != nil {
-		return nil, fmt.Errorf("-url: %w", err)
+	var host string
+	var wsURLs []string
+	for _, node := range r.nodes {
+		u, err := url.Parse(node)
+		if err != nil {
+			return nil, fmt.Errorf("-url: %w", err)
+		}
+		if u.Scheme == "https" {
+			u.Scheme = "wss"
+		} else {
+			u.Scheme = "ws"
+		}
+		u.Path = strings.TrimSuffix(u.Path, "/") + "/ws"
+		wsURLs = append(wsURLs, u.String())
+		if host == "" {
+			host = u.Hostname()
+		} else if host != u.Hostname() {
+			host = "-" // nodes on several hosts: the kernel chooses the source
+		}
 	}
-	if u.Scheme == "https" {
-		u.Scheme = "wss"
-	} else {
-		u.Scheme = "ws"
-	}
-	u.Path = strings.TrimSuffix(u.Path, "/") + "/ws"
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &pool{r: r, rep: rep, wsURL: u.String(), ctx: ctx, cancel: cancel, sem: make(chan struct{}, e.DialConcurrency)}
-	for _, src := range sourceAddrs(u.Hostname(), e.SourceAddrs) {
+	p := &pool{r: r, rep: rep, wsURLs: wsURLs, ctx: ctx, cancel: cancel, sem: make(chan struct{}, e.DialConcurrency),
+		steady: make([]atomic.Bool, r.slots())}
+	p.unsettled.Store(int64(r.slots()))
+	for _, src := range sourceAddrs(host, e.SourceAddrs) {
 		nd := &net.Dialer{Timeout: e.RequestTimeout, LocalAddr: src}
 		p.dialers = append(p.dialers, &websocket.Dialer{
 			NetDialContext:   nd.DialContext,
@@ -136,7 +156,9 @@ func (p *pool) waitFirstDials(ctx context.Context) bool {
 
 func (p *pool) runSlot(slot int32) {
 	rnd := rand.New(rand.NewPCG(uint64(slot), 0x5eed))
+	var pos streamPos // reconnect: the last offset this slot received
 	first := true
+	attempt := 0 // handshakes tried: each goes to the next node
 	for gen := int32(0); ; {
 		if first {
 			select {
@@ -146,7 +168,13 @@ func (p *pool) runSlot(slot int32) {
 				return
 			}
 		}
-		conn, err := p.dial(slot)
+		since := ""
+		if p.reconnect && pos.known {
+			since = pos.String()
+		}
+		dialStart := time.Now().UnixNano()
+		conn, err := p.dial(slot, attempt, since)
+		attempt++
 		if first {
 			<-p.sem
 			if err == nil {
@@ -166,27 +194,45 @@ func (p *pool) runSlot(slot int32) {
 			}
 			continue
 		}
+		run := &connRun{since: since != "", dial: dialStart, pos: &pos, dead: make(chan struct{})}
+		run.canDrop.Store(pos.known)
 		var life time.Duration
 		var abrupt bool
 		if p.lifetime != nil {
 			life, abrupt = p.lifetime(slot, rnd)
 		}
-		p.hold(slot, gen, conn, life, abrupt)
+		p.hold(slot, gen, conn, life, abrupt, run, rnd)
+		p.setSteady(slot, false)
 		gen++
 		if !p.redial.Load() || p.ctx.Err() != nil {
 			return
 		}
+		if p.reconnect {
+			e := p.r.e
+			delay := e.RedialMin + time.Duration(rnd.Int64N(int64(e.RedialMax-e.RedialMin)+1))
+			if !sleep(p.ctx, delay) {
+				return
+			}
+		}
 	}
 }
 
-// dial makes one handshake for slot; its error is already a short class.
-func (p *pool) dial(slot int32) (*websocket.Conn, error) {
+// dial makes one handshake for slot, to the node attempt picks, with
+// ?since= when not empty; its error is already a short class.
+func (p *pool) dial(slot int32, attempt int, since string) (*websocket.Conn, error) {
 	r := p.r
 	user := int(slot) / r.e.ConnsPerUser
 	d := p.dialers[int(slot)%len(p.dialers)]
 	ctx, cancel := context.WithTimeout(p.ctx, r.e.RequestTimeout)
 	defer cancel()
-	conn, resp, err := d.DialContext(ctx, p.wsURL+"?token="+r.tokens[user], nil)
+	u := p.wsURLs[(int(slot)+attempt)%len(p.wsURLs)] + "?token=" + r.tokens[user]
+	if p.reconnect {
+		u += "&format=json"
+	}
+	if since != "" {
+		u += "&since=" + url.QueryEscape(since)
+	}
+	conn, resp, err := d.DialContext(ctx, u, nil)
 	if err != nil {
 		if resp != nil {
 			resp.Body.Close()
@@ -200,26 +246,32 @@ func (p *pool) dial(slot int32) (*websocket.Conn, error) {
 }
 
 // hold reads conn until it ends: the server closes it, life passes (the
-// tool closes it, abruptly or not), or the pool stops.
-func (p *pool) hold(slot, gen int32, conn *websocket.Conn, life time.Duration, abrupt bool) {
+// tool closes it, abruptly or not), the dropper drops it (reconnect), or
+// the pool stops.
+func (p *pool) hold(slot, gen int32, conn *websocket.Conn, life time.Duration, abrupt bool, run *connRun, rnd *rand.Rand) {
 	p.open.Add(1)
 	defer p.open.Add(-1)
-	p.rep.emit(event{kind: evUp, slot: slot, gen: gen, at: time.Now().UnixNano()})
+	p.rep.emit(event{kind: evUp, slot: slot, gen: gen, at: time.Now().UnixNano(), t2: run.dial, flags: flagIf(run.since, flagSince)})
+	if !run.since {
+		p.setSteady(slot, true) // with since, once {"recovered"} came
+	}
 
 	// The closers run on timer goroutines and only write the close frame
 	// (or drop the socket); the read loop below then ends. Each signals
 	// when it has run, so that hold returns only after them.
 	var by atomic.Int32 // closeReason+1 of the first closer, 0: the server
-	// closedAt is when the tool began to close: from then on the server may
-	// unregister the connection, so that is its end for the checks (the
-	// close handshake takes a while longer).
+	// closedAt is when the tool began to close (for a drop: dropped the
+	// socket): from then on the server may unregister the connection, so
+	// that is its end for the checks (the close handshake takes a while
+	// longer).
 	var closedAt atomic.Int64
 	var once sync.Once
-	closer := func(reason closeReason) {
+	closer := func(reason closeReason, drop bool) {
 		once.Do(func() {
+			defer close(run.dead)
 			by.Store(int32(reason) + 1)
 			closedAt.Store(time.Now().UnixNano())
-			if reason == closedByChurn && abrupt {
+			if drop {
 				// A peer that vanishes without a close frame.
 				_ = conn.NetConn().Close() // the read loop reports the end
 				return
@@ -233,19 +285,39 @@ func (p *pool) hold(slot, gen int32, conn *websocket.Conn, life time.Duration, a
 	var timer *time.Timer
 	timerRan := make(chan struct{})
 	if life > 0 {
-		timer = time.AfterFunc(life, func() { defer close(timerRan); closer(closedByChurn) })
+		timer = time.AfterFunc(life, func() { defer close(timerRan); closer(closedByChurn, abrupt) })
+	}
+	quit := make(chan struct{}) // the read loop ended
+	var dropperDone chan struct{}
+	if p.reconnect {
+		dropperDone = make(chan struct{})
+		seed := rnd.Uint64()
+		go func() {
+			defer close(dropperDone)
+			p.dropper(slot, run, seed, quit, func() { closer(closedByChurn, true) })
+		}()
 	}
 	stopRan := make(chan struct{})
-	stopAfter := context.AfterFunc(p.ctx, func() { defer close(stopRan); closer(closedByStop) })
+	stopAfter := context.AfterFunc(p.ctx, func() { defer close(stopRan); closer(closedByStop, false) })
 
-	code, text := p.read(slot, gen, conn)
+	var code int
+	var text string
+	if p.reconnect {
+		code, text = p.readJSON(slot, gen, conn, run)
+	} else {
+		code, text = p.read(slot, gen, conn)
+	}
 	ended := time.Now().UnixNano()
 	// A closer that fires from now on finds the once spent: the end is
 	// the server's (or the network's) when no closer ran before it.
 	once.Do(func() {})
+	close(quit)
 
 	if timer != nil && !timer.Stop() {
 		<-timerRan
+	}
+	if dropperDone != nil {
+		<-dropperDone
 	}
 	if !stopAfter() {
 		<-stopRan

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -21,6 +22,7 @@ const (
 	scenarioSend      = "send"
 	scenarioMulticast = "multicast"
 	scenarioChurn     = "churn"
+	scenarioReconnect = "reconnect"
 )
 
 // errCheckFailed is returned by Run after the report when the server lost,
@@ -32,21 +34,25 @@ var errCheckFailed = errors.New("check failed")
 // fills every field; validate says what is missing.
 type Engine struct {
 	// URL is the server's public base URL (http://host:port); /ws is
-	// dialled there, as ws://.
+	// dialled there, as ws://. Several, comma-separated, are the nodes of
+	// a cluster: connections are spread over them (a redial goes to the
+	// next node), and so are /send requests.
 	URL string
 	// InternalURL is the base URL of /send and /metrics; empty: URL.
+	// With several nodes, one per node of URL, in the same order.
 	InternalURL string
 	// JWTSecret signs the client tokens (HS256, claim uid), as the
 	// server's JWT_SECRET.
 	JWTSecret string
 	// APIKey is the server's PUSHER_API_KEY, presented on /send.
 	APIKey string
-	// ServerPID, when not zero, is the server's process: its RSS and CPU
-	// time are read from /proc/PID. Zero: from the server's own
-	// process_resident_memory_bytes and process_cpu_seconds_total.
-	ServerPID int
+	// ServerPIDs, when not empty, are the server processes (one per
+	// node): their RSS and CPU time are read from /proc/PID and added up.
+	// Empty: from the servers' own process_resident_memory_bytes and
+	// process_cpu_seconds_total.
+	ServerPIDs []int
 
-	// Scenario is idle, send, multicast or churn.
+	// Scenario is idle, send, multicast, churn or reconnect.
 	Scenario string
 	// Label names the run in the report (e.g. "message-log=none").
 	Label string
@@ -74,7 +80,8 @@ type Engine struct {
 	// Form sends unicasts as form bodies instead of JSON.
 	Form bool
 
-	// Duration is how long churn closes and redials connections.
+	// Duration is how long churn closes and redials connections, and
+	// reconnect drops them.
 	Duration time.Duration
 	// Settle is how long idle holds its connections before it measures,
 	// and how long churn waits before it checks for leaks.
@@ -116,6 +123,17 @@ type Engine struct {
 	// count as back to it after churn (the runtime has a few of its own).
 	GoroutineSlack int
 
+	// Reconnect: every connection asks for format=json and the tool keeps
+	// the last offset each slot received. Each connection drops after a
+	// random time (exponential, mean DropInterval): it stops reading for
+	// up to DropStall, so that messages are in flight, then closes the TCP
+	// socket without a close frame. The slot redials after a delay
+	// uniform in [RedialMin, RedialMax], with ?since= its last offset.
+	DropInterval time.Duration
+	DropStall    time.Duration
+	RedialMin    time.Duration
+	RedialMax    time.Duration
+
 	// UIDPrefix is the prefix of the uids: prefix0, prefix1, ...
 	UIDPrefix string
 	// JSON prints the report as one JSON object instead of text.
@@ -134,18 +152,29 @@ func (e *Engine) validate() error {
 	if e.APIKey == "" && e.Scenario != scenarioIdle {
 		bad("PUSHER_API_KEY is required: the server's key, to call /send")
 	}
-	for name, u := range map[string]string{"-url": e.URL, "-internal-url": e.InternalURL} {
-		if u == "" && name == "-internal-url" {
-			continue
+	nodes, internal := splitList(e.URL), splitList(e.InternalURL)
+	if len(nodes) == 0 {
+		bad("-url is required: the server's base URL, or several comma-separated (cluster nodes)")
+	}
+	if len(internal) > 0 && len(internal) != len(nodes) {
+		bad("-internal-url has %d URLs and -url %d: want one per node, in the same order", len(internal), len(nodes))
+	}
+	for name, us := range map[string][]string{"-url": nodes, "-internal-url": internal} {
+		for _, u := range us {
+			if p, err := url.Parse(u); err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
+				bad("invalid %s %q: want http://host:port", name, u)
+			}
 		}
-		if p, err := url.Parse(u); err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
-			bad("invalid %s %q: want http://host:port", name, u)
+	}
+	for _, pid := range e.ServerPIDs {
+		if pid <= 0 {
+			bad("invalid -server-pid %d: want process ids", pid)
 		}
 	}
 	switch e.Scenario {
-	case scenarioIdle, scenarioSend, scenarioMulticast, scenarioChurn:
+	case scenarioIdle, scenarioSend, scenarioMulticast, scenarioChurn, scenarioReconnect:
 	default:
-		bad("invalid -scenario %q: want idle, send, multicast or churn", e.Scenario)
+		bad("invalid -scenario %q: want idle, send, multicast, churn or reconnect", e.Scenario)
 	}
 	positive := map[string]int{"-users": e.Users, "-conns-per-user": e.ConnsPerUser, "-senders": e.Senders,
 		"-messages": e.Messages, "-rounds": e.Rounds, "-size": e.Size, "-dial-concurrency": e.DialConcurrency}
@@ -178,6 +207,14 @@ func (e *Engine) validate() error {
 	}
 	if e.Settle < 0 || e.RegisterGrace < 0 || e.GoroutineSlack < 0 {
 		bad("-settle, -register-grace and -goroutine-slack must not be negative")
+	}
+	if e.Scenario == scenarioReconnect {
+		if e.DropInterval <= 0 {
+			bad("invalid -drop-interval %s: must be positive", e.DropInterval)
+		}
+		if e.DropStall < 0 || e.RedialMin < 0 || e.RedialMax < e.RedialMin {
+			bad("-drop-stall and -redial-min must not be negative, and -redial-max is at least -redial-min")
+		}
 	}
 	for _, r := range e.UIDPrefix {
 		// The tool writes JSON and form bodies by hand: uids stay plain.
@@ -230,6 +267,8 @@ func (e *Engine) Measure(ctx context.Context) (*Report, error) {
 		rep, err = r.idle(ctx)
 	case scenarioSend, scenarioMulticast:
 		rep, err = r.send(ctx)
+	case scenarioReconnect:
+		rep, err = r.reconnect(ctx)
 	default:
 		rep, err = r.churn(ctx)
 	}
@@ -245,8 +284,9 @@ type runner struct {
 	users  []string // uid of each user
 	tokens []string // token of each slot's user
 	probe  *probe
-	http   *http.Client // /send; one keep-alive connection per sender
-	sendTo string       // /send URL
+	http   *http.Client // /send; one keep-alive connection per sender and node
+	sendTo []string     // /send URL of each node
+	nodes  []string     // public base URL of each node
 
 	// expect counts the deliveries the server owes after 2xx answers when
 	// every connection is held (send, multicast); recv counts every
@@ -256,15 +296,22 @@ type runner struct {
 }
 
 func (e *Engine) newRun() (*runner, error) {
-	internal := e.InternalURL
-	if internal == "" {
-		internal = e.URL
+	nodes := splitList(e.URL)
+	internal := splitList(e.InternalURL)
+	if len(internal) == 0 {
+		internal = nodes
 	}
 	r := &runner{
 		e:      e,
 		users:  make([]string, e.Users),
 		tokens: make([]string, e.Users),
-		sendTo: internal + "/send",
+		nodes:  nodes,
+	}
+	metrics := make([]string, len(internal))
+	for i, u := range internal {
+		u = strings.TrimSuffix(u, "/")
+		r.sendTo = append(r.sendTo, u+"/send")
+		metrics[i] = u + "/metrics"
 	}
 	// Tokens expire after the longest run, so a leaked one is worth little.
 	exp := jwt.NewNumericDate(time.Now().Add(e.MaxTime + time.Hour))
@@ -287,8 +334,20 @@ func (e *Engine) newRun() (*runner, error) {
 			ForceAttemptHTTP2:   false,
 		},
 	}
-	r.probe = newProbe(internal+"/metrics", e.ServerPID, e.RequestTimeout)
+	r.probe = newProbe(metrics, e.ServerPIDs, e.RequestTimeout)
 	return r, nil
+}
+
+// splitList returns the comma-separated items of s, trimmed, without
+// empty ones.
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 func (r *runner) close() {

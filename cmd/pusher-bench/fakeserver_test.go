@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -30,19 +31,32 @@ type faults struct {
 	leakConns     bool  // closed connections stay counted
 	hangUpAfter   int64 // /send requests after this many get no answer: the connection is dropped
 	refuseEvery   int64 // this handshake (counted from 1) is refused with 503
+
+	// Recovery (format=json, since=).
+	acceptDropEvery int64 // this /send (counted by requests) answers 200 but stores and sends nothing
+	replayGap       bool  // a replay that has messages skips its first one, and still says recovered
+	replayRepeat    bool  // a replay starts at the since offset itself: the client gets it twice
+	historySize     int   // messages kept per uid (0: 100)
 }
 
 // fakeServer is a small push server with go-pusher's contract: /ws with
-// ?token= (HS256, claim uid), /send with the API key and a JSON or form
-// body, /metrics with connections, pending, pusher_users, go_goroutines.
+// ?token= (HS256, claim uid), format=json and since=, /send with the API
+// key and a JSON or form body, /metrics with connections, pending,
+// pusher_users, go_goroutines. Its history lives in memory and is read
+// under the same lock that registers the connection, so a replay is
+// exact.
 type fakeServer struct {
 	*httptest.Server
 	f        faults
 	upgrader websocket.Upgrader
 
-	mu     sync.Mutex
-	conns  map[string][]*fakeConn
-	leaked int
+	mu      sync.Mutex
+	conns   map[string][]*fakeConn
+	history map[string]*fakeHistory
+	leaked  int
+
+	nodes []*httptest.Server // more listeners on the same server: a "cluster" sharing one state
+	hits  map[string]int     // "ws host:port" and "send host:port": requests by listener
 
 	queued   atomic.Int64 // messages queued, for the faults
 	dials    atomic.Int64
@@ -53,26 +67,70 @@ type fakeServer struct {
 
 type fakeConn struct {
 	ws   *websocket.Conn
+	json bool        // format=json
 	out  chan []byte // closed by the reader after it unregisters, under mu
 	held []byte      // swapEvery: the message to send after the next
 }
 
+// fakeHistory is a uid's offsets and latest messages (as JSON frames).
+type fakeHistory struct {
+	epoch   string
+	n       uint64
+	entries []fakeEntry // oldest first
+}
+
+type fakeEntry struct {
+	off   uint64
+	frame []byte
+}
+
 func newFakeServer(t *testing.T, f faults) *fakeServer {
 	t.Helper()
-	fs := &fakeServer{f: f, conns: map[string][]*fakeConn{}}
-	mux := http.NewServeMux()
-	mux.HandleFunc("/ws", fs.serveWS)
-	mux.HandleFunc("/send", fs.serveSend)
-	mux.HandleFunc("/metrics", fs.serveMetrics)
-	fs.Server = httptest.NewServer(mux)
+	fs := &fakeServer{f: f, conns: map[string][]*fakeConn{}, history: map[string]*fakeHistory{}, hits: map[string]int{}}
+	if fs.f.historySize == 0 {
+		fs.f.historySize = 100
+	}
+	fs.Server = httptest.NewServer(fs.mux())
 	t.Cleanup(fs.close)
 	return fs
 }
 
-// close stops the listener, then ends every WebSocket connection (which
+func (fs *fakeServer) mux() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/ws", fs.serveWS)
+	mux.HandleFunc("/send", fs.serveSend)
+	mux.HandleFunc("/metrics", fs.serveMetrics)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fs.mu.Lock()
+		fs.hits[strings.TrimPrefix(r.URL.Path, "/")+" "+r.Host]++
+		fs.mu.Unlock()
+		mux.ServeHTTP(w, r)
+	})
+}
+
+// addNode starts another listener on the same server state, as a second
+// node of a cluster, and returns its URL. Call it before the run.
+func (fs *fakeServer) addNode() string {
+	n := httptest.NewServer(fs.mux())
+	fs.nodes = append(fs.nodes, n)
+	return n.URL
+}
+
+// hitsOf returns how many requests of kind ("ws", "send") the listener
+// at url served.
+func (fs *fakeServer) hitsOf(kind, url string) int {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	return fs.hits[kind+" "+strings.TrimPrefix(url, "http://")]
+}
+
+// close stops the listeners, then ends every WebSocket connection (which
 // httptest forgets once hijacked) and waits for their goroutines.
 func (fs *fakeServer) close() {
 	fs.Server.Close()
+	for _, n := range fs.nodes {
+		n.Close()
+	}
 	fs.mu.Lock()
 	for _, cs := range fs.conns {
 		for _, c := range cs {
@@ -94,6 +152,17 @@ func (fs *fakeServer) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 	_, err := jwt.ParseWithClaims(r.URL.Query().Get("token"), &claims, func(*jwt.Token) (any, error) { return []byte(testSecret), nil },
 		jwt.WithValidMethods([]string{"HS256"}))
+	q := r.URL.Query()
+	asJSON := q.Get("format") == "json" || q.Has("since")
+	var sinceEpoch string
+	var sinceN uint64
+	if q.Has("since") {
+		var ok bool
+		if sinceEpoch, sinceN, ok = parseOffset(q.Get("since")); !ok {
+			http.Error(w, "malformed since", http.StatusBadRequest)
+			return
+		}
+	}
 	ws, uerr := fs.upgrader.Upgrade(w, r, nil)
 	if uerr != nil {
 		return
@@ -105,9 +174,12 @@ func (fs *fakeServer) serveWS(w http.ResponseWriter, r *http.Request) {
 		ws.Close()
 		return
 	}
-	c := &fakeConn{ws: ws, out: make(chan []byte, 4096)}
+	c := &fakeConn{ws: ws, json: asJSON, out: make(chan []byte, 4096)}
 	fs.mu.Lock()
 	fs.conns[claims.UID] = append(fs.conns[claims.UID], c)
+	if q.Has("since") {
+		fs.replay(c, claims.UID, sinceEpoch, sinceN)
+	}
 	fs.mu.Unlock()
 
 	fs.wg.Add(1)
@@ -181,26 +253,88 @@ func (fs *fakeServer) serveSend(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "client not found: "+body.UID, http.StatusNotFound)
 		return
 	}
-	for _, uid := range uids {
-		for _, c := range fs.conns[uid] {
-			fs.queue(c, []byte(body.Message))
+	id := strconv.FormatInt(n, 10)
+	if !every(fs.f.acceptDropEvery, n) {
+		for _, uid := range uids {
+			cs := fs.conns[uid]
+			if len(cs) == 0 {
+				continue // nothing stored for a uid without a connection
+			}
+			frame := fs.store(uid, id, body.Message)
+			for _, c := range cs {
+				if c.json {
+					fs.queue(c, frame)
+				} else {
+					fs.queue(c, []byte(body.Message))
+				}
+			}
 		}
 	}
 	w.Header().Set("Content-Type", "application/json")
-	fmt.Fprintf(w, `{"id":"%d"}`+"\n", n)
+	fmt.Fprintf(w, `{"id":"%s"}`+"\n", id)
+}
+
+// store gives message the uid's next offset, keeps its JSON frame in the
+// uid's history and returns it. Callers hold mu.
+func (fs *fakeServer) store(uid, id, message string) []byte {
+	h := fs.history[uid]
+	if h == nil {
+		h = &fakeHistory{epoch: "e" + strconv.Itoa(len(fs.history))}
+		fs.history[uid] = h
+	}
+	h.n++
+	msg, _ := json.Marshal(message) // a string always marshals
+	frame := fmt.Appendf(nil, `{"id":%q,"offset":"%s:%d","message":%s}`, id, h.epoch, h.n, msg)
+	h.entries = append(h.entries, fakeEntry{off: h.n, frame: frame})
+	if len(h.entries) > fs.f.historySize {
+		h.entries = h.entries[1:]
+	}
+	return frame
+}
+
+// replay queues on c what its uid has after since, then {"recovered":
+// true}, or only {"recovered": false} when history lacks some of it.
+// Callers hold mu, and registered c under it: the live stream follows.
+func (fs *fakeServer) replay(c *fakeConn, uid, epoch string, since uint64) {
+	h := fs.history[uid]
+	ok := h != nil && h.epoch == epoch && since <= h.n
+	var frames [][]byte
+	if ok && since < h.n {
+		if len(h.entries) == 0 || h.entries[0].off > since+1 {
+			ok = false
+		}
+		for _, e := range h.entries {
+			if e.off > since || fs.f.replayRepeat && e.off == since {
+				frames = append(frames, e.frame)
+			}
+		}
+		if fs.f.replayGap && len(frames) > 0 {
+			frames = frames[1:]
+		}
+	}
+	if !ok {
+		frames = nil
+	}
+	for _, f := range frames {
+		fs.push(c, f)
+	}
+	fs.push(c, fmt.Appendf(nil, `{"recovered":%v}`, ok))
+}
+
+// push puts m on c's queue without faults; a full queue drops it.
+func (fs *fakeServer) push(c *fakeConn, m []byte) {
+	select {
+	case c.out <- m:
+		fs.pending.Add(1)
+	default:
+	}
 }
 
 // queue puts m on c's queue, with the faults. Callers hold mu, so c.out
 // is open.
 func (fs *fakeServer) queue(c *fakeConn, m []byte) {
 	n := fs.queued.Add(1)
-	push := func(m []byte) {
-		select {
-		case c.out <- m:
-			fs.pending.Add(1)
-		default: // a full queue drops, as a slow consumer would
-		}
-	}
+	push := func(m []byte) { fs.push(c, m) } // a full queue drops, as a slow consumer would
 	switch {
 	case every(fs.f.dropEvery, n):
 		return

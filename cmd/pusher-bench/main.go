@@ -9,7 +9,7 @@
 //	    -server-pid $(pidof go-pusher) -scenario send -users 1000 -senders 32 -messages 100000
 //	pusher-bench table run1.json run2.json   # one table row per -json report
 //
-// Scenarios: idle, send, multicast, churn (see Engine).
+// Scenarios: idle, send, multicast, churn, reconnect (see Engine).
 package main
 
 import (
@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -88,10 +89,12 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*E
 	var cpuProfile string
 	fs := flag.NewFlagSet("pusher-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&e.URL, "url", "http://127.0.0.1:8181", "server base URL: /ws is dialled there")
-	fs.StringVar(&e.InternalURL, "internal-url", "", "base URL of /send and /metrics (default: -url)")
-	fs.IntVar(&e.ServerPID, "server-pid", 0, "server process id: RSS and CPU from /proc/PID (0: from the server's process_* metrics)")
-	fs.StringVar(&e.Scenario, "scenario", "send", "idle, send, multicast or churn")
+	urls := &listFlag{value: "http://127.0.0.1:8181"}
+	internal, pids := &listFlag{}, &listFlag{}
+	fs.Var(urls, "url", "server base URL: /ws is dialled there; several nodes of a cluster: repeat the flag or separate with commas")
+	fs.Var(internal, "internal-url", "base URL of /send and /metrics (default: -url); with several nodes, one per node")
+	fs.Var(pids, "server-pid", "server process id: RSS and CPU from /proc/PID (none: from the server's process_* metrics); several nodes: one per node, repeated or comma-separated")
+	fs.StringVar(&e.Scenario, "scenario", "send", "idle, send, multicast, churn or reconnect")
 	fs.StringVar(&e.Label, "label", "", "a name for this run in the report (e.g. message-log=none)")
 	fs.IntVar(&e.Users, "users", 100, "distinct uids, each with -conns-per-user connections")
 	fs.IntVar(&e.ConnsPerUser, "conns-per-user", 1, "connections per uid")
@@ -102,7 +105,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*E
 	fs.IntVar(&e.Size, "size", 64, "message size in bytes: s<sender>:<seq>:<unixnano>: padded with x (never cut)")
 	fs.Float64Var(&e.Rate, "rate", 0, "at most this many /send requests per second in total (0: as fast as the server answers)")
 	fs.BoolVar(&e.Form, "form", false, "send unicasts as form bodies (uid, message) instead of JSON")
-	fs.DurationVar(&e.Duration, "duration", 10*time.Second, "churn: how long connections close and redial while sends go on")
+	fs.DurationVar(&e.Duration, "duration", 10*time.Second, "churn, reconnect: how long connections close (drop) and redial while sends go on")
 	fs.DurationVar(&e.Settle, "settle", 3*time.Second, "idle: how long connections are held before the server is measured; churn: pause before the leak check")
 	fs.DurationVar(&e.Drain, "drain", 10*time.Second, "longest wait for accepted messages to arrive after the last /send")
 	fs.DurationVar(&e.ConnectTimeout, "connect-timeout", 2*time.Minute, "longest time to open every connection and see the server count them")
@@ -116,6 +119,10 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*E
 	fs.Float64Var(&e.ChurnAbrupt, "churn-abrupt", 0.3, "churn: share of closes that drop the TCP connection without a close frame")
 	fs.DurationVar(&e.RegisterGrace, "register-grace", 100*time.Millisecond, "a connection counts for a /send issued at least this long after its handshake (the server registers after the upgrade)")
 	fs.IntVar(&e.GoroutineSlack, "goroutine-slack", 3, "churn: goroutines above the baseline still counted as back to it")
+	fs.DurationVar(&e.DropInterval, "drop-interval", 10*time.Second, "reconnect: mean time a connection lives before it drops (exponential: drops at random moments)")
+	fs.DurationVar(&e.DropStall, "drop-stall", 100*time.Millisecond, "reconnect: a dropping connection first stops reading for up to this long (random), so that messages are in flight")
+	fs.DurationVar(&e.RedialMin, "redial-min", 50*time.Millisecond, "reconnect: shortest delay between a drop and the redial with ?since=")
+	fs.DurationVar(&e.RedialMax, "redial-max", 500*time.Millisecond, "reconnect: longest delay between a drop and the redial (uniform between the two)")
 	fs.StringVar(&e.UIDPrefix, "uid-prefix", "bench-", "uids are this prefix and a number")
 	fs.StringVar(&cpuProfile, "cpuprofile", "", "write the tool's own CPU profile to this file (is the tool the limit?)")
 	fs.BoolVar(&e.JSON, "json", false, "print the report as JSON (for pusher-bench table)")
@@ -132,12 +139,41 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*E
 	if fs.NArg() > 0 {
 		return nil, "", fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
+	e.URL, e.InternalURL = urls.value, internal.value
+	for _, v := range splitList(pids.value) {
+		pid, err := strconv.Atoi(v)
+		if err != nil {
+			return nil, "", fmt.Errorf("invalid -server-pid %q: want process ids", v)
+		}
+		e.ServerPIDs = append(e.ServerPIDs, pid)
+	}
 	e.JWTSecret = getenv("JWT_SECRET")
 	e.APIKey = getenv("PUSHER_API_KEY")
 	if err := e.validate(); err != nil {
 		return nil, "", err
 	}
 	return e, cpuProfile, nil
+}
+
+// listFlag is a flag that may be repeated and holds comma-separated
+// values: its value is every one given, joined with commas. The default
+// goes at the first Set.
+type listFlag struct {
+	value string
+	set   bool
+}
+
+func (l *listFlag) String() string { return l.value }
+
+func (l *listFlag) Set(v string) error {
+	if !l.set {
+		l.value, l.set = "", true
+	}
+	if l.value != "" {
+		l.value += ","
+	}
+	l.value += v
+	return nil
 }
 
 // raiseFileLimit raises the soft limit of open files to the hard limit

@@ -108,6 +108,11 @@ func TestParseFlags(t *testing.T) {
 		{"bad prefix", []string{"-uid-prefix", `a"b`}, getenv, "invalid -uid-prefix"},
 		{"every problem at once", []string{"-users", "0", "-senders", "0"}, getenv, "-senders 0"},
 		{"argument", []string{"extra"}, getenv, `unexpected argument "extra"`},
+		{"reconnect", []string{"-scenario", "reconnect", "-drop-interval", "2s", "-redial-min", "0s", "-redial-max", "0s"}, getenv, ""},
+		{"reconnect without drops", []string{"-scenario", "reconnect", "-drop-interval", "0s"}, getenv, "invalid -drop-interval"},
+		{"redial range upside down", []string{"-scenario", "reconnect", "-redial-min", "1s", "-redial-max", "10ms"}, getenv, "-redial-max is at least -redial-min"},
+		{"internal urls per node", []string{"-url", "http://a:1,http://b:1", "-internal-url", "http://a:2"}, getenv, "one per node"},
+		{"bad pid", []string{"-server-pid", "12,x"}, getenv, `invalid -server-pid "x"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -119,6 +124,26 @@ func TestParseFlags(t *testing.T) {
 				t.Errorf("parseFlags(%q) = %v, want an error with %q", tt.args, err, tt.wantErr)
 			}
 		})
+	}
+}
+
+// TestNodeLists: -url and -server-pid take several values, repeated or
+// comma-separated; the first -url replaces the default.
+func TestNodeLists(t *testing.T) {
+	getenv := func(k string) string { return map[string]string{"JWT_SECRET": "s", "PUSHER_API_KEY": "k"}[k] }
+	e, _, err := parseFlags([]string{"-url", "http://a:1,http://b:1", "-url", " http://c:1 ", "-server-pid", "10", "-server-pid", "11,12"}, getenv, new(bytes.Buffer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := splitList(e.URL); strings.Join(got, " ") != "http://a:1 http://b:1 http://c:1" {
+		t.Errorf("nodes = %q, want a, b, c", got)
+	}
+	if len(e.ServerPIDs) != 3 || e.ServerPIDs[0] != 10 || e.ServerPIDs[2] != 12 {
+		t.Errorf("pids = %v, want [10 11 12]", e.ServerPIDs)
+	}
+	e, _, err = parseFlags(nil, getenv, new(bytes.Buffer))
+	if err != nil || e.URL != "http://127.0.0.1:8181" || e.ServerPIDs != nil {
+		t.Errorf("defaults: url %q, pids %v, %v", e.URL, e.ServerPIDs, err)
 	}
 }
 

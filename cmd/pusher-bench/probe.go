@@ -33,79 +33,89 @@ type serverState struct {
 }
 
 // probe reads the server's /metrics and, when the pid is known, its
-// /proc entries.
+// /proc entries. With several nodes (a cluster) it adds up what each
+// node reports.
 type probe struct {
-	url    string
-	pid    int
+	urls   []string
+	pids   []int
 	client *http.Client
 }
 
-func newProbe(metricsURL string, pid int, timeout time.Duration) *probe {
+func newProbe(metricsURLs []string, pids []int, timeout time.Duration) *probe {
 	return &probe{
-		url: metricsURL,
-		pid: pid,
-		// Its own keep-alive connection, so that a leak check counts the
-		// same server goroutines before and after.
+		urls: metricsURLs,
+		pids: pids,
+		// Its own keep-alive connection per node, so that a leak check
+		// counts the same server goroutines before and after.
 		client: &http.Client{Timeout: timeout, Transport: &http.Transport{MaxIdleConnsPerHost: 1}},
 	}
 }
 
 func (p *probe) close() { p.client.CloseIdleConnections() }
 
-// read returns the server's state now.
+// read returns the server's state now: the sum over its nodes.
 func (p *probe) read(ctx context.Context) (serverState, error) {
-	m, err := p.scrape(ctx)
-	if err != nil {
-		return serverState{}, err
-	}
-	st := serverState{
-		Connections:   m["connections"],
-		Pending:       m["pending"],
-		Users:         m["pusher_users"],
-		Goroutines:    m["go_goroutines"],
-		RSS:           int64(m["process_resident_memory_bytes"]),
-		HeapInuse:     m["go_memstats_heap_inuse_bytes"],
-		CPUSeconds:    m["process_cpu_seconds_total"],
-		Sent:          m["pusher_messages_sent_total"],
-		Failed:        m["pusher_messages_failed_total"],
-		SlowConsumers: m["pusher_slow_consumers_total"],
-	}
-	if p.pid != 0 {
-		if st.RSS, err = procRSS(p.pid); err != nil {
-			return st, err
+	var st serverState
+	for _, u := range p.urls {
+		m, err := p.scrape(ctx, u)
+		if err != nil {
+			return serverState{}, err
 		}
-		if st.CPUSeconds, err = procCPU(p.pid); err != nil {
-			return st, err
+		st.Connections += m["connections"]
+		st.Pending += m["pending"]
+		st.Users += m["pusher_users"] // a uid on two nodes counts twice: fine for a baseline
+		st.Goroutines += m["go_goroutines"]
+		st.RSS += int64(m["process_resident_memory_bytes"])
+		st.HeapInuse += m["go_memstats_heap_inuse_bytes"]
+		st.CPUSeconds += m["process_cpu_seconds_total"]
+		st.Sent += m["pusher_messages_sent_total"]
+		st.Failed += m["pusher_messages_failed_total"]
+		st.SlowConsumers += m["pusher_slow_consumers_total"]
+	}
+	if len(p.pids) > 0 {
+		st.RSS, st.CPUSeconds = 0, 0
+		for _, pid := range p.pids {
+			rss, err := procRSS(pid)
+			if err != nil {
+				return st, err
+			}
+			cpu, err := procCPU(pid)
+			if err != nil {
+				return st, err
+			}
+			st.RSS += rss
+			st.CPUSeconds += cpu
 		}
 	}
 	return st, nil
 }
 
-// scrape reads /metrics into series → value. A labelled series is also
-// summed under its bare name, which is what the probe reads.
-func (p *probe) scrape(ctx context.Context) (map[string]float64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.url, nil)
+// scrape reads the /metrics at url into series → value. A labelled
+// series is also summed under its bare name, which is what the probe
+// reads.
+func (p *probe) scrape(ctx context.Context, url string) (map[string]float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, fmt.Errorf("metrics request: %w", err)
 	}
 	resp, err := p.client.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", p.url, err)
+		return nil, fmt.Errorf("read %s: %w", url, err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", p.url, err)
+		return nil, fmt.Errorf("read %s: %w", url, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("read %s: %s", p.url, resp.Status)
+		return nil, fmt.Errorf("read %s: %s", url, resp.Status)
 	}
 	m, err := parseMetrics(body)
 	if err != nil {
-		return nil, fmt.Errorf("parse %s: %w", p.url, err)
+		return nil, fmt.Errorf("parse %s: %w", url, err)
 	}
 	if _, ok := m["connections"]; !ok {
-		return nil, fmt.Errorf("%s has no connections gauge: is it a go-pusher?", p.url)
+		return nil, fmt.Errorf("%s has no connections gauge: is it a go-pusher?", url)
 	}
 	return m, nil
 }

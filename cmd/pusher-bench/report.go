@@ -65,7 +65,21 @@ type Report struct {
 	MalformedSample    string         `json:"malformed_sample,omitempty"`
 	Latency            *Latency       `json:"latency_ms,omitempty"`
 
-	// The server before and after (idle, churn).
+	// Reconnect: the tool's drops, the redials with since= and what they
+	// got back.
+	Drops            int      `json:"drops,omitempty"`
+	Reconnects       int      `json:"reconnects,omitempty"` // connections dialled with ?since=
+	RecoveredTrue    int      `json:"recovered_true,omitempty"`
+	RecoveredFalse   int      `json:"recovered_false,omitempty"`
+	Replayed         int      `json:"replayed,omitempty"`           // messages that came before {"recovered": true}
+	Unrecoverable    int      `json:"unrecoverable,omitempty"`      // missing, given up by a {"recovered": false}
+	Gaps             int      `json:"gaps,omitempty"`               // offsets skipped without {"recovered": false}
+	GapSample        string   `json:"gap_sample,omitempty"`         // the first of them
+	MissingRecovered int      `json:"missing_recovered,omitempty"`  // connections with since= that never got {"recovered"}
+	ExpectedNotFound int      `json:"expected_not_found,omitempty"` // 404 while no connection of the uid was surely registered
+	ReplayLatency    *Latency `json:"replay_latency_ms,omitempty"`  // from the redial's start to {"recovered"}
+
+	// The server before and after (idle, churn, reconnect).
 	Before *serverState `json:"before,omitempty"`
 	After  *serverState `json:"after,omitempty"`
 
@@ -87,6 +101,8 @@ func (r *Report) check() {
 	add(r.Unexpected, "unexpected")
 	add(r.Malformed, "malformed")
 	add(r.NotFoundWhileOpen, "answered 404 while the uid had a connection open")
+	add(r.Gaps, "offsets skipped (gaps) without {\"recovered\": false}")
+	add(r.MissingRecovered, "connections with since= that never got {\"recovered\"}")
 	// The tool closes every connection itself: any other end is news.
 	add(sum(r.ServerCloses), "connections closed by the server or the network")
 	add(sum(r.DialErrors), "handshakes failed")
@@ -152,11 +168,27 @@ func (r *Report) print(w io.Writer, asJSON bool) error {
 		line("checked", "expected %d, lost %d, duplicates %d, out of order %d, unexpected %d, malformed %d",
 			r.Expected, r.Lost, r.Duplicates, r.OutOfOrder, r.Unexpected, r.Malformed)
 	}
+	if r.Scenario == scenarioReconnect {
+		line("drops", "%d, reconnects with since= %d: recovered true %d, false %d (%d messages given up)",
+			r.Drops, r.Reconnects, r.RecoveredTrue, r.RecoveredFalse, r.Unrecoverable)
+		line("replayed", "%d messages; gaps %d, no recovered frame %d, expected 404s %d",
+			r.Replayed, r.Gaps, r.MissingRecovered, r.ExpectedNotFound)
+		if r.GapSample != "" {
+			line("first gap", "%s", r.GapSample)
+		}
+		if l := r.ReplayLatency; l != nil {
+			line("replay latency ms", "p50 %.2f  p90 %.2f  p99 %.2f  max %.2f  mean %.2f (redial to {\"recovered\"})", l.P50, l.P90, l.P99, l.Max, l.Mean)
+		}
+	}
 	if r.MalformedSample != "" {
 		line("first malformed", "%q", r.MalformedSample)
 	}
 	if l := r.Latency; l != nil {
-		line("latency ms", "p50 %.2f  p90 %.2f  p99 %.2f  max %.2f  mean %.2f", l.P50, l.P90, l.P99, l.Max, l.Mean)
+		key := "latency ms"
+		if r.Scenario == scenarioReconnect {
+			key = "live latency ms"
+		}
+		line(key, "p50 %.2f  p90 %.2f  p99 %.2f  max %.2f  mean %.2f", l.P50, l.P90, l.P99, l.Max, l.Mean)
 	}
 	if r.ServerSent+r.ServerFailed+r.SlowConsumers > 0 {
 		line("server counted", "sent %.0f, failed %.0f, slow consumers %.0f", r.ServerSent, r.ServerFailed, r.SlowConsumers)
@@ -240,7 +272,7 @@ func runTable(files []string, w io.Writer) error {
 
 func writeTable(w io.Writer, reps []*Report) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "run\tconns\tconn/s\tRSS/conn\tgor/conn\taccepted/s\tdelivered/s\tdeliv/CPU-s\tp50 ms\tp99 ms\tmax ms\tlost\tdup\tooo\tother CPU\tresult\t")
+	fmt.Fprintln(tw, "run\tconns\tconn/s\tRSS/conn\tgor/conn\taccepted/s\tdelivered/s\tdeliv/CPU-s\tp50 ms\tp99 ms\tmax ms\tlost\tdup\tooo\treconn\treplay p99\tother CPU\tresult\t")
 	num := func(v float64, format string) string {
 		if v == 0 {
 			return "-"
@@ -260,10 +292,15 @@ func writeTable(w io.Writer, reps []*Report) error {
 		if r.RSSPerConn != 0 {
 			rss = bytesOf(r.RSSPerConn)
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\t\n", name, r.Connected,
+		var replay99 float64
+		if r.ReplayLatency != nil {
+			replay99 = r.ReplayLatency.P99
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\t%s\t%s\t\n", name, r.Connected,
 			num(r.UpgradesPerSec, "%.0f"), rss, num(r.GoroutinesPerConn, "%.2f"),
 			num(r.AcceptedPerSec, "%.0f"), num(r.DeliveredPerSec, "%.0f"), num(r.DeliveredPerCPUSec, "%.0f"),
-			num(p50, "%.2f"), num(p99, "%.2f"), num(pmax, "%.1f"), r.Lost, r.Duplicates, r.OutOfOrder, num(r.OtherCPU, "%.1f s"), r.Result)
+			num(p50, "%.2f"), num(p99, "%.2f"), num(pmax, "%.1f"), r.Lost, r.Duplicates, r.OutOfOrder,
+			num(float64(r.Reconnects), "%.0f"), num(replay99, "%.2f"), num(r.OtherCPU, "%.1f s"), r.Result)
 	}
 	if err := tw.Flush(); err != nil {
 		return fmt.Errorf("write table: %w", err)

@@ -17,7 +17,21 @@ const (
 	evRecv                           // a message arrived
 	evBad                            // a message arrived that the tool did not send
 	evSent                           // a /send was answered (or failed)
+	evRecovered                      // {"recovered": ...} arrived (reconnect): code 1 true, 0 false
 )
+
+// Event flags.
+const (
+	flagSince  uint8 = 1 << iota // evUp: the connection was dialled with ?since=
+	flagReplay                   // evRecv: it came before {"recovered": true}: a replay
+)
+
+func flagIf(cond bool, f uint8) uint8 {
+	if cond {
+		return f
+	}
+	return 0
+}
 
 // closeReason says who ended a connection.
 type closeReason uint8
@@ -32,6 +46,7 @@ const (
 // reporter. One flat value type, so that sending it allocates nothing.
 type event struct {
 	kind   eventKind
+	flags  uint8
 	reason closeReason // evDown
 	slot   int32       // evUp, evDown, evRecv, evBad
 	gen    int32       // which of the slot's connections, from 0
@@ -40,9 +55,10 @@ type event struct {
 	first  int32       // evSent: first target user
 	count  int32       // evSent: number of target users (1: a unicast)
 	code   int32       // evSent: HTTP status, 0 without an answer; evDown: close code
+	off    uint64      // evRecv with format=json: the offset's n
 	at     int64       // unix ns: when it happened; evSent: when the /send was issued
-	t2     int64       // evRecv: the send time in the message; evSent: when the answer came
-	text   string      // an error's class, or the head of a malformed message
+	t2     int64       // evRecv: the send time in the message; evSent: when the answer came; evUp, evRecovered: when the dial began
+	text   string      // an error's class, or the head of a malformed message; evRecv with format=json: the offset's epoch
 }
 
 // reporterBuffer bounds the events in flight. A receiver blocks when it is
@@ -60,8 +76,9 @@ type reporter struct {
 
 	users, connsPerUser, senders int
 
-	slots [][]*connState // by slot, then generation
-	sent  [][]sentRec    // by sender, then seq-1
+	slots   [][]*connState // by slot, then generation
+	streams []*streamState // reconnect: by slot, what it received across its generations; nil otherwise
+	sent    [][]sentRec    // by sender, then seq-1
 
 	latencies  []int64 // ns, one per first receipt
 	dialErrors map[string]int
@@ -72,6 +89,11 @@ type reporter struct {
 	requests, accepted, received, duplicates, outOfOrder, malformed int
 	firstMalformed                                                  string
 	firstIssued, lastAnswered, lastRecv                             int64
+
+	// reconnect
+	gaps, recoveredTrue, recoveredFalse, replayed int
+	firstGap                                      string
+	replayLatencies                               []int64 // ns, dial start to {"recovered"}
 }
 
 // connState is what one connection received.
@@ -80,6 +102,13 @@ type connState struct {
 	reason   closeReason
 	last     []int32             // by sender: highest seq received
 	seen     map[uint64]struct{} // sender<<32 | seq
+
+	// reconnect
+	since     bool  // dialled with ?since=
+	dial      int64 // when the handshake began
+	reg       int64 // the server surely had it registered from then on (0: never known)
+	recovered int8  // {"recovered": true} 1, false -1, none 0
+	replayed  int   // messages before {"recovered"}
 }
 
 // sentRec is one answered /send.
@@ -89,8 +118,10 @@ type sentRec struct {
 	at, answered int64
 }
 
-func newReporter(users, connsPerUser, senders int) *reporter {
-	return &reporter{
+// newReporter returns a reporter; with streams (reconnect) it checks
+// each slot's stream across its generations, by offset.
+func newReporter(users, connsPerUser, senders int, streams bool) *reporter {
+	r := &reporter{
 		events:       make(chan event, reporterBuffer),
 		done:         make(chan struct{}),
 		users:        users,
@@ -103,6 +134,10 @@ func newReporter(users, connsPerUser, senders int) *reporter {
 		status:       map[string]int{},
 		sendErrors:   map[string]int{},
 	}
+	if streams {
+		r.streams = make([]*streamState, users*connsPerUser)
+	}
+	return r
 }
 
 // start runs the reporter; stop ends it.
@@ -129,7 +164,11 @@ func (r *reporter) loop() {
 func (r *reporter) handle(ev event) {
 	switch ev.kind {
 	case evUp:
-		r.slots[ev.slot] = append(r.slots[ev.slot], &connState{up: ev.at})
+		cs := &connState{up: ev.at, dial: ev.t2, since: ev.flags&flagSince != 0}
+		if !cs.since {
+			cs.reg = ev.at
+		}
+		r.slots[ev.slot] = append(r.slots[ev.slot], cs)
 	case evDown:
 		cs := r.slots[ev.slot][ev.gen]
 		cs.down, cs.reason = ev.at, ev.reason
@@ -149,7 +188,13 @@ func (r *reporter) handle(ev event) {
 			r.bad(fmt.Sprintf("s%d:%d: (no such sender)", ev.sender, ev.seq))
 			return
 		}
+		if r.streams != nil {
+			r.recvStream(ev)
+			return
+		}
 		r.recv(r.slots[ev.slot][ev.gen], ev)
+	case evRecovered:
+		r.recoveredFrame(ev)
 	case evSent:
 		r.sentAnswer(ev)
 	}
@@ -218,6 +263,20 @@ func (r *reporter) summarize(rep *Report, grace time.Duration) {
 	for _, gens := range r.slots {
 		rep.Redials += max(len(gens)-1, 0)
 	}
+	rep.Latency = latencyOf(r.latencies)
+	if r.firstIssued != 0 {
+		if d := time.Duration(r.lastAnswered - r.firstIssued); d > 0 {
+			rep.AcceptedPerSec = float64(r.accepted) / d.Seconds()
+		}
+		if d := time.Duration(r.lastRecv - r.firstIssued); d > 0 {
+			rep.DeliveredPerSec = float64(r.received) / d.Seconds()
+		}
+	}
+	rep.Unexpected = r.unexpected()
+	if r.streams != nil {
+		r.summarizeStreams(rep, grace)
+		return
+	}
 
 	for s, recs := range r.sent {
 		for i, rec := range recs {
@@ -245,17 +304,6 @@ func (r *reporter) summarize(rep *Report, grace time.Duration) {
 			}
 		}
 	}
-	rep.Unexpected = r.unexpected()
-
-	if r.firstIssued != 0 {
-		if d := time.Duration(r.lastAnswered - r.firstIssued); d > 0 {
-			rep.AcceptedPerSec = float64(r.accepted) / d.Seconds()
-		}
-		if d := time.Duration(r.lastRecv - r.firstIssued); d > 0 {
-			rep.DeliveredPerSec = float64(r.received) / d.Seconds()
-		}
-	}
-	rep.Latency = latencyOf(r.latencies)
 }
 
 // owed calls f for each connection of rec's uids that was open grace
@@ -282,8 +330,15 @@ func (r *reporter) unexpected() int {
 	n := 0
 	for slot, gens := range r.slots {
 		u := int32(slot / r.connsPerUser)
+		seen := make([]map[uint64]struct{}, 0, len(gens))
 		for _, cs := range gens {
-			for key := range cs.seen {
+			seen = append(seen, cs.seen)
+		}
+		if r.streams != nil && r.streams[slot] != nil {
+			seen = []map[uint64]struct{}{r.streams[slot].seen}
+		}
+		for _, keys := range seen {
+			for key := range keys {
 				s, seq := int(key>>32), int(uint32(key))
 				if seq < 1 || seq > len(r.sent[s]) {
 					n++ // received but never answered: the tool stops senders before it stops the reporter

@@ -24,7 +24,7 @@ type session struct {
 }
 
 func (r *runner) open() (*session, error) {
-	rp := newReporter(r.e.Users, r.e.ConnsPerUser, r.e.Senders)
+	rp := newReporter(r.e.Users, r.e.ConnsPerUser, r.e.Senders, r.e.Scenario == scenarioReconnect)
 	p, err := newPool(r, rp)
 	if err != nil {
 		return nil, err
@@ -242,8 +242,15 @@ func (r *runner) churn(ctx context.Context) (*Report, error) {
 		r.cost(rep, before, after, clk0, clk1)
 	}
 
-	// Leak check: with every connection and keep-alive closed, the server
-	// must return to where it started.
+	r.backToBaseline(ctx, rep, base)
+	return rep, nil
+}
+
+// backToBaseline is the leak check of churn and reconnect: with every
+// connection and keep-alive closed, the server must return to where it
+// started (base) within SettleTimeout. It sets rep.After.
+func (r *runner) backToBaseline(ctx context.Context, rep *Report, base serverState) {
+	e := r.e
 	r.http.CloseIdleConnections()
 	sleep(ctx, e.Settle)
 	var last serverState
@@ -258,7 +265,6 @@ func (r *runner) churn(ctx context.Context) (*Report, error) {
 		rep.problem("the server did not return to its baseline within %s: connections %.0f (was %.0f), users %.0f (was %.0f), pending %.0f, goroutines %.0f (was %.0f, slack %d)",
 			e.SettleTimeout, last.Connections, base.Connections, last.Users, base.Users, last.Pending, last.Goroutines, base.Goroutines, e.GoroutineSlack)
 	}
-	return rep, nil
 }
 
 // giveUpAfter is how many /send requests in a row may go unanswered
@@ -342,11 +348,12 @@ func (r *runner) state(ctx context.Context, rep *Report, when string) (serverSta
 }
 
 // summarize adds the reporter's figures to rep; s must be closed. Only
-// churn needs RegisterGrace: the other scenarios send after the server's
-// gauge counted every connection, so each is registered before any /send.
+// churn (and reconnect, for a redial without since) needs RegisterGrace:
+// the other scenarios send after the server's gauge counted every
+// connection, so each is registered before any /send.
 func (r *runner) summarize(rep *Report, s *session) {
 	grace := time.Duration(0)
-	if r.e.Scenario == scenarioChurn {
+	if r.e.Scenario == scenarioChurn || r.e.Scenario == scenarioReconnect {
 		grace = r.e.RegisterGrace
 	}
 	s.rp.summarize(rep, grace)
@@ -358,7 +365,7 @@ func (r *runner) summarize(rep *Report, s *session) {
 func (r *runner) cost(rep *Report, before, after serverState, c0, c1 cpuClock) {
 	rep.ServerCPU = after.CPUSeconds - before.CPUSeconds
 	rep.ToolCPU = c1.tool - c0.tool
-	if r.e.ServerPID != 0 && c1.machine > 0 {
+	if len(r.e.ServerPIDs) > 0 && c1.machine > 0 {
 		// The server runs here: what is left of the machine's busy time
 		// went to other work, which slows both.
 		rep.OtherCPU = max(c1.machine-c0.machine-rep.ServerCPU-rep.ToolCPU, 0)

@@ -126,7 +126,10 @@ func (s *sender) post(ctx context.Context, first, count int, sentAt int64) (int,
 	}
 	s.body = b
 
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.r.sendTo, bytes.NewReader(b))
+	// With several nodes each sender goes round them, so every node
+	// handles /send for every uid.
+	to := s.r.sendTo[(int(s.id)+int(s.seq))%len(s.r.sendTo)]
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, to, bytes.NewReader(b))
 	if err != nil {
 		return 0, "request: " + err.Error()
 	}
