@@ -57,7 +57,9 @@ func TestReconnect(t *testing.T) {
 // up are counted apart, not as lost, and the run passes.
 func TestReconnectUnrecoverable(t *testing.T) {
 	fs := newFakeServer(t, faults{historySize: 2})
-	rep := measure(t, reconnectEngine(fs, func(e *Engine) { e.Users, e.DropStall, e.RedialMin, e.RedialMax = 4, 40*time.Millisecond, 40*time.Millisecond, 60*time.Millisecond }))
+	rep := measure(t, reconnectEngine(fs, func(e *Engine) {
+		e.Users, e.DropStall, e.RedialMin, e.RedialMax = 4, 40*time.Millisecond, 40*time.Millisecond, 60*time.Millisecond
+	}))
 	wantClean(t, rep)
 	if rep.RecoveredFalse == 0 || rep.Unrecoverable == 0 {
 		t.Errorf("recovered false %d, unrecoverable %d: want some", rep.RecoveredFalse, rep.Unrecoverable)
