@@ -168,7 +168,7 @@ func TestConsoleReferenceClientIsShort(t *testing.T) {
 	if n := strings.Count(snippet, "\n"); n > 45 {
 		t.Errorf("the reference client is %d lines; the README shows it whole, keep it under 45", n)
 	}
-	for _, want := range []string{"new WebSocket(", "onmessage", "onclose", "1008", "authenticate error: "} {
+	for _, want := range []string{"new WebSocket(", "onmessage", "onclose", "1008", "authenticate error: ", "format=json", "&since=", `"recovered"`} {
 		if !strings.Contains(snippet, want) {
 			t.Errorf("the reference client lacks %q", want)
 		}

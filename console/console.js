@@ -1,30 +1,35 @@
 "use strict";
 
 // BEGIN reference client
-// connectPusher listens on a go-pusher /ws URL with a token: onMessage(text)
-// gets each pushed message, onState({state, code, reason, retryIn}) each
-// change. After close 1001, 1006 or 1013 it reconnects in 0.5 s doubling to
-// 30 s, with jitter; after 1008 (bad or expired token, connection limit) it
-// stops, as retrying cannot help. It returns a function that stops it.
-function connectPusher(url, token, onMessage, onState) {
-  let ws, retry, hold, held = "", delay = 500, stopped = false;
-  const flush = () => { clearTimeout(hold); if (held) onMessage(held); held = ""; };
+// connectPusher listens on a go-pusher /ws URL with a token: onMessage(text,
+// offset, replayed) gets each pushed message, onState({state, code, reason,
+// retryIn}) each change. After close 1001, 1006 or 1013 it reconnects in
+// 0.5 s doubling to 30 s, with jitter, asking for what came after the last
+// offset it saw: then onRecovered(true, n) after the n messages it missed,
+// or onRecovered(false, 0) if the server no longer has them all (some may be
+// lost: resynchronise). After 1008 (bad or expired token, connection limit)
+// it stops, as retrying cannot help. Pass since to start after an offset.
+// It returns a function that stops it.
+function connectPusher(url, token, onMessage, onState, onRecovered, since = "") {
+  let ws, retry, delay = 500, stopped = false;
   function open() {
-    let first = true;
-    ws = new WebSocket(url + "?token=" + encodeURIComponent(token));
+    let refusal = "", replaying = since !== "", n = 0;
+    const resume = since ? "&since=" + encodeURIComponent(since) : "";
+    ws = new WebSocket(url + "?format=json&token=" + encodeURIComponent(token) + resume);
     onState({ state: "connecting" });
     ws.onopen = () => { delay = 500; onState({ state: "open" }); };
     ws.onmessage = (e) => {
-      flush();
-      // A refused connection gets "authenticate error: <reason>", then 1008;
-      // if no 1008 follows, it was a pushed message after all.
-      if (first && e.data.startsWith("authenticate error: ")) { held = e.data; hold = setTimeout(flush, 2000); }
-      else onMessage(e.data);
-      first = false;
+      // Messages are JSON; a refused connection gets the text
+      // "authenticate error: <reason>", then 1008.
+      if (e.data.startsWith("authenticate error: ")) return void (refusal = e.data);
+      const m = JSON.parse(e.data);
+      if ("recovered" in m) { replaying = false; return onRecovered(m.recovered, n); }
+      if (replaying) n++;
+      since = m.offset;
+      onMessage(m.message, m.offset, replaying);
     };
     ws.onclose = (e) => {
-      const reason = (e.code === 1008 && held) || e.reason;
-      if (e.code === 1008) { clearTimeout(hold); held = ""; } else flush();
+      const reason = (e.code === 1008 && refusal) || e.reason;
       if (stopped || ![1001, 1006, 1013].includes(e.code)) return onState({ state: "closed", code: e.code, reason });
       const retryIn = delay / 2 + Math.random() * delay / 2;
       delay = Math.min(delay * 2, 30000);
@@ -49,6 +54,10 @@ function connectPusher(url, token, onMessage, onState) {
   let stop = null;
   let generation = 0; // callbacks of a connection the user replaced are ignored
   let attempts = 0; // connection attempts since the user pressed Connect
+  // The uid of the last Connect and the offset of its latest message:
+  // Connect as the same uid again resumes after it.
+  let lastUID = "";
+  let lastOffset = "";
 
   // Secrets in the fragment (make run's link: #token=...&key=...) fill the
   // form and leave the address bar, the history and any screen share.
@@ -86,20 +95,43 @@ function connectPusher(url, token, onMessage, onState) {
     return `${p(d.getHours(), 2)}:${p(d.getMinutes(), 2)}:${p(d.getSeconds(), 2)}.${p(d.getMilliseconds(), 3)}`;
   }
 
-  function showMessage(text) {
+  // addItem puts a line of class cls at the top of the message list: the
+  // time it arrived, then a span of class textClass with text.
+  function addItem(cls, textClass, text) {
     const now = new Date();
     const li = document.createElement("li");
+    li.className = cls;
     const time = document.createElement("time");
     time.dateTime = now.toISOString();
     time.textContent = clock(now);
     const body = document.createElement("span");
-    body.className = "text";
+    body.className = textClass;
     body.textContent = text;
     li.append(time, body);
     const list = $("messages");
     list.prepend(li);
     while (list.children.length > maxMessages) list.lastElementChild.remove();
-    $("count").textContent = `(${list.children.length})`;
+    $("count").textContent = `(${list.querySelectorAll("li.message").length})`;
+    return li;
+  }
+
+  // showMessage shows a message with its offset's count (#n; the whole
+  // offset in the tooltip); replayed ones came late, after a reconnect.
+  function showMessage(text, offset, replayed) {
+    const li = addItem(replayed ? "message replayed" : "message", "text", text);
+    const off = document.createElement("span");
+    off.className = "offset";
+    off.textContent = "#" + offset.slice(offset.indexOf(":") + 1);
+    off.title = replayed ? `offset ${offset}, recovered after a reconnect` : `offset ${offset}`;
+    li.append(off);
+  }
+
+  // showRecovered notes in the list what a reconnect got back.
+  function showRecovered(ok, n) {
+    const li = addItem("status", "note", ok
+      ? `Reconnected: recovered ${n} message${n === 1 ? "" : "s"}.`
+      : "Reconnected, but could not recover the messages sent meanwhile: some may be missing. An app would reload its data now.");
+    li.dataset.recovered = ok;
   }
 
   function closedText(code, reason) {
@@ -136,11 +168,17 @@ function connectPusher(url, token, onMessage, onState) {
     e.preventDefault();
     if (stop) stop();
     const token = $("token").value.trim();
+    const uid = tokenUID(token);
     attempts = 0;
-    if (!$("uid").value) $("uid").value = tokenUID(token);
+    if (!$("uid").value) $("uid").value = uid;
+    // Another user starts over; the same one (a new token after 1008, or
+    // Connect after Disconnect) asks for what it missed.
+    if (!uid || uid !== lastUID) lastOffset = "";
+    lastUID = uid;
     const gen = ++generation;
-    const current = (f) => (arg) => { if (gen === generation) f(arg); };
-    stop = connectPusher(wsURL(), token, current(showMessage), current(showState));
+    const current = (f) => (...args) => { if (gen === generation) f(...args); };
+    const onMessage = (text, offset, replayed) => { lastOffset = offset; showMessage(text, offset, replayed); };
+    stop = connectPusher(wsURL(), token, current(onMessage), current(showState), current(showRecovered), lastOffset);
   });
   $("disconnect").addEventListener("click", () => { if (stop) stop(); });
   $("clear").addEventListener("click", () => {
