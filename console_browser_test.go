@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/chromedp/cdproto/log"
+	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 )
@@ -108,6 +109,7 @@ type page struct {
 
 	mu       sync.Mutex
 	problems []string // uncaught exceptions and errors the page logged
+	sockets  []string // the URL of each WebSocket the page opened
 }
 
 // openPage opens url in a new tab of browser, closed when the test ends,
@@ -153,6 +155,10 @@ func (p *page) listen(ev any) {
 		if d.Exception != nil && d.Exception.Description != "" {
 			msg += ": " + d.Exception.Description
 		}
+	case *network.EventWebSocketCreated:
+		p.mu.Lock()
+		p.sockets = append(p.sockets, ev.URL)
+		p.mu.Unlock()
 	case *log.EventEntryAdded:
 		// Network errors are expected: refused reconnects, 4xx from /send.
 		if ev.Entry.Level == log.EntryLevelError && ev.Entry.Source != log.EntrySourceNetwork {
@@ -219,17 +225,34 @@ func (p *page) waitState(state string) {
 // messages returns the texts of the message list, newest first.
 func (p *page) messages() []string {
 	p.t.Helper()
-	return eval[[]string](p, `[...document.querySelectorAll("#messages li .text")].map(e => e.textContent)`)
+	return eval[[]string](p, `[...document.querySelectorAll("#messages li.message .text")].map(e => e.textContent)`)
 }
 
 // waitMessages waits until the message list holds n messages.
 func (p *page) waitMessages(n int) {
 	p.t.Helper()
-	p.waitJS(fmt.Sprintf("%d messages", n), fmt.Sprintf(`document.querySelectorAll("#messages li").length === %d`, n))
+	p.waitJS(fmt.Sprintf("%d messages", n), fmt.Sprintf(`document.querySelectorAll("#messages li.message").length === %d`, n))
 }
 
-// screenshot saves the page as a PNG under the test's temporary folder
-// and returns it.
+// listItems returns the message list as the page shows it, newest first:
+// "message <text> <offset label>", "replayed <text> <offset label>" for
+// one recovered after a reconnect, or "status <recovered> <text>".
+func (p *page) listItems() []string {
+	p.t.Helper()
+	return eval[[]string](p, `[...document.querySelectorAll("#messages li")].map(li =>
+		li.classList.contains("status") ? "status " + li.dataset.recovered + " " + li.querySelector(".note").textContent
+		: (li.classList.contains("replayed") ? "replayed " : "message ") + li.querySelector(".text").textContent + " " + li.querySelector(".offset").textContent)`)
+}
+
+// socketURLs returns the URL of each WebSocket the page opened so far.
+func (p *page) socketURLs() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.sockets)
+}
+
+// screenshot saves the page as a PNG in SCREENSHOT_DIR, or else under the
+// test's temporary folder (removed when the test ends), and returns it.
 func (p *page) screenshot(name string) []byte {
 	p.t.Helper()
 	ctx, cancel := context.WithTimeout(p.ctx, browserTimeout)
@@ -238,7 +261,11 @@ func (p *page) screenshot(name string) []byte {
 	if err != nil {
 		p.t.Fatalf("screenshot: %v", err)
 	}
-	path := filepath.Join(p.t.TempDir(), name)
+	dir := os.Getenv("SCREENSHOT_DIR")
+	if dir == "" {
+		dir = p.t.TempDir()
+	}
+	path := filepath.Join(dir, name)
 	if err := os.WriteFile(path, png, 0o644); err != nil {
 		p.t.Fatal(err)
 	}
@@ -318,9 +345,9 @@ func TestConsoleInBrowser(t *testing.T) {
 		waitFor(t, "alice unregistered", func() bool { return len(ts.hub.clients("alice")) == 0 })
 	})
 
-	// The refusal text is held back until the 1008 that follows it; on a
-	// connection that stays open, a pushed message that looks like it is
-	// shown all the same.
+	// A refused connection gets the text "authenticate error: <reason>";
+	// pushed messages come as JSON, so one that reads like it is shown all
+	// the same.
 	t.Run("pushed message that looks like a refusal", func(t *testing.T) {
 		ts := startServer(t, testConfig(t))
 		p := openPage(t, browser, consoleURL(ts, ts.token("gina", time.Hour), ""))
@@ -461,12 +488,112 @@ func TestConsoleInBrowser(t *testing.T) {
 		})
 	}
 
+	// Recovery: the page connects with format=json, and after a lost
+	// connection reconnects with since= the last offset it showed.
+	t.Run("recovers what it missed while disconnected", func(t *testing.T) {
+		ts := startServer(t, testConfig(t))
+		p, pageConn := listenWithCompanion(t, browser, ts, "hana")
+		ts.sendOK("hana", "Deploy started: v1.4.2")
+		p.waitMessages(1)
+		offset := strings.TrimPrefix(eval[string](p, `document.querySelector("#messages li.message .offset").title`), "offset ")
+		if !regexp.MustCompile(`^[0-9a-z]+:1$`).MatchString(offset) {
+			t.Fatalf("the first message's offset is %q, want <epoch>:1", offset)
+		}
+
+		missWhileDown(t, ts, pageConn, "hana", `{"type":"order.shipped","order":1042}`, "Deploy finished: v1.4.2 is live")
+		p.waitJS("the recovered line", `document.querySelector("#messages li.status") !== null`)
+		// The recovered frame follows the page's registration: this is live.
+		ts.sendOK("hana", "after the reconnect")
+		p.waitMessages(4)
+		want := []string{
+			"message after the reconnect #4",
+			"status true Reconnected: recovered 2 messages.",
+			`replayed Deploy finished: v1.4.2 is live #3`,
+			`replayed {"type":"order.shipped","order":1042} #2`,
+			"message Deploy started: v1.4.2 #1",
+		}
+		if got := p.listItems(); !slices.Equal(got, want) {
+			t.Errorf("message list:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+		}
+		if count := eval[string](p, `document.getElementById("count").textContent`); count != "(4)" {
+			t.Errorf("count = %q, want (4): the recovered line is not a message", count)
+		}
+		if attempts := eval[string](p, `document.getElementById("state").dataset.attempts`); attempts != "2" {
+			t.Errorf("%s connection attempts, want 2 (the first and one reconnect)", attempts)
+		}
+		wantSockets(t, p, "", offset)
+		p.screenshot("recovered.png")
+	})
+
+	t.Run("could not recover", func(t *testing.T) {
+		// History keeps one message, so of the two sent while the page is
+		// away the first is gone.
+		ts := startServer(t, testConfig(t, "-history-size", "1"))
+		p, pageConn := listenWithCompanion(t, browser, ts, "ivan")
+		ts.sendOK("ivan", "before")
+		p.waitMessages(1)
+		missWhileDown(t, ts, pageConn, "ivan", "lost 1", "lost 2")
+		p.waitJS("the recovered line", `document.querySelector("#messages li.status") !== null`)
+		ts.sendOK("ivan", "after")
+		p.waitMessages(2)
+		want := []string{
+			"message after #4",
+			"status false Reconnected, but could not recover the messages sent meanwhile: some may be missing. An app would reload its data now.",
+			"message before #1",
+		}
+		if got := p.listItems(); !slices.Equal(got, want) {
+			t.Errorf("message list:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+		}
+		p.screenshot("not-recovered.png")
+	})
+
+	// Connect again as the same uid (after Disconnect, or with a new token
+	// after 1008) asks for what it missed; as another uid it starts over.
+	t.Run("Connect resumes the same uid, not another", func(t *testing.T) {
+		ts := startServer(t, testConfig(t))
+		p := openPage(t, browser, consoleURL(ts, ts.token("jo", time.Hour), ""))
+		p.waitState("open")
+		waitFor(t, "jo registered", func() bool { return len(ts.hub.clients("jo")) == 1 })
+		ts.sendOK("jo", "one")
+		p.waitMessages(1)
+		offset := strings.TrimPrefix(eval[string](p, `document.querySelector("#messages li.message .offset").title`), "offset ")
+		reconnect := func(uid string) {
+			t.Helper()
+			p.do("disconnect", chromedp.Click(chromedp.ID("disconnect")))
+			p.waitState("closed")
+			p.do("connect as "+uid,
+				chromedp.SetValue(chromedp.ID("token"), ts.token(uid, time.Hour)),
+				chromedp.Click(chromedp.ID("connect")),
+			)
+			p.waitState("open")
+			waitFor(t, uid+" registered", func() bool { return len(ts.hub.clients(uid)) == 1 })
+		}
+		reconnect("jo")
+		// Nothing was accepted for jo meanwhile: /send answers 404 to a uid
+		// without a connection.
+		p.waitJS("the recovered line", `document.querySelector("#messages li.status") !== null`)
+		reconnect("kim")
+		ts.sendOK("kim", "for kim")
+		p.waitMessages(2)
+		want := []string{
+			"message for kim #1",
+			"status true Reconnected: recovered 0 messages.",
+			"message one #1",
+		}
+		if got := p.listItems(); !slices.Equal(got, want) {
+			t.Errorf("message list:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+		}
+		wantSockets(t, p, "", offset, "")
+	})
+
 	t.Run("reconnects after shutdown", func(t *testing.T) {
 		ts := startServer(t, testConfig(t))
 		addr := ts.Addr()
 		p := openPage(t, browser, consoleURL(ts, ts.token("frank", time.Hour), ""))
 		p.waitState("open")
 		waitFor(t, "frank registered", func() bool { return len(ts.hub.clients("frank")) == 1 })
+		ts.sendOK("frank", "before the restart")
+		p.waitMessages(1)
 		// The page shows each state only until the next, and stop returns
 		// after the close, so the page records its states from here on.
 		p.do("record states", chromedp.Evaluate[chromedp.Void](`(() => {
@@ -487,14 +614,87 @@ func TestConsoleInBrowser(t *testing.T) {
 			t.Errorf("state after shutdown = %q, want the close and the reconnect delay", states[i])
 		}
 
-		// A server back on the same address gets the page again.
+		// A server back on the same address gets the page again. Its
+		// history started empty, with a new epoch: the page learns that
+		// what was sent meanwhile may be lost.
 		ts2 := startServer(t, testConfig(t, "-addr", addr))
 		p.waitState("open")
 		waitFor(t, "frank registered again", func() bool { return len(ts2.hub.clients("frank")) == 1 })
+		p.waitJS("the recovered line", `document.querySelector("#messages li.status") !== null`)
 		ts2.sendOK("frank", "after the restart")
-		p.waitMessages(1)
-		if got := p.messages(); got[0] != "after the restart" {
-			t.Errorf("messages = %q, want the one sent after the restart", got)
+		p.waitMessages(2)
+		items := p.listItems()
+		if len(items) != 3 || items[0] != "message after the restart #1" || !strings.HasPrefix(items[1], "status false Reconnected, but could not recover") {
+			t.Errorf("message list = %q, want the message sent after the restart over a could-not-recover line", items)
+		}
+		if urls := p.socketURLs(); !strings.Contains(urls[len(urls)-1], "&since=") {
+			t.Errorf("the page reconnected to %q, want a since", urls[len(urls)-1])
 		}
 	})
+}
+
+// listenWithCompanion opens the console listening as uid and returns it
+// with the page's connection on the server. A second connection of uid,
+// opened from the test and read until the test ends, keeps uid online
+// while the page's connection is down: /send answers 404 to a uid with no
+// connection at all and stores nothing, so without it there would be
+// nothing to recover.
+func listenWithCompanion(t *testing.T, browser context.Context, ts *testServer, uid string) (*page, *Client) {
+	t.Helper()
+	p := openPage(t, browser, consoleURL(ts, ts.token(uid, time.Hour), ""))
+	p.waitState("open")
+	waitFor(t, uid+" registered", func() bool { return len(ts.hub.clients(uid)) == 1 })
+	pageConn := ts.hub.clients(uid)[0]
+	companion := ts.dialStream(uid, "format=json")
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			if _, _, err := companion.ReadMessage(); err != nil {
+				return
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		companion.Close()
+		<-done
+	})
+	return p, pageConn
+}
+
+// missWhileDown drops the page's connection from the server side without
+// a close frame, so the page sees 1006 as after a network change, and
+// sends msgs to uid before the page is back.
+func missWhileDown(t *testing.T, ts *testServer, pageConn *Client, uid string, msgs ...string) {
+	t.Helper()
+	pageConn.abort()
+	waitFor(t, "the page's connection gone", func() bool { return !slices.Contains(ts.hub.clients(uid), pageConn) })
+	for _, m := range msgs {
+		ts.sendOK(uid, m)
+	}
+	// The page waits at least 250 ms before it reconnects, and the sends
+	// take milliseconds; if it was back already, the test proves nothing.
+	if n := len(ts.hub.clients(uid)); n != 1 {
+		t.Fatalf("%s has %d connections after the sends, want only the test's: the page came back too soon", uid, n)
+	}
+}
+
+// wantSockets checks the page's WebSocket URLs: each with format=json and
+// the since given ("" for none).
+func wantSockets(t *testing.T, p *page, since ...string) {
+	t.Helper()
+	urls := p.socketURLs()
+	if len(urls) != len(since) {
+		t.Fatalf("the page opened %d WebSockets, want %d: %q", len(urls), len(since), urls)
+	}
+	for i, raw := range urls {
+		u, err := url.Parse(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		q := u.Query()
+		if q.Get("format") != "json" || q.Get("since") != since[i] || q.Has("since") != (since[i] != "") {
+			t.Errorf("WebSocket %d: format %q since %q, want json and %q", i+1, q.Get("format"), q.Get("since"), since[i])
+		}
+	}
 }
