@@ -40,7 +40,7 @@ type localBroker struct {
 
 var _ Broker = localBroker{}
 
-func (localBroker) UserOnline(string) {}
+func (b localBroker) UserOnline(uid string) { b.hist.userOnline(uid) }
 
 func (b localBroker) UserOffline(uid string) { b.hist.userOffline(uid) }
 

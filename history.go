@@ -59,6 +59,13 @@ type historyLimits struct {
 // entryOverhead is what a history entry costs beside its message and id.
 const entryOverhead = 96
 
+// stateOverhead is what an idle uid's state costs beside its uid.
+const stateOverhead = 128
+
+// idleStateTTL is how long a uid without connections keeps its epoch and
+// offset once its messages are gone, as in Redis (redisStateTTL).
+const idleStateTTL = 24 * time.Hour
+
 // memHistory is the history of a single node: for each uid an epoch, the
 // last offset given, and its latest messages. Offsets are given, messages
 // stored and queued on the uid's connections under one lock, so every
@@ -66,8 +73,14 @@ const entryOverhead = 96
 // uid, TTL, and MaxBytes in all; eviction is oldest first: every entry is
 // also on one list in the order it was stored.
 //
-// A uid's state is dropped when it has no connection and no stored
-// message; it comes back with a new epoch, so an offset is never reused.
+// A uid without connections keeps its epoch and last offset for
+// idleStateTTL after its messages expired, so that a client that comes
+// back after a quiet spell (a laptop asleep) recovers with nothing to
+// replay rather than a {"recovered": false}. Such idle states are on a
+// list of their own, oldest first, and count stateOverhead bytes each
+// against MaxBytes: over the budget, messages go first, then idle states.
+// A dropped state comes back with a new epoch, so an offset is never
+// reused.
 type memHistory struct {
 	lim historyLimits
 	now func() time.Time
@@ -78,7 +91,8 @@ type memHistory struct {
 	newest *histEntry
 	bytes  int64
 	count  int
-	idle   map[string]struct{} // uids that lost their last connection
+	// idle lists the uids without a connection, the longest idle first.
+	idleOldest, idleNewest *uidLog
 
 	evicted   *prometheus.CounterVec
 	recovered *prometheus.CounterVec
@@ -86,9 +100,15 @@ type memHistory struct {
 
 // uidLog is one uid's history.
 type uidLog struct {
+	uid     string
 	epoch   string
 	last    uint64       // the offset of the latest message
 	entries []*histEntry // oldest first, at most Size
+
+	// On the idle list while the uid has no connection.
+	inIdle             bool
+	idleSince          time.Time
+	idlePrev, idleNext *uidLog
 }
 
 // histEntry is a stored message of one uid.
@@ -105,7 +125,6 @@ func newMemHistory(lim historyLimits, now func() time.Time, reg prometheus.Regis
 		lim:   lim,
 		now:   now,
 		users: map[string]*uidLog{},
-		idle:  map[string]struct{}{},
 		evicted: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pusher_history_evicted_total",
 			Help: "Messages dropped from history, by reason: count (-history-size), age (-history-ttl), bytes (-history-bytes).",
@@ -164,7 +183,7 @@ func (h *memHistory) appendLocked(uid string, m *Message) (qitem, error) {
 		if err != nil {
 			return qitem{m: m}, err
 		}
-		u = &uidLog{epoch: epoch}
+		u = &uidLog{uid: uid, epoch: epoch}
 		h.users[uid] = u
 	}
 	u.last++
@@ -214,45 +233,82 @@ func (h *memHistory) removeLocked(e *histEntry, reason string) {
 }
 
 // evictLocked drops the oldest entries while over the byte budget or
-// past their age. The oldest entry of all is the oldest of its uid.
+// past their age, then idle states while still over the budget or idle
+// for idleStateTTL. The oldest entry of all is the oldest of its uid.
 func (h *memHistory) evictLocked() {
-	cutoff := h.now().Add(-h.lim.TTL)
+	now := h.now()
+	cutoff := now.Add(-h.lim.TTL)
 	for e := h.oldest; e != nil; e = h.oldest {
-		switch {
-		case h.bytes > h.lim.MaxBytes:
+		if h.bytes > h.lim.MaxBytes {
 			h.removeLocked(e, "bytes")
-		case e.m.Accepted.Before(cutoff):
+		} else if e.m.Accepted.Before(cutoff) {
 			h.removeLocked(e, "age")
-		default:
+		} else {
+			break
+		}
+	}
+	stateCutoff := now.Add(-idleStateTTL)
+	for u := h.idleOldest; u != nil; u = h.idleOldest {
+		if h.bytes <= h.lim.MaxBytes && !u.idleSince.Before(stateCutoff) {
 			return
 		}
+		h.unidleLocked(u)
+		for len(u.entries) > 0 {
+			h.removeLocked(u.entries[0], "bytes")
+		}
+		delete(h.users, u.uid)
 	}
 }
 
-// userOffline notes that uid lost its last connection; sweep drops its
-// state once it holds no message either.
-func (h *memHistory) userOffline(uid string) {
+// userOnline takes uid off the idle list: it has a connection again.
+func (h *memHistory) userOnline(uid string) {
 	h.mu.Lock()
-	h.idle[uid] = struct{}{}
-	h.mu.Unlock()
+	defer h.mu.Unlock()
+	if u := h.users[uid]; u != nil && u.inIdle {
+		h.unidleLocked(u)
+	}
 }
 
-// sweep expires old entries and drops the state of uids without a
-// connection and without messages. The hub's pinger calls it every tick.
-func (h *memHistory) sweep(hub *Hub) {
+// userOffline puts uid on the idle list: it lost its last connection.
+func (h *memHistory) userOffline(uid string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	u := h.users[uid]
+	if u == nil || u.inIdle {
+		return
+	}
+	u.inIdle, u.idleSince = true, h.now()
+	u.idlePrev = h.idleNewest
+	if h.idleNewest != nil {
+		h.idleNewest.idleNext = u
+	} else {
+		h.idleOldest = u
+	}
+	h.idleNewest = u
+	h.bytes += stateOverhead + int64(len(u.uid))
+}
+
+func (h *memHistory) unidleLocked(u *uidLog) {
+	if u.idlePrev != nil {
+		u.idlePrev.idleNext = u.idleNext
+	} else {
+		h.idleOldest = u.idleNext
+	}
+	if u.idleNext != nil {
+		u.idleNext.idlePrev = u.idlePrev
+	} else {
+		h.idleNewest = u.idlePrev
+	}
+	u.idlePrev, u.idleNext, u.inIdle = nil, nil, false
+	h.bytes -= stateOverhead + int64(len(u.uid))
+}
+
+// sweep expires old entries and idle states; the hub's pinger calls it
+// every tick.
+func (h *memHistory) sweep() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.evictLocked()
-	for uid := range h.idle {
-		if len(hub.clients(uid)) > 0 {
-			delete(h.idle, uid)
-			continue
-		}
-		if u := h.users[uid]; u == nil || len(u.entries) == 0 {
-			delete(h.users, uid)
-			delete(h.idle, uid)
-		}
-	}
 }
 
 // since returns what a connection of uid that saw everything up to p has

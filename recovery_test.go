@@ -298,17 +298,18 @@ func TestHistoryMemoryBounds(t *testing.T) {
 	if got := counterValue(t, hist.evicted.WithLabelValues("age")); got == 0 {
 		t.Error("nothing evicted by age")
 	}
-	// States of uids without a connection and without messages go.
+	// The uids keep their epoch and offset, without messages, while idle.
 	for _, c := range conns {
 		c.Close()
 	}
-	waitFor(t, "idle uids dropped", func() bool {
-		hist.mu.Lock()
-		defer hist.mu.Unlock()
-		return len(hist.users) == 0
-	})
+	waitFor(t, "uids idle", func() bool { return ts.hub.Connections() == 0 })
+	hist.mu.Lock()
+	if n := len(hist.users); n != 5 {
+		t.Errorf("%d uid states after their messages expired, want 5 (kept while idle)", n)
+	}
+	hist.mu.Unlock()
 	_, body := ts.get("/metrics")
-	for _, want := range []string{"pusher_history_messages 0", "pusher_history_bytes 0", `pusher_history_evicted_total{reason="count"}`} {
+	for _, want := range []string{"pusher_history_messages 0", `pusher_history_evicted_total{reason="count"}`} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
@@ -326,5 +327,57 @@ func TestHistoryNotStoredFor404(t *testing.T) {
 	defer hist.mu.Unlock()
 	if hist.count != 0 || len(hist.users) != 0 {
 		t.Errorf("history holds %d messages of %d uids after 404s", hist.count, len(hist.users))
+	}
+}
+
+// TestRecoveryAfterQuietSpell: a client that comes back after its uid's
+// messages expired, with nothing sent meanwhile, recovers with nothing to
+// replay (a laptop waking up) rather than {"recovered": false}.
+func TestRecoveryAfterQuietSpell(t *testing.T) {
+	ts := startServer(t, testConfig(t, "-history-ttl", "100ms", "-ping-interval", "50ms", "-pong-wait", "5s"))
+	hist := ts.Server.broker.(localBroker).hist
+	conn := ts.dialStream("u", "format=json")
+	ts.sendOK("u", "m1")
+	p := readFrame(t, conn).pos(t)
+	conn.Close()
+	waitFor(t, "messages expired", func() bool {
+		hist.mu.Lock()
+		defer hist.mu.Unlock()
+		return hist.count == 0 && ts.hub.Connections() == 0
+	})
+	again := ts.dialStream("u", "since="+p.String())
+	wantRecovered(t, again, true)
+	ts.sendOK("u", "m2")
+	wantMessage(t, again, "m2", position{p.epoch, 2})
+}
+
+// TestHistoryIdleStatesBounded: idle uids' states count against
+// -history-bytes, and the longest idle go first when it is exceeded.
+func TestHistoryIdleStatesBounded(t *testing.T) {
+	ts := startServer(t, testConfig(t, "-history-bytes", "2000", "-history-ttl", "50ms", "-ping-interval", "20ms", "-pong-wait", "5s"))
+	hist := ts.Server.broker.(localBroker).hist
+	for i := range 30 {
+		uid := fmt.Sprintf("idle-%02d", i)
+		c := ts.dialStream(uid, "format=json")
+		ts.sendOK(uid, "x")
+		readFrame(t, c)
+		c.Close()
+		waitFor(t, uid+" gone", func() bool { return len(ts.hub.clients(uid)) == 0 })
+	}
+	waitFor(t, "idle states within the budget", func() bool {
+		hist.mu.Lock()
+		defer hist.mu.Unlock()
+		return hist.count == 0 && hist.bytes <= 2000
+	})
+	hist.mu.Lock()
+	defer hist.mu.Unlock()
+	if n := len(hist.users); n == 0 || n >= 30 {
+		t.Fatalf("%d idle states kept, want some but not all 30", n)
+	}
+	if _, ok := hist.users["idle-29"]; !ok {
+		t.Error("the most recently idle uid was dropped before older ones")
+	}
+	if _, ok := hist.users["idle-00"]; ok {
+		t.Error("the longest idle uid was kept")
 	}
 }

@@ -82,7 +82,7 @@ func newServer(cfg Config, log *slog.Logger, msgLog message.Logger) (*Server, er
 	} else {
 		lb := localBroker{hub: s.hub, hist: newMemHistory(hist, time.Now, s.metrics.reg)}
 		s.broker, s.hub.events = lb, lb
-		s.hub.pinger.onTick = func() { lb.hist.sweep(s.hub) }
+		s.hub.pinger.onTick = lb.hist.sweep
 	}
 	return s, nil
 }
