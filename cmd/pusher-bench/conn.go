@@ -173,7 +173,8 @@ func (p *pool) runSlot(slot int32) {
 			since = pos.String()
 		}
 		dialStart := time.Now().UnixNano()
-		conn, err := p.dial(slot, attempt, since)
+		node := p.wsURLs[(int(slot)+attempt)%len(p.wsURLs)]
+		conn, err := p.dial(slot, node, since)
 		attempt++
 		if first {
 			<-p.sem
@@ -195,6 +196,9 @@ func (p *pool) runSlot(slot int32) {
 			continue
 		}
 		run := &connRun{since: since != "", dial: dialStart, pos: &pos, dead: make(chan struct{})}
+		if len(p.wsURLs) > 1 {
+			run.node = strings.TrimSuffix(strings.TrimPrefix(strings.TrimPrefix(node, "ws://"), "wss://"), "/ws")
+		}
 		run.canDrop.Store(pos.known)
 		var life time.Duration
 		var abrupt bool
@@ -217,15 +221,15 @@ func (p *pool) runSlot(slot int32) {
 	}
 }
 
-// dial makes one handshake for slot, to the node attempt picks, with
-// ?since= when not empty; its error is already a short class.
-func (p *pool) dial(slot int32, attempt int, since string) (*websocket.Conn, error) {
+// dial makes one handshake for slot to node (its /ws URL), with ?since=
+// when not empty; its error is already a short class.
+func (p *pool) dial(slot int32, node, since string) (*websocket.Conn, error) {
 	r := p.r
 	user := int(slot) / r.e.ConnsPerUser
 	d := p.dialers[int(slot)%len(p.dialers)]
 	ctx, cancel := context.WithTimeout(p.ctx, r.e.RequestTimeout)
 	defer cancel()
-	u := p.wsURLs[(int(slot)+attempt)%len(p.wsURLs)] + "?token=" + r.tokens[user]
+	u := node + "?token=" + r.tokens[user]
 	if p.reconnect {
 		u += "&format=json"
 	}
@@ -251,7 +255,7 @@ func (p *pool) dial(slot int32, attempt int, since string) (*websocket.Conn, err
 func (p *pool) hold(slot, gen int32, conn *websocket.Conn, life time.Duration, abrupt bool, run *connRun, rnd *rand.Rand) {
 	p.open.Add(1)
 	defer p.open.Add(-1)
-	p.rep.emit(event{kind: evUp, slot: slot, gen: gen, at: time.Now().UnixNano(), t2: run.dial, flags: flagIf(run.since, flagSince)})
+	p.rep.emit(event{kind: evUp, slot: slot, gen: gen, at: time.Now().UnixNano(), t2: run.dial, flags: flagIf(run.since, flagSince), text: run.node})
 	if !run.since {
 		p.setSteady(slot, true) // with since, once {"recovered"} came
 	}

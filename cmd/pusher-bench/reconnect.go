@@ -45,6 +45,7 @@ func (p streamPos) String() string { return p.epoch + ":" + strconv.FormatUint(p
 // its closers and its dropper.
 type connRun struct {
 	since     bool          // dialled with ?since=
+	node      string        // host:port of the node, when there are several
 	dial      int64         // unix ns when the handshake began
 	pos       *streamPos    // the slot's, updated by the reader
 	recovered bool          // the reader saw {"recovered": ...}

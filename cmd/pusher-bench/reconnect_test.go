@@ -93,8 +93,10 @@ func TestReconnectFaultsShow(t *testing.T) {
 		check func(*Report) bool
 	}{
 		{"lost", faults{acceptDropEvery: 97}, func(r *Report) bool { return r.Lost > 0 && r.Gaps == 0 && r.Duplicates == 0 }},
-		{"duplicate", faults{replayRepeat: true}, func(r *Report) bool { return r.Duplicates > 0 && r.Lost == 0 }},
-		{"gap", faults{replayGap: true}, func(r *Report) bool { return r.Gaps > 0 && r.Lost > 0 && r.GapSample != "" }},
+		{"duplicate", faults{replayRepeat: true}, func(r *Report) bool {
+			return r.Duplicates > 0 && r.Lost == 0 && strings.Contains(strings.Join(r.DuplicateSamples, ";"), "replayed on connection")
+		}},
+		{"gap", faults{replayGap: true}, func(r *Report) bool { return r.Gaps > 0 && r.Lost > 0 && len(r.GapSamples) > 0 }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -74,7 +74,8 @@ type Report struct {
 	Replayed         int      `json:"replayed,omitempty"`           // messages that came before {"recovered": true}
 	Unrecoverable    int      `json:"unrecoverable,omitempty"`      // missing, given up by a {"recovered": false}
 	Gaps             int      `json:"gaps,omitempty"`               // offsets skipped without {"recovered": false}
-	GapSample        string   `json:"gap_sample,omitempty"`         // the first of them
+	GapSamples       []string `json:"gap_samples,omitempty"`        // the first few of them
+	DuplicateSamples []string `json:"duplicate_samples,omitempty"`  // the first few duplicates: where each copy came
 	MissingRecovered int      `json:"missing_recovered,omitempty"`  // connections with since= that never got {"recovered"}
 	ExpectedNotFound int      `json:"expected_not_found,omitempty"` // 404 while no connection of the uid was surely registered
 	ReplayLatency    *Latency `json:"replay_latency_ms,omitempty"`  // from the redial's start to {"recovered"}
@@ -173,8 +174,11 @@ func (r *Report) print(w io.Writer, asJSON bool) error {
 			r.Drops, r.Reconnects, r.RecoveredTrue, r.RecoveredFalse, r.Unrecoverable)
 		line("replayed", "%d messages; gaps %d, no recovered frame %d, expected 404s %d",
 			r.Replayed, r.Gaps, r.MissingRecovered, r.ExpectedNotFound)
-		if r.GapSample != "" {
-			line("first gap", "%s", r.GapSample)
+		for _, g := range r.GapSamples {
+			line("gap", "%s", g)
+		}
+		for _, d := range r.DuplicateSamples {
+			line("duplicate", "%s", d)
 		}
 		if l := r.ReplayLatency; l != nil {
 			line("replay latency ms", "p50 %.2f  p90 %.2f  p99 %.2f  max %.2f  mean %.2f (redial to {\"recovered\"})", l.P50, l.P90, l.P99, l.Max, l.Mean)

@@ -92,7 +92,7 @@ type reporter struct {
 
 	// reconnect
 	gaps, recoveredTrue, recoveredFalse, replayed int
-	firstGap                                      string
+	gapSamples, dupSamples                        []string
 	replayLatencies                               []int64 // ns, dial start to {"recovered"}
 }
 
@@ -104,11 +104,13 @@ type connState struct {
 	seen     map[uint64]struct{} // sender<<32 | seq
 
 	// reconnect
-	since     bool  // dialled with ?since=
-	dial      int64 // when the handshake began
-	reg       int64 // the server surely had it registered from then on (0: never known)
-	recovered int8  // {"recovered": true} 1, false -1, none 0
-	replayed  int   // messages before {"recovered"}
+	since     bool   // dialled with ?since=
+	dial      int64  // when the handshake began
+	reg       int64  // the server surely had it registered from then on (0: never known)
+	recovered int8   // {"recovered": true} 1, false -1, none 0
+	replayed  int    // messages before {"recovered"}
+	lastOff   uint64 // the offset of the last of them
+	node      string // the node it was dialled to, when there are several
 }
 
 // sentRec is one answered /send.
@@ -164,7 +166,7 @@ func (r *reporter) loop() {
 func (r *reporter) handle(ev event) {
 	switch ev.kind {
 	case evUp:
-		cs := &connState{up: ev.at, dial: ev.t2, since: ev.flags&flagSince != 0}
+		cs := &connState{up: ev.at, dial: ev.t2, since: ev.flags&flagSince != 0, node: ev.text}
 		if !cs.since {
 			cs.reg = ev.at
 		}
@@ -335,7 +337,11 @@ func (r *reporter) unexpected() int {
 			seen = append(seen, cs.seen)
 		}
 		if r.streams != nil && r.streams[slot] != nil {
-			seen = []map[uint64]struct{}{r.streams[slot].seen}
+			keys := make(map[uint64]struct{}, len(r.streams[slot].seen))
+			for k := range r.streams[slot].seen {
+				keys[k] = struct{}{}
+			}
+			seen = []map[uint64]struct{}{keys}
 		}
 		for _, keys := range seen {
 			for key := range keys {

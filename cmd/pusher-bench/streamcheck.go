@@ -9,8 +9,8 @@ import (
 // (reconnect): the messages, by sender and seq, and where its offset
 // stands.
 type streamState struct {
-	seen map[uint64]struct{} // sender<<32 | seq
-	last []int32             // by sender: highest seq received
+	seen map[uint64]streamRecv // sender<<32 | seq: where it came first
+	last []int32               // by sender: highest seq received
 
 	epoch   string // the offset of the latest message: epoch and n
 	n       uint64
@@ -20,6 +20,25 @@ type streamState struct {
 	// unrecoverable spans, one per {"recovered": false}: see excused.
 	unrecoverable []unrecoverable
 }
+
+// streamRecv is where a slot received a message: which connection, at
+// which offset, replayed or live.
+type streamRecv struct {
+	gen    int32
+	replay bool
+	off    uint64
+}
+
+func (w streamRecv) String() string {
+	kind := "live"
+	if w.replay {
+		kind = "replayed"
+	}
+	return fmt.Sprintf("offset %d %s on connection %d", w.off, kind, w.gen)
+}
+
+// maxSamples bounds the duplicates and gaps the report describes.
+const maxSamples = 5
 
 // unrecoverable is what a {"recovered": false} gives up: the messages
 // whose offsets come after the slot's position at the drop (the message
@@ -34,15 +53,15 @@ type unrecoverable struct {
 func (r *reporter) stream(slot int32) *streamState {
 	st := r.streams[slot]
 	if st == nil {
-		st = &streamState{seen: map[uint64]struct{}{}, last: make([]int32, r.senders)}
+		st = &streamState{seen: map[uint64]streamRecv{}, last: make([]int32, r.senders)}
 		r.streams[slot] = st
 	}
 	return st
 }
 
 func (r *reporter) gap(slot int32, format string, a ...any) {
-	if r.firstGap == "" {
-		r.firstGap = fmt.Sprintf("slot %d: ", slot) + fmt.Sprintf(format, a...)
+	if len(r.gapSamples) < maxSamples {
+		r.gapSamples = append(r.gapSamples, fmt.Sprintf("slot %d: ", slot)+fmt.Sprintf(format, a...))
 	}
 }
 
@@ -53,7 +72,8 @@ func (r *reporter) recvStream(ev event) {
 	st := r.stream(ev.slot)
 	cs := r.slots[ev.slot][ev.gen]
 	key := uint64(ev.sender)<<32 | uint64(uint32(ev.seq))
-	_, dup := st.seen[key]
+	here := streamRecv{gen: ev.gen, replay: ev.flags&flagReplay != 0, off: ev.off}
+	first, dup := st.seen[key]
 	misordered := false
 	if st.known {
 		switch {
@@ -74,9 +94,21 @@ func (r *reporter) recvStream(ev event) {
 	}
 	if dup {
 		r.duplicates++
+		if len(r.dupSamples) < maxSamples {
+			replay := ""
+			if cs.replayed > 0 {
+				replay = fmt.Sprintf("; that connection's replay: %d messages up to offset %d", cs.replayed, cs.lastOff)
+			}
+			node := ""
+			if cs.node != "" {
+				node = " on " + cs.node
+			}
+			r.dupSamples = append(r.dupSamples, fmt.Sprintf("slot %d: s%d:%d at %s:%d, first at %s; again at %s%s, %d ms after the dial%s",
+				ev.slot, ev.sender, ev.seq, ev.text, ev.off, first, here, node, (ev.at-cs.dial)/1e6, replay))
+		}
 		return
 	}
-	st.seen[key] = struct{}{}
+	st.seen[key] = here
 	r.received++
 	if ev.seq < st.last[ev.sender] {
 		if !misordered {
@@ -88,6 +120,7 @@ func (r *reporter) recvStream(ev event) {
 	if ev.flags&flagReplay != 0 {
 		r.replayed++
 		cs.replayed++
+		cs.lastOff = ev.off
 	} else {
 		r.latencies = append(r.latencies, ev.at-ev.t2)
 	}
@@ -131,7 +164,7 @@ func (r *reporter) recoveredFrame(ev event) {
 // moment of the request found no connection of the uid registered;
 // otherwise it is a wrong answer.
 func (r *reporter) summarizeStreams(rep *Report, grace time.Duration) {
-	rep.Gaps, rep.GapSample = r.gaps, r.firstGap
+	rep.Gaps, rep.GapSamples, rep.DuplicateSamples = r.gaps, r.gapSamples, r.dupSamples
 	rep.RecoveredTrue, rep.RecoveredFalse, rep.Replayed = r.recoveredTrue, r.recoveredFalse, r.replayed
 	rep.ReplayLatency = latencyOf(r.replayLatencies)
 	for _, gens := range r.slots {
