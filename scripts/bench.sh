@@ -7,27 +7,37 @@
 #
 # Sizes come from the environment; the defaults finish in 1–2 minutes:
 #
-#   BENCH_IDLE_CONNS      idle: connections held                  (2000)
-#   BENCH_USERS           send: users, one connection each        (200)
-#   BENCH_SENDERS         send, multicast, churn: /send clients   (16)
-#   BENCH_MESSAGES        send: unicasts in total                 (20000)
-#   BENCH_MC_USERS        multicast: uids in each /send           (200)
-#   BENCH_ROUNDS          multicast: /send requests               (100)
-#   BENCH_MC_SENDERS      multicast: /send requests at a time     (1)
-#   BENCH_CHURN_USERS     churn: connections                      (200)
-#   BENCH_CHURN_DURATION  churn: how long                         (10s)
-#   BENCH_CHURN_RATE      churn: /send requests per second        (2000)
-#   BENCH_SIZE            message size, bytes                     (64)
-#   BENCH_SETTLE          idle: hold before measuring             (3s)
-#   BENCH_MESSAGE_LOGS    server -message-log values to run       ("stdout none")
-#   BENCH_SCENARIOS       scenarios to run                        ("idle send multicast churn")
-#   BENCH_GO              0 skips the Go benchmarks               (1)
-#   BENCH_OUT             where the -json reports are kept        (bin/bench)
+#   BENCH_IDLE_CONNS          idle: connections held                            (2000)
+#   BENCH_USERS               send: users, one connection each                  (200)
+#   BENCH_SENDERS             send, multicast, churn, reconnect: /send clients  (16)
+#   BENCH_MESSAGES            send: unicasts in total                           (20000)
+#   BENCH_MC_USERS            multicast: uids in each /send                     (200)
+#   BENCH_ROUNDS              multicast: /send requests                         (100)
+#   BENCH_MC_SENDERS          multicast: /send requests at a time               (1)
+#   BENCH_CHURN_USERS         churn: connections                                (200)
+#   BENCH_CHURN_DURATION      churn: how long                                   (10s)
+#   BENCH_CHURN_RATE          churn: /send requests per second                  (2000)
+#   BENCH_RECONNECT_USERS     reconnect: connections, one per uid               (200)
+#   BENCH_RECONNECT_DURATION  reconnect: how long drops go on                   (10s)
+#   BENCH_RECONNECT_RATE      reconnect: /send requests per second              (2000)
+#   BENCH_RECONNECT_INTERVAL  reconnect: mean time a connection lives           (2s)
+#   BENCH_SIZE                message size, bytes                               (64)
+#   BENCH_SETTLE              idle: hold before measuring                       (3s)
+#   BENCH_MESSAGE_LOGS        server -message-log values to run                 ("stdout none")
+#   BENCH_SCENARIOS           scenarios to run                                  ("idle send multicast churn reconnect")
+#   BENCH_GO                  0 skips the Go benchmarks                         (1)
+#   BENCH_OUT                 where the -json reports are kept                  (bin/bench)
 #
-# The full-size figures (about 3 minutes on 2 cores):
+# reconnect drops each connection at random moments (socket closed without
+# a close frame after the reader stalled up to 100 ms) and redials after
+# 50-500 ms with ?since= its last offset: lost must be 0, and replay
+# latency is from the redial to {"recovered": true}.
+#
+# The full-size figures (about 5 minutes on 2 cores):
 #
 #   BENCH_IDLE_CONNS=10000 BENCH_USERS=1000 BENCH_SENDERS=32 BENCH_MESSAGES=100000 \
 #   BENCH_MC_USERS=1000 BENCH_ROUNDS=100 BENCH_CHURN_USERS=1000 BENCH_CHURN_DURATION=60s \
+#   BENCH_RECONNECT_USERS=1000 BENCH_RECONNECT_DURATION=60s BENCH_RECONNECT_INTERVAL=10s \
 #   BENCH_SETTLE=10s make bench
 #
 # The server inherits the environment, so PUSHER_* variables (for example
@@ -52,10 +62,14 @@ MC_SENDERS=${BENCH_MC_SENDERS:-1}
 CHURN_USERS=${BENCH_CHURN_USERS:-200}
 CHURN_DURATION=${BENCH_CHURN_DURATION:-10s}
 CHURN_RATE=${BENCH_CHURN_RATE:-2000}
+RECONNECT_USERS=${BENCH_RECONNECT_USERS:-200}
+RECONNECT_DURATION=${BENCH_RECONNECT_DURATION:-10s}
+RECONNECT_RATE=${BENCH_RECONNECT_RATE:-2000}
+RECONNECT_INTERVAL=${BENCH_RECONNECT_INTERVAL:-2s}
 SIZE=${BENCH_SIZE:-64}
 SETTLE=${BENCH_SETTLE:-3s}
 MESSAGE_LOGS=${BENCH_MESSAGE_LOGS:-stdout none}
-SCENARIOS=${BENCH_SCENARIOS:-idle send multicast churn}
+SCENARIOS=${BENCH_SCENARIOS:-idle send multicast churn reconnect}
 OUT=${BENCH_OUT:-bin/bench}
 
 # Both the server and the tool hold one descriptor per connection.
@@ -95,6 +109,10 @@ for log in $MESSAGE_LOGS; do
 		send) size=(-users "$USERS" -senders "$SENDERS" -messages "$MESSAGES") ;;
 		multicast) size=(-users "$MC_USERS" -senders "$MC_SENDERS" -rounds "$ROUNDS") ;;
 		churn) size=(-users "$CHURN_USERS" -senders "$SENDERS" -messages 10000000 -rate "$CHURN_RATE" -duration "$CHURN_DURATION") ;;
+		reconnect)
+			size=(-users "$RECONNECT_USERS" -senders "$SENDERS" -messages 10000000 -rate "$RECONNECT_RATE"
+				-duration "$RECONNECT_DURATION" -drop-interval "$RECONNECT_INTERVAL" -redial-min 50ms -redial-max 500ms)
+			;;
 		*)
 			echo "unknown scenario $sc in BENCH_SCENARIOS" >&2
 			exit 1

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # A tiny pusher-bench run against the built server, for `make test` and CI:
 # a few dozen connections and a few hundred messages through `send` and
-# `multicast`, checking that the tool exits 0 and reports lost=0. It never
-# asserts a speed: machines differ, and a loaded CI machine is slow.
+# `multicast`, and 3 seconds of `reconnect` (connections dropping and
+# coming back with ?since=), checking that the tool exits 0 and reports
+# lost=0. It never asserts a speed: machines differ, and a loaded CI
+# machine is slow.
 #
 # scripts/bench.sh sources this file for start_server and stop_server.
 set -euo pipefail
@@ -79,8 +81,13 @@ smoke() {
 
 	local common=(-url "$SERVER_URL" -server-pid "$SERVER_PID" -json -users 40 -senders 4 -drain 10s -max-time 2m)
 	local sc
-	for sc in send multicast; do
-		if ! "$tmp/pusher-bench" "${common[@]}" -scenario "$sc" -messages 400 -rounds 20 >"$tmp/$sc.json"; then
+	local reconnect=(-duration 3s -rate 400 -messages 1200 -drop-interval 500ms -redial-min 10ms -redial-max 100ms -settle 200ms)
+	for sc in send multicast reconnect; do
+		local extra=()
+		if [ "$sc" = reconnect ]; then
+			extra=("${reconnect[@]}")
+		fi
+		if ! "$tmp/pusher-bench" "${common[@]}" -scenario "$sc" -messages 400 -rounds 20 "${extra[@]}" >"$tmp/$sc.json"; then
 			echo "smoke-bench: pusher-bench -scenario $sc failed:" >&2
 			cat "$tmp/$sc.json" >&2
 			return 1
@@ -91,7 +98,7 @@ smoke() {
 			return 1
 		fi
 	done
-	"$tmp/pusher-bench" table "$tmp/send.json" "$tmp/multicast.json"
+	"$tmp/pusher-bench" table "$tmp/send.json" "$tmp/multicast.json" "$tmp/reconnect.json"
 	stop_server
 	echo "smoke-bench: ok"
 }
