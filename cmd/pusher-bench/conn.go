@@ -176,6 +176,12 @@ func (p *pool) runSlot(slot int32) {
 		node := p.wsURLs[(int(slot)+attempt)%len(p.wsURLs)]
 		conn, err := p.dial(slot, node, since)
 		attempt++
+		if err == nil {
+			// Counted before the first dial is done, so that connect never
+			// sees every handshake done and none of them open; hold
+			// uncounts it.
+			p.open.Add(1)
+		}
 		if first {
 			<-p.sem
 			if err == nil {
@@ -251,9 +257,8 @@ func (p *pool) dial(slot int32, node, since string) (*websocket.Conn, error) {
 
 // hold reads conn until it ends: the server closes it, life passes (the
 // tool closes it, abruptly or not), the dropper drops it (reconnect), or
-// the pool stops.
+// the pool stops. The caller counted conn in p.open; hold uncounts it.
 func (p *pool) hold(slot, gen int32, conn *websocket.Conn, life time.Duration, abrupt bool, run *connRun, rnd *rand.Rand) {
-	p.open.Add(1)
 	defer p.open.Add(-1)
 	p.rep.emit(event{kind: evUp, slot: slot, gen: gen, at: time.Now().UnixNano(), t2: run.dial, flags: flagIf(run.since, flagSince), text: run.node})
 	if !run.since {
