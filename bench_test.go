@@ -48,7 +48,8 @@ func BenchmarkParseSendRequest(b *testing.B) {
 }
 
 func BenchmarkStdoutLogger(b *testing.B) {
-	l := message.NewStdoutLogger(io.Discard)
+	l := message.NewStdoutLogger(io.Discard, 0)
+	defer l.Close(context.Background())
 	m := message.Log{ID: "06a1r3k6c7l2q0e9f1s8", UIDs: []string{"user-42"}, Message: `{"type":"notice","text":"hello"}`, Time: time.Now()}
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {

@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -59,15 +57,23 @@ type RedisBroker struct {
 	pending    map[string]bool     // uid → wanted, changes not yet applied
 	subscribed map[string]struct{} // uids asked of the current pub/sub connection
 	ps         *redis.PubSub       // the current pub/sub connection, nil between two
-	confirmed  map[string]struct{} // channels Redis confirmed on ps
+	confirmed  map[string]struct{} // channels subscribed on ps, with no (UN)SUBSCRIBE unanswered
+	inflight   map[string]int      // channel → SUBSCRIBE/UNSUBSCRIBE sent and not yet answered
 	waiters    map[string][]chan struct{}
-	healthy    bool          // ps is subscribed to every wanted uid and answering
-	lastErr    error         // why the last pub/sub connection ended
-	draining   chan struct{} // closed when Close has unsubscribed everything
+	// last is the position of the latest message handed to the hub, per
+	// uid; after a lost pub/sub connection, repairing holds each uid's
+	// messages until what it missed meanwhile is delivered (see repair).
+	last      map[string]position
+	repairing map[string][]qitem
+	lostLink  bool          // a pub/sub connection was lost: the next one repairs
+	healthy   bool          // ps is subscribed to every wanted uid and answering
+	lastErr   error         // why the last pub/sub connection ended
+	draining  chan struct{} // closed when Close has unsubscribed everything
 
-	notify chan struct{} // wakes the syncer; capacity 1
-	stop   chan struct{} // closed by Close
-	wg     sync.WaitGroup
+	notify    chan struct{} // wakes the syncer; capacity 1
+	stop      chan struct{} // closed by Close
+	closeOnce sync.Once
+	wg        sync.WaitGroup
 
 	published  prometheus.Counter
 	received   prometheus.Counter
@@ -101,7 +107,10 @@ func newRedisBroker(ctx context.Context, rawURL, prefix string, hist historyLimi
 		opt.WriteTimeout = 2 * time.Second
 	}
 	if opt.MaxRetries == 0 {
-		opt.MaxRetries = 1
+		// No retries: go-redis would run a pipeline again after a read
+		// timeout even when Redis ran it, and the publish script is not
+		// idempotent (it would deliver a message twice, at two offsets).
+		opt.MaxRetries = -1
 	}
 	opt.ContextTimeoutEnabled = true
 	b := &RedisBroker{
@@ -112,7 +121,10 @@ func newRedisBroker(ctx context.Context, rawURL, prefix string, hist historyLimi
 		hist:       hist,
 		publish:    redis.NewScript(publishScript),
 		confirmed:  map[string]struct{}{},
+		inflight:   map[string]int{},
 		waiters:    map[string][]chan struct{}{},
+		last:       map[string]position{},
+		repairing:  map[string][]qitem{},
 		wanted:     map[string]struct{}{},
 		pending:    map[string]bool{},
 		subscribed: map[string]struct{}{},
@@ -236,14 +248,22 @@ func (b *RedisBroker) session() error {
 	b.subscribed = map[string]struct{}{}
 	for uid := range b.wanted {
 		b.pending[uid] = true
+		if _, ok := b.last[uid]; ok && b.lostLink {
+			// Messages for uid may have been published while this node
+			// was not subscribed: hold what arrives until repair.
+			if _, held := b.repairing[uid]; !held {
+				b.repairing[uid] = nil
+			}
+		}
 	}
 	b.mu.Unlock()
 
 	err := b.receive(ctx, ps)
 	b.mu.Lock()
-	b.ps, b.healthy, b.lastErr = nil, false, err
+	b.ps, b.healthy, b.lastErr, b.lostLink = nil, false, err, true
 	b.subscribed = map[string]struct{}{}
 	clear(b.confirmed)
+	clear(b.inflight)
 	b.mu.Unlock()
 	// Closing an already failed connection reports that failure again.
 	_ = ps.Close()
@@ -276,22 +296,38 @@ func (b *RedisBroker) receive(ctx context.Context, ps *redis.PubSub) error {
 		case *redis.Pong:
 			b.kick() // the syncer marks the connection healthy once it is in step
 		case *redis.Subscription:
-			b.mu.Lock()
-			switch m.Kind {
-			case "subscribe":
-				b.confirmed[m.Channel] = struct{}{}
-				for _, w := range b.waiters[m.Channel] {
-					close(w)
-				}
-				delete(b.waiters, m.Channel)
-			case "unsubscribe":
-				delete(b.confirmed, m.Channel)
-				if m.Count == 0 && b.draining != nil {
-					close(b.draining)
-					b.draining = nil
-				}
+			b.answered(m)
+		}
+	}
+}
+
+// answered records Redis's answer to a SUBSCRIBE or UNSUBSCRIBE. A channel
+// counts as subscribed only once every command sent for it is answered
+// and the last was a SUBSCRIBE: a "subscribe" answer to an older command,
+// arriving after an UNSUBSCRIBE was sent, does not count.
+func (b *RedisBroker) answered(m *redis.Subscription) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n := b.inflight[m.Channel] - 1
+	if n > 0 {
+		b.inflight[m.Channel] = n
+	} else {
+		delete(b.inflight, m.Channel)
+	}
+	switch m.Kind {
+	case "subscribe":
+		if n <= 0 {
+			b.confirmed[m.Channel] = struct{}{}
+			for _, w := range b.waiters[m.Channel] {
+				close(w)
 			}
-			b.mu.Unlock()
+			delete(b.waiters, m.Channel)
+		}
+	case "unsubscribe":
+		delete(b.confirmed, m.Channel)
+		if m.Count == 0 && b.draining != nil {
+			close(b.draining)
+			b.draining = nil
 		}
 	}
 }
@@ -316,8 +352,22 @@ func (b *RedisBroker) handle(rm *redis.Message) {
 		b.log.Warn("malformed message from redis", "channel", rm.Channel, "err", err)
 		return
 	}
+	it := qitem{m: m, off: p.n, epoch: p.epoch}
+	// Under mu, so that a repair's delivery and this one keep their order.
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if buf, held := b.repairing[uid]; held {
+		b.repairing[uid] = append(buf, it)
+		return
+	}
+	b.deliverLocked(uid, it)
+}
+
+// deliverLocked hands it to uid's connections on this node.
+func (b *RedisBroker) deliverLocked(uid string, it qitem) {
+	b.last[uid] = position{it.epoch, it.off}
 	if cs := b.hub.clients(uid); len(cs) > 0 {
-		b.hub.deliver(uid, cs, qitem{m: m, off: p.n, epoch: p.epoch})
+		b.hub.deliver(uid, cs, it)
 	}
 }
 
@@ -344,13 +394,19 @@ func (b *RedisBroker) sync() {
 	var add, remove []string
 	for uid, on := range b.pending {
 		_, sub := b.subscribed[uid]
+		ch := b.channel(uid)
 		switch {
 		case on && !sub:
-			add = append(add, b.channel(uid))
+			add = append(add, ch)
 			b.subscribed[uid] = struct{}{}
+			b.inflight[ch]++
 		case !on && sub:
-			remove = append(remove, b.channel(uid))
+			remove = append(remove, ch)
 			delete(b.subscribed, uid)
+			b.inflight[ch]++
+			delete(b.confirmed, ch)
+			delete(b.last, uid)
+			delete(b.repairing, uid)
 		}
 	}
 	clear(b.pending)
@@ -373,7 +429,14 @@ func (b *RedisBroker) sync() {
 	if b.ps == ps && len(b.pending) == 0 {
 		b.healthy = true
 	}
+	var repair []string
+	for uid := range b.repairing {
+		repair = append(repair, uid)
+	}
 	b.mu.Unlock()
+	for _, uid := range repair {
+		b.repair(uid)
+	}
 }
 
 func inBatches(items []string, f func([]string) error) error {
@@ -415,183 +478,6 @@ func (b *RedisBroker) Online(ctx context.Context, uids []string) (online, offlin
 	return online, offline, nil
 }
 
-// publishScript gives a message its uid's next offset, stores it in the
-// uid's history and publishes it, atomically, so that any node can serve
-// a since= and offsets follow publish order. A uid nobody subscribes to
-// gets nothing stored and 0 receivers (its /send is a 404).
-//
-// KEYS: the uid's state hash (epoch e, last offset n) and history stream.
-// ARGV: channel, message ("id|nanos|message"), an epoch for a new state,
-// history size, history TTL in ms, state TTL in ms.
-const publishScript = `
-local subs = redis.call('PUBSUB', 'NUMSUB', ARGV[1])
-if tonumber(subs[2]) == 0 then return {0, '', 0} end
-local epoch = redis.call('HGET', KEYS[1], 'e')
-if not epoch then
-  epoch = ARGV[3]
-  redis.call('HSET', KEYS[1], 'e', epoch)
-  redis.call('DEL', KEYS[2])
-end
-local n = redis.call('HINCRBY', KEYS[1], 'n', 1)
-redis.call('PEXPIRE', KEYS[1], ARGV[6])
-if tonumber(ARGV[4]) > 0 then
-  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], '*', 'o', n, 'd', ARGV[2])
-  local t = redis.call('TIME')
-  local cutoff = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[5])
-  if cutoff > 0 then redis.call('XTRIM', KEYS[2], 'MINID', cutoff) end
-  redis.call('PEXPIRE', KEYS[2], ARGV[5])
-end
-local rcv = redis.call('PUBLISH', ARGV[1], epoch .. ':' .. n .. '|' .. ARGV[2])
-return {rcv, epoch, n}
-`
-
-// redisStateTTL is how long a uid's epoch and offset outlive its last
-// message in Redis; after it the uid starts a new epoch.
-const redisStateTTL = 24 * time.Hour
-
-// Publish implements Broker: the publish script once per uid, pipelined.
-// A uid whose channel nobody subscribes to is gone.
-func (b *RedisBroker) Publish(ctx context.Context, m *Message, uids []string) (gone []string, err error) {
-	tail := encodeEnvelope(m)
-	epoch, err := newEpoch()
-	if err != nil {
-		return nil, err
-	}
-	stateTTL := max(redisStateTTL, b.hist.TTL).Milliseconds()
-	err = inBatches(uids, func(batch []string) error {
-		run := func() ([]*redis.Cmd, error) {
-			pipe := b.rdb.Pipeline()
-			cmds := make([]*redis.Cmd, len(batch))
-			for i, uid := range batch {
-				cmds[i] = b.publish.EvalSha(ctx, pipe, []string{b.stateKey(uid), b.histKey(uid)},
-					b.channel(uid), tail, epoch, b.hist.Size, b.hist.TTL.Milliseconds(), stateTTL)
-			}
-			_, err := pipe.Exec(ctx)
-			return cmds, err
-		}
-		cmds, err := run()
-		if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
-			// Redis restarted and forgot the script: nothing ran.
-			if err := b.publish.Load(ctx, b.rdb).Err(); err != nil {
-				return err
-			}
-			cmds, err = run()
-		}
-		if err != nil {
-			return err
-		}
-		b.published.Add(float64(len(batch)))
-		for i, c := range cmds {
-			res, err := c.Slice()
-			if err != nil || len(res) != 3 {
-				return fmt.Errorf("publish script: %v", err)
-			}
-			if rcv, _ := res[0].(int64); rcv == 0 {
-				gone = append(gone, batch[i])
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("redis publish: %w", err)
-	}
-	return gone, nil
-}
-
-// Replay implements Broker: wait until this node's subscription to uid is
-// in place (so that everything newer arrives live), then read the uid's
-// state and history from Redis.
-func (b *RedisBroker) Replay(ctx context.Context, uid string, since position) ([]qitem, bool) {
-	items, ok := b.replay(ctx, uid, since)
-	result := "recovered"
-	if !ok {
-		result, items = "failed", nil
-	}
-	b.recovered.WithLabelValues(result).Inc()
-	return items, ok
-}
-
-func (b *RedisBroker) replay(ctx context.Context, uid string, since position) ([]qitem, bool) {
-	if b.hist.Size == 0 {
-		return nil, false
-	}
-	ctx, cancel := context.WithTimeout(ctx, redisHealthInterval)
-	defer cancel()
-	if err := b.waitSubscribed(ctx, uid); err != nil {
-		b.log.Warn("replay: subscription not confirmed", "uid", uid, "err", err)
-		return nil, false
-	}
-	var state *redis.SliceCmd
-	var entries *redis.XMessageSliceCmd
-	_, err := b.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		state = p.HMGet(ctx, b.stateKey(uid), "e", "n")
-		entries = p.XRange(ctx, b.histKey(uid), "-", "+")
-		return nil
-	})
-	if err != nil {
-		b.log.Warn("replay: read history", "uid", uid, "err", err)
-		return nil, false
-	}
-	epoch, _ := state.Val()[0].(string)
-	last, _ := strconv.ParseUint(fmt.Sprint(state.Val()[1]), 10, 64)
-	if epoch != since.epoch || since.n > last {
-		return nil, false
-	}
-	cutoff := time.Now().Add(-b.hist.TTL).UnixMilli()
-	var items []qitem
-	next := since.n + 1
-	for _, e := range entries.Val() {
-		off, _ := strconv.ParseUint(fmt.Sprint(e.Values["o"]), 10, 64)
-		if off < next {
-			continue
-		}
-		ms, _, _ := strings.Cut(e.ID, "-")
-		if t, _ := strconv.ParseInt(ms, 10, 64); off != next || t < cutoff {
-			return nil, false // a gap: dropped by count or age
-		}
-		d, _ := e.Values["d"].(string)
-		m, err := decodeEnvelope(d)
-		if err != nil {
-			return nil, false
-		}
-		items = append(items, qitem{m: m, off: off, epoch: epoch, replay: true})
-		next++
-	}
-	if next <= last {
-		return nil, false // the newest ones are missing
-	}
-	return items, true
-}
-
-// waitSubscribed returns once Redis confirmed this node's subscription to
-// uid's channel, or with ctx's error.
-func (b *RedisBroker) waitSubscribed(ctx context.Context, uid string) error {
-	ch := b.channel(uid)
-	b.mu.Lock()
-	if _, ok := b.confirmed[ch]; ok {
-		b.mu.Unlock()
-		return nil
-	}
-	w := make(chan struct{})
-	b.waiters[ch] = append(b.waiters[ch], w)
-	b.mu.Unlock()
-	select {
-	case <-w:
-		return nil
-	case <-ctx.Done():
-		b.mu.Lock()
-		ws := b.waiters[ch]
-		if i := slices.Index(ws, w); i >= 0 {
-			b.waiters[ch] = slices.Delete(ws, i, i+1)
-			if len(b.waiters[ch]) == 0 {
-				delete(b.waiters, ch)
-			}
-		}
-		b.mu.Unlock()
-		return ctx.Err()
-	}
-}
-
 // Ready implements Broker.
 func (b *RedisBroker) Ready(ctx context.Context) error {
 	b.mu.Lock()
@@ -613,6 +499,17 @@ func (b *RedisBroker) Ready(ctx context.Context) error {
 // counting this one, hands the messages Redis sent before that to the hub,
 // then stops the goroutines and closes the client.
 func (b *RedisBroker) Close(ctx context.Context) error {
+	var err error
+	b.closeOnce.Do(func() { err = b.close(ctx) })
+	return err
+}
+
+// maxDrain bounds how long Close waits for Redis to confirm the
+// unsubscribe: a hung Redis must not eat the time the connections need
+// for their flush and 1001.
+const maxDrain = 2 * time.Second
+
+func (b *RedisBroker) close(ctx context.Context) error {
 	b.mu.Lock()
 	ps := b.ps
 	drained := make(chan struct{})
@@ -622,12 +519,18 @@ func (b *RedisBroker) Close(ctx context.Context) error {
 	}
 	b.mu.Unlock()
 	if wait {
-		if err := ps.Unsubscribe(ctx); err == nil {
+		d := maxDrain
+		if dl, ok := ctx.Deadline(); ok {
+			d = min(d, time.Until(dl)/3)
+		}
+		dctx, cancel := context.WithTimeout(ctx, d)
+		if err := ps.Unsubscribe(dctx); err == nil {
 			select {
 			case <-drained:
-			case <-ctx.Done():
+			case <-dctx.Done():
 			}
 		}
+		cancel()
 	}
 
 	close(b.stop)
@@ -642,31 +545,4 @@ func (b *RedisBroker) Close(ctx context.Context) error {
 		return fmt.Errorf("close redis client: %w", err)
 	}
 	return nil
-}
-
-// The envelope of a message in Redis: message id, accept time in Unix
-// nanoseconds and the message, separated by '|' (the first two never
-// contain one).
-func encodeEnvelope(m *Message) string {
-	var sb strings.Builder
-	sb.Grow(len(m.ID) + 22 + len(m.Data))
-	sb.WriteString(m.ID)
-	sb.WriteByte('|')
-	sb.WriteString(strconv.FormatInt(m.Accepted.UnixNano(), 10))
-	sb.WriteByte('|')
-	sb.Write(m.Data)
-	return sb.String()
-}
-
-func decodeEnvelope(s string) (*Message, error) {
-	id, rest, ok1 := strings.Cut(s, "|")
-	ts, body, ok2 := strings.Cut(rest, "|")
-	if !ok1 || !ok2 {
-		return nil, errors.New("want id|time|message")
-	}
-	nanos, err := strconv.ParseInt(ts, 10, 64)
-	if err != nil {
-		return nil, fmt.Errorf("time %q: %w", ts, err)
-	}
-	return newMessage(id, StringToBytes(body), time.Unix(0, nanos)), nil
 }

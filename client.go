@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"io"
 	"log/slog"
 	"net"
 	"sync"
@@ -23,8 +24,10 @@ const (
 )
 
 // The states of a Client. Transitions happen under Client.mu and only go
-// forward; state is atomic so the writer can check it between messages
-// without the lock.
+// forward, though not always one step (a peer's close frame goes from
+// open to closed); state is atomic so the writer can check it between
+// writes without the lock. After a write failure writing stays true, so
+// that no writer starts again on a dead socket.
 const (
 	stateOpen       int32 = iota
 	stateClosing          // write what is queued, then the close frame
@@ -51,14 +54,16 @@ type Client struct {
 	// back when the peer closes: no data frame may follow a close.
 	wmu sync.Mutex
 
-	state  atomic.Int32
-	queued atomic.Int32 // live messages queued or being written: at most SendBuffer
+	state     atomic.Int32
+	queued    atomic.Int32 // live messages queued or being written: at most SendBuffer
+	closeSent atomic.Bool  // the writer wrote the close frame: readPump has closeGrace left
 
 	mu         sync.Mutex
-	queue      []qitem // not yet taken by the writer
-	spare      []qitem // the writer's last batch, emptied, for the next queue
-	writing    bool    // a writer goroutine runs (or the close frame was handed to one)
-	held       bool    // replaying history: queue live messages, start no writer
+	queue      []qitem  // not yet taken by the writer
+	spare      []qitem  // the writer's last batch, emptied, for the next queue
+	writing    bool     // a writer goroutine runs (or the close frame was handed to one)
+	held       bool     // replaying history: queue live messages, start no writer
+	floor      position // the last replayed message: live copies up to it are dropped
 	closeCode  int
 	closeText  string
 	dropReason string // failure reason for messages dropped by the close
@@ -111,6 +116,13 @@ func (c *Client) enqueue(it qitem) bool {
 		}
 		return false
 	}
+	if it.off != 0 && it.off <= c.floor.n && it.epoch == c.floor.epoch {
+		// The replay had it already. In cluster mode a message published
+		// between the subscription and the history read comes twice: in
+		// the replay and, later, live.
+		c.mu.Unlock()
+		return true
+	}
 	if c.queue == nil && c.spare != nil {
 		c.queue, c.spare = c.spare, nil
 	}
@@ -127,12 +139,12 @@ func (c *Client) enqueue(it qitem) bool {
 
 // release ends a since= replay: it puts the replayed history and the
 // recovered frame before the live messages queued meanwhile, dropping the
-// live ones the replay covers (offsets up to its last), and lets the
-// writer go. With ok false only {"recovered": false} goes first. Offsets
-// of one uid only grow, so what is left is in order, without a gap (the
-// connection was registered before history was read) and without a
-// duplicate.
-func (c *Client) release(replay []qitem, ok bool, from uint64) {
+// live ones the replay covers (since's epoch, offsets up to the replay's
+// last), and lets the writer go. With ok false only {"recovered": false}
+// goes first. Offsets of one uid only grow, so what is left is in order,
+// without a gap (the connection was registered before history was read)
+// and without a duplicate.
+func (c *Client) release(replay []qitem, ok bool, since position) {
 	c.mu.Lock()
 	if !c.held {
 		c.mu.Unlock()
@@ -141,9 +153,9 @@ func (c *Client) release(replay []qitem, ok bool, from uint64) {
 	c.held = false
 	if c.state.Load() != stateOpen {
 		c.mu.Unlock()
-		return // teardown drops what is queued
+		return // a close dropped what was queued; teardown does the rest
 	}
-	last := from
+	last := since.n
 	if n := len(replay); n > 0 {
 		last = replay[n-1].off
 	}
@@ -152,13 +164,16 @@ func (c *Client) release(replay []qitem, ok bool, from uint64) {
 	out = append(out, qitem{m: c.hub.recoveredFrame(ok), ctl: true})
 	var skipped []qitem
 	for _, it := range c.queue {
-		if ok && it.off != 0 && it.off <= last && it.epoch == epochOf(replay, it.epoch) {
+		if ok && it.epoch == since.epoch && it.off <= last {
 			skipped = append(skipped, it)
 			continue
 		}
 		out = append(out, it)
 	}
 	c.queue = out
+	if ok {
+		c.floor = position{since.epoch, last}
+	}
 	c.hub.pending.Add(int64(len(replay) + 1))
 	start := c.startWriterLocked()
 	c.mu.Unlock()
@@ -166,15 +181,6 @@ func (c *Client) release(replay []qitem, ok bool, from uint64) {
 	if start {
 		go c.writeLoop()
 	}
-}
-
-// epochOf is the epoch of the replayed items, or want when none were
-// replayed (the since epoch then matched).
-func epochOf(replay []qitem, want string) string {
-	if len(replay) > 0 {
-		return replay[0].epoch
-	}
-	return want
 }
 
 // startWriterLocked reports whether the caller must start a writer
@@ -200,9 +206,13 @@ func (c *Client) close(code int, text, reason string, flush bool) bool {
 		return false
 	}
 	var dropped []qitem
-	if flush {
+	if flush && !c.held {
 		c.state.Store(stateClosing)
 	} else {
+		// A held connection is between its replay and the live messages
+		// queued meanwhile: writing those without the replay would leave
+		// a gap the client cannot see. They are in history; the client
+		// recovers them with since=.
 		c.state.Store(stateClosingNow)
 		dropped = c.takeQueueLocked()
 	}
@@ -244,14 +254,29 @@ func (c *Client) expire() {
 // readPump reads and discards what the client sends (the article's), which
 // also answers pings and handles close frames. A client silent for
 // PongWait is gone: the deadline ends the read and the connection.
+//
+// The 512-byte limit is enforced here rather than by gorilla's
+// SetReadLimit: gorilla would write the 1009 close frame itself, from this
+// goroutine, while the writer may still be writing data frames after it.
+// Here the close goes through the writer, after what it has queued. (A
+// malformed frame still gets gorilla's own 1002.)
 func (c *Client) readPump() {
 	defer c.hub.wg.Done()
 	defer c.teardown()
-	c.conn.SetReadLimit(maxReadSize)
 	c.extendDeadline()
 	c.conn.SetPongHandler(c.onPong)
 	for {
-		if _, _, err := c.conn.NextReader(); err != nil {
+		_, r, err := c.conn.NextReader()
+		if err != nil {
+			c.logClosed(err)
+			return
+		}
+		n, err := io.CopyN(io.Discard, r, maxReadSize+1)
+		if n > maxReadSize {
+			c.close(websocket.CloseMessageTooBig, "message too big", failClosed, false)
+			continue // until the peer's close, or closeGrace
+		}
+		if err != nil && err != io.EOF {
 			c.logClosed(err)
 			return
 		}
@@ -264,15 +289,16 @@ func (c *Client) onPong(string) error {
 	return nil
 }
 
-// extendDeadline gives an open connection another PongWait. A close that
-// started meanwhile keeps its shorter grace.
+// extendDeadline gives the connection another PongWait, until the close
+// frame is written: from then on it has closeGrace. (A flush before the
+// close frame may take longer than closeGrace; it keeps PongWait.)
 func (c *Client) extendDeadline() {
-	if c.state.Load() != stateOpen {
+	if c.closeSent.Load() {
 		return
 	}
 	_ = c.conn.SetReadDeadline(time.Now().Add(c.hub.cfg.PongWait))
-	if c.state.Load() != stateOpen {
-		c.graceDeadline()
+	if c.closeSent.Load() {
+		c.graceDeadline() // written meanwhile: its grace wins
 	}
 }
 

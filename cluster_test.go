@@ -362,3 +362,28 @@ func TestClusterConcurrentSendsExactlyOnce(t *testing.T) {
 		}
 	}
 }
+
+// TestClusterPublishAfterScriptFlush: Redis forgot the publish script (a
+// restart, SCRIPT FLUSH); the publish loads it again and every uid gets
+// the message once.
+func TestClusterPublishAfterScriptFlush(t *testing.T) {
+	nodes := startCluster(t, 2)
+	a, b := nodes[0], nodes[1]
+	c1 := dialSubscribed(t, a, "f1", b)
+	c2 := dialSubscribed(t, a, "f2", b)
+	rdb := redis.NewClient(&redis.Options{Addr: testRedis(t).Host})
+	defer rdb.Close()
+	if err := rdb.ScriptFlush(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	code, body := b.sendJSON(map[string]any{"uids": []string{"f1", "f2"}, "message": "after flush"})
+	if code != http.StatusOK {
+		t.Fatalf("send = %d %q", code, body)
+	}
+	for _, c := range []*websocket.Conn{c1, c2} {
+		if got := readText(t, c); got != "after flush" {
+			t.Fatalf("got %q", got)
+		}
+		assertNothingPushed(t, a, c, map[*websocket.Conn]string{c1: "f1", c2: "f2"}[c])
+	}
+}

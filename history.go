@@ -78,9 +78,9 @@ const idleStateTTL = 24 * time.Hour
 // back after a quiet spell (a laptop asleep) recovers with nothing to
 // replay rather than a {"recovered": false}. Such idle states are on a
 // list of their own, oldest first, and count stateOverhead bytes each
-// against MaxBytes: over the budget, messages go first, then idle states.
-// A dropped state comes back with a new epoch, so an offset is never
-// reused.
+// against MaxBytes, but together never more than a quarter of it: idle
+// uids cannot crowd out the messages of connected ones. A dropped state
+// comes back with a new epoch, so an offset is never reused.
 type memHistory struct {
 	lim historyLimits
 	now func() time.Time
@@ -89,10 +89,12 @@ type memHistory struct {
 	users  map[string]*uidLog
 	oldest *histEntry // the list of every entry, oldest first
 	newest *histEntry
-	bytes  int64
+	bytes  int64 // messages and idle states
 	count  int
-	// idle lists the uids without a connection, the longest idle first.
+	// idle lists the uids without a connection, the longest idle first;
+	// idleBytes is their share of bytes.
 	idleOldest, idleNewest *uidLog
+	idleBytes              int64
 
 	evicted   *prometheus.CounterVec
 	recovered *prometheus.CounterVec
@@ -249,7 +251,7 @@ func (h *memHistory) evictLocked() {
 	}
 	stateCutoff := now.Add(-idleStateTTL)
 	for u := h.idleOldest; u != nil; u = h.idleOldest {
-		if h.bytes <= h.lim.MaxBytes && !u.idleSince.Before(stateCutoff) {
+		if h.bytes <= h.lim.MaxBytes && h.idleBytes <= h.lim.MaxBytes/4 && !u.idleSince.Before(stateCutoff) {
 			return
 		}
 		h.unidleLocked(u)
@@ -286,6 +288,8 @@ func (h *memHistory) userOffline(uid string) {
 	}
 	h.idleNewest = u
 	h.bytes += stateOverhead + int64(len(u.uid))
+	h.idleBytes += stateOverhead + int64(len(u.uid))
+	h.evictLocked()
 }
 
 func (h *memHistory) unidleLocked(u *uidLog) {
@@ -301,6 +305,7 @@ func (h *memHistory) unidleLocked(u *uidLog) {
 	}
 	u.idlePrev, u.idleNext, u.inIdle = nil, nil, false
 	h.bytes -= stateOverhead + int64(len(u.uid))
+	h.idleBytes -= stateOverhead + int64(len(u.uid))
 }
 
 // sweep expires old entries and idle states; the hub's pinger calls it

@@ -285,10 +285,13 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 	return err
 }
 
-// delivered records that m was written to a connection of uid at now.
-func (h *Hub) delivered(m *Message, uid string, now time.Time) {
+// delivered records that m was written to a connection of uid at now. A
+// replayed message is not timed: its age is the client's absence.
+func (h *Hub) delivered(m *Message, uid string, now time.Time, replay bool) {
 	h.metrics.sent.Inc()
-	h.metrics.deliveryDuration.Observe(now.Sub(m.Accepted).Seconds())
+	if !replay {
+		h.metrics.deliveryDuration.Observe(now.Sub(m.Accepted).Seconds())
+	}
 	h.msgLog.Update(m.ID, uid, message.StatusDelivered)
 }
 

@@ -24,7 +24,7 @@ const mysqlStartTimeout = 10 * time.Second
 func openMessageLog(ctx context.Context, cfg Config, stdout io.Writer, log *slog.Logger) (message.Logger, error) {
 	switch cfg.MessageLog {
 	case "stdout":
-		return message.NewStdoutLogger(stdout), nil
+		return message.NewStdoutLogger(stdout, cfg.MessageLogTimeout), nil
 	case "none":
 		return message.NoneLogger{}, nil
 	case "mysql":

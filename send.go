@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -227,11 +228,10 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request, now time.Time) int
 		return replyText(w, herr.code, herr.reason)
 	}
 
-	s.drainMu.RLock()
-	defer s.drainMu.RUnlock()
-	if s.draining.Load() {
+	if !s.enter() {
 		return replyText(w, http.StatusServiceUnavailable, "server shutting down")
 	}
+	defer s.leave()
 
 	online, notFound, err := s.broker.Online(r.Context(), req.UIDs)
 	if err != nil {
@@ -249,13 +249,15 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request, now time.Time) int
 			s.log.Warn("message log failed", "id", m.ID, "err", err)
 			return replyText(w, http.StatusServiceUnavailable, "message log unavailable: the message was not sent")
 		}
-		gone, err := s.broker.Publish(r.Context(), m, online)
+		// A client that hangs up must not cut a publish in half.
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), s.cfg.MessageLogTimeout)
+		gone, err := s.broker.Publish(pctx, m, online)
+		cancel()
 		if err != nil {
-			for _, uid := range online {
-				s.msgLog.Update(m.ID, uid, message.StatusFailed)
-			}
+			// Redis may have run some publishes before it failed to answer:
+			// the outcome is unknown, so the log rows stay queued.
 			s.log.Warn("publish failed", "id", m.ID, "err", err)
-			return replyText(w, http.StatusServiceUnavailable, "cluster unavailable: the message was not sent")
+			return replyText(w, http.StatusServiceUnavailable, "cluster unavailable: the message may not have been delivered")
 		}
 		if len(gone) > 0 {
 			// Went away between the lookup and the publish: nobody will

@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -34,11 +33,12 @@ type Server struct {
 	apiKey   [sha256.Size]byte // hashed, so comparing takes the same time whatever the key's length
 	limits   sendLimits
 
-	// drainMu is held for reading by each /send while it queues, and for
-	// writing by shutdown when it sets draining: once shutdown holds it,
-	// every acknowledged message is queued and no new one can be.
-	drainMu  sync.RWMutex
+	// draining is set when shutdown begins; inflight counts the /send
+	// requests and /ws handshakes under way, so that shutdown can let them
+	// finish (every acknowledged message queued) before connections close.
 	draining atomic.Bool
+	inflight atomic.Int64
+	idle     chan struct{} // signalled when inflight drops to 0 while draining
 
 	servers   []*http.Server
 	listeners []net.Listener
@@ -59,6 +59,7 @@ func newServer(cfg Config, log *slog.Logger, msgLog message.Logger) (*Server, er
 		upgrader: newUpgrader(),
 		apiKey:   sha256.Sum256([]byte(cfg.APIKey)),
 		limits:   sendLimits{MaxMessageSize: cfg.MaxMessageSize, MaxMulticast: cfg.MaxMulticast},
+		idle:     make(chan struct{}, 1),
 	}
 	s.hub = newHub(hubConfig{
 		MaxConnsPerUser: cfg.MaxConnsPerUser,
@@ -201,10 +202,9 @@ func (s *Server) Serve(ctx context.Context) error {
 // every connection with 1001, stop the listeners, flush the message log.
 func (s *Server) shutdown(ctx context.Context) {
 	start := time.Now()
-	s.drainMu.Lock()
 	s.draining.Store(true)
-	s.drainMu.Unlock()
 	s.log.Info("shutting down", "connections", s.hub.Connections(), "pending", s.hub.Pending())
+	s.waitInflight(ctx)
 
 	// Leave the cluster first: other nodes stop routing here, and what
 	// they sent before reaches the connections before those close.
@@ -226,6 +226,45 @@ func (s *Server) shutdown(ctx context.Context) {
 		s.log.Error("message log flush failed", "err", err)
 	}
 	s.log.Info("stopped", "drained", drained, "took", time.Since(start).Round(time.Millisecond))
+}
+
+// enter admits a /send or /ws unless shutdown began; leave ends it.
+func (s *Server) enter() bool {
+	s.inflight.Add(1)
+	if s.draining.Load() {
+		s.leave()
+		return false
+	}
+	return true
+}
+
+func (s *Server) leave() {
+	if s.inflight.Add(-1) == 0 && s.draining.Load() {
+		select {
+		case s.idle <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// waitInflight waits for the requests under way, for at most a third of
+// what is left of ctx: one stuck on a dead stdout pipe or a hung Redis
+// must not take the time the connections need to flush and close.
+func (s *Server) waitInflight(ctx context.Context) {
+	d := time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		d = time.Until(dl) / 3
+	}
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	for s.inflight.Load() > 0 {
+		select {
+		case <-s.idle:
+		case <-timer.C:
+			s.log.Warn("shutdown: requests still under way", "count", s.inflight.Load())
+			return
+		}
+	}
 }
 
 func (s *Server) handleHealthz(w http.ResponseWriter, _ *http.Request) {

@@ -50,26 +50,40 @@ func (c *Client) writeLoop() {
 	}
 }
 
-// writeBatch writes batch in order, every frame in one write: each
+// writeBatch writes batch in order, in as few writes as it can: each
 // message is still its own frame, but a connection with several messages
 // queued (a burst, or a multicast under load) pays one system call for
-// all of them. Raw frames are written from the messages themselves
-// (writev); JSON frames are encoded into a pooled buffer. It returns false
-// when the socket failed; it was then closed, and readPump tears the
-// connection down.
+// many of them. It returns false when the socket failed; it was then
+// closed, and readPump tears the connection down.
 func (c *Client) writeBatch(batch []qitem) bool {
+	for len(batch) > 0 {
+		n, ok := c.writeSome(batch)
+		if !ok {
+			return false
+		}
+		batch = batch[n:]
+	}
+	return true
+}
+
+// writeSome writes the first items of batch in one write and returns how
+// many it took. Raw frames are written from the messages themselves
+// (writev), all of them; JSON frames are encoded into a pooled buffer, up
+// to maxFrameBytes.
+func (c *Client) writeSome(batch []qitem) (int, bool) {
 	c.wmu.Lock()
 	if c.state.Load() >= stateClosingNow {
 		c.wmu.Unlock()
 		c.dropBatch(batch)
-		return true
+		return len(batch), true
 	}
 	c.setWriteDeadline(time.Now())
 	var n int64
 	var err error
 	var sizes []int64 // JSON frames' lengths, to tell which went out
 	if c.json {
-		n, sizes, err = c.writeJSON(batch)
+		sizes, n, err = c.writeJSON(batch)
+		batch = batch[:len(sizes)]
 	} else {
 		n, err = c.writeRaw(batch)
 	}
@@ -91,17 +105,19 @@ func (c *Client) writeBatch(batch []qitem) bool {
 	now := time.Now()
 	for _, it := range batch[:written] {
 		if !it.ctl {
-			c.hub.delivered(it.m, c.uid, now)
+			c.hub.delivered(it.m, c.uid, now, it.replay)
 		}
 	}
 	if err != nil {
-		c.hub.failed(batch[written:written+1], c.uid, failWriteError)
-		c.hub.failed(batch[written+1:], c.uid, failClosed)
+		if written < len(batch) {
+			c.hub.failed(batch[written:written+1], c.uid, failWriteError)
+			c.hub.failed(batch[written+1:], c.uid, failClosed)
+		}
 		c.hub.log.Debug("write failed", "uid", c.uid, "remote", c.conn.RemoteAddr().String(), "err", err)
 		c.abort()
-		return false
+		return len(batch), false
 	}
-	return true
+	return len(batch), true
 }
 
 func (c *Client) writeRaw(batch []qitem) (int64, error) {
@@ -118,25 +134,34 @@ func (c *Client) writeRaw(batch []qitem) (int64, error) {
 	return n, err
 }
 
-func (c *Client) writeJSON(batch []qitem) (int64, []int64, error) {
+// maxFrameBytes bounds one JSON write: a queue of large messages is
+// written in several, not encoded into one huge buffer.
+const maxFrameBytes = 256 << 10
+
+// writeJSON encodes the first items of batch, up to maxFrameBytes (at
+// least one), and writes them; sizes holds each frame's length.
+func (c *Client) writeJSON(batch []qitem) (sizes []int64, n int64, err error) {
 	bp := c.hub.frames.Get().(*[]byte)
 	b := (*bp)[:0]
-	sizes := make([]int64, len(batch))
-	for i, it := range batch {
+	for _, it := range batch {
+		if len(b) >= maxFrameBytes {
+			break
+		}
 		before := len(b)
 		b = appendJSONFrame(b, it)
-		sizes[i] = int64(len(b) - before)
+		sizes = append(sizes, int64(len(b)-before))
 	}
-	n, err := c.raw.Write(b)
+	w, err := c.raw.Write(b)
 	if cap(b) <= maxPooledFrames {
 		*bp = b[:0]
 		c.hub.frames.Put(bp)
 	}
-	return int64(n), sizes, err
+	return sizes, int64(w), err
 }
 
-// maxPooledFrames bounds the JSON frame buffers kept for reuse.
-const maxPooledFrames = 256 << 10
+// maxPooledFrames bounds the JSON frame buffers kept for reuse (a single
+// large message may need more than maxFrameBytes).
+const maxPooledFrames = 2 * maxFrameBytes
 
 // uncount takes written or dropped items off the queue counters.
 func (c *Client) uncount(items []qitem) {
@@ -220,6 +245,7 @@ func (c *Client) writeClose(code int, text string) {
 		c.abort()
 		return
 	}
+	c.closeSent.Store(true)
 	c.graceDeadline()
 }
 

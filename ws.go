@@ -65,10 +65,11 @@ func originAllowed(allowed []string, origin string) bool {
 
 // serveWs handles GET /ws: origin, token, upgrade, register.
 func (s *Server) serveWs(w http.ResponseWriter, r *http.Request) {
-	if s.draining.Load() {
+	if !s.enter() {
 		http.Error(w, "server shutting down", http.StatusServiceUnavailable)
 		return
 	}
+	defer s.leave()
 	if !originAllowed(s.cfg.AllowedOrigins, r.Header.Get("Origin")) {
 		s.metrics.authFailures.WithLabelValues(authOrigin).Inc()
 		http.Error(w, "origin not allowed", http.StatusForbidden)
@@ -114,7 +115,7 @@ func (s *Server) serveWs(w http.ResponseWriter, r *http.Request) {
 		// Registered and held: what is published from now on waits in
 		// the queue while history is read.
 		replay, ok := s.broker.Replay(r.Context(), id.UID, since)
-		c.release(replay, ok, since.n)
+		c.release(replay, ok, since)
 	}
 	c.start()
 }

@@ -2,9 +2,11 @@ package message
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"sync"
+	"time"
 	"unicode/utf8"
 )
 
@@ -15,70 +17,113 @@ import (
 // A multicast gets one line with "uids" instead of "uid". Delivery status
 // is not written: the line is the record of the message.
 //
-// Lines of concurrent calls share one write (group commit): the first
-// caller writes its line and every line appended while an earlier write
-// was in flight, the others wait for that write. A write per message
-// would cost a system call per /send.
+// Lines of concurrent calls share one write (group commit): a writer
+// goroutine writes every line appended while its previous write was in
+// flight. A write per message would cost a system call per /send. Each
+// call waits at most the logger's timeout: a stdout nobody reads (a stuck
+// log shipper) makes /send answer 503 instead of hanging.
 type StdoutLogger struct {
-	w io.Writer
+	w       io.Writer
+	timeout time.Duration
 
-	mu      sync.Mutex
-	cond    sync.Cond    // signalled when a batch is written
-	cur     *stdoutBatch // lines waiting for the next write
-	writing bool         // a caller is writing a batch
-	spare   []byte       // a written batch's buffer, for reuse
+	mu    sync.Mutex
+	cur   *stdoutBatch // lines waiting for the next write
+	spare []byte       // a written batch's buffer, for reuse
+
+	kick chan struct{} // wakes the writer; capacity 1
+	stop chan struct{}
+	done chan struct{}
+	once sync.Once
 }
 
 // stdoutBatch is the lines of one write, and its outcome.
 type stdoutBatch struct {
-	buf  []byte
-	done bool
-	err  error
+	buf     []byte
+	done    chan struct{} // closed after the write
+	err     error
+	expired chan struct{} // closed timeout after the batch began
+	timer   *time.Timer
 }
 
 var _ Logger = (*StdoutLogger)(nil)
 
-// NewStdoutLogger returns a logger writing to w (os.Stdout in the server).
-func NewStdoutLogger(w io.Writer) *StdoutLogger {
-	l := &StdoutLogger{w: w}
-	l.cond.L = &l.mu
+// NewStdoutLogger returns a logger writing to w (os.Stdout in the server)
+// whose Log calls wait at most timeout (0: as long as the write takes).
+// Close stops its writer goroutine.
+func NewStdoutLogger(w io.Writer, timeout time.Duration) *StdoutLogger {
+	l := &StdoutLogger{w: w, timeout: timeout, kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	go l.run()
 	return l
 }
 
 // Log implements Logger. It returns after the line was handed to w; a
-// write error (a closed pipe, a full disk) is returned so that /send
-// refuses the message instead of pushing it unlogged.
-func (l *StdoutLogger) Log(_ context.Context, m Log) error {
+// write error (a closed pipe, a full disk) or the timeout is returned so
+// that /send refuses the message instead of pushing it unlogged.
+func (l *StdoutLogger) Log(ctx context.Context, m Log) error {
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.cur == nil {
-		l.cur = &stdoutBatch{buf: l.spare[:0]}
+	b := l.cur
+	if b == nil {
+		b = &stdoutBatch{buf: l.spare[:0], done: make(chan struct{})}
 		l.spare = nil
-	}
-	mine := l.cur
-	mine.buf = AppendLine(mine.buf, m)
-	for !mine.done {
-		if l.writing {
-			l.cond.Wait()
-			continue
+		if l.timeout > 0 {
+			b.expired = make(chan struct{})
+			b.timer = time.AfterFunc(l.timeout, func() { close(b.expired) })
 		}
-		// Write the pending batch, which holds this line.
-		b := l.cur
-		l.cur, l.writing = nil, true
-		l.mu.Unlock()
-		_, err := l.w.Write(b.buf)
+		l.cur = b
+	}
+	b.buf = AppendLine(b.buf, m)
+	l.mu.Unlock()
+	select {
+	case l.kick <- struct{}{}:
+	default: // the writer is awake already
+	}
+	select {
+	case <-b.done:
+		return b.err
+	case <-b.expired: // nil without a timeout: never
+		return fmt.Errorf("write message log: no answer in %s", l.timeout)
+	case <-ctx.Done():
+		return fmt.Errorf("write message log: %w", ctx.Err())
+	case <-l.done:
+		return errors.New("write message log: closed")
+	}
+}
+
+// run is the writer goroutine: it writes the pending batch whenever
+// kicked, until Close.
+func (l *StdoutLogger) run() {
+	defer close(l.done)
+	for {
+		select {
+		case <-l.kick:
+			l.flush()
+		case <-l.stop:
+			l.flush()
+			return
+		}
+	}
+}
+
+func (l *StdoutLogger) flush() {
+	l.mu.Lock()
+	b := l.cur
+	l.cur = nil
+	l.mu.Unlock()
+	if b == nil {
+		return
+	}
+	if _, err := l.w.Write(b.buf); err != nil {
+		b.err = fmt.Errorf("write message log: %w", err)
+	}
+	if b.timer != nil {
+		b.timer.Stop()
+	}
+	close(b.done)
+	if cap(b.buf) <= 64<<10 {
 		l.mu.Lock()
-		l.writing, b.done = false, true
-		if err != nil {
-			b.err = fmt.Errorf("write message log: %w", err)
-		}
-		if cap(b.buf) <= 64<<10 {
-			l.spare = b.buf[:0] // keep a modest buffer, not a huge one
-		}
-		b.buf = nil
-		l.cond.Broadcast()
+		l.spare = b.buf[:0] // keep a modest buffer, not a huge one
+		l.mu.Unlock()
 	}
-	return mine.err
 }
 
 // Update implements Logger; the stdout log records messages only.
@@ -87,9 +132,17 @@ func (l *StdoutLogger) Update(string, string, Status) {}
 // Ready implements Logger.
 func (l *StdoutLogger) Ready(context.Context) error { return nil }
 
-// Close implements Logger. Writes are not buffered, so there is nothing
-// to flush.
-func (l *StdoutLogger) Close(context.Context) error { return nil }
+// Close implements Logger: it writes what is pending and stops the writer,
+// or gives up when ctx ends (a stdout nobody reads).
+func (l *StdoutLogger) Close(ctx context.Context) error {
+	l.once.Do(func() { close(l.stop) })
+	select {
+	case <-l.done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("flush message log: %w", ctx.Err())
+	}
+}
 
 // AppendLine appends m's log line, ending in a newline, to b.
 func AppendLine(b []byte, m Log) []byte {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"sync"
 	"testing"
@@ -65,7 +66,7 @@ type failingWriter struct{}
 func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("disk full") }
 
 func TestStdoutLoggerWriteError(t *testing.T) {
-	l := NewStdoutLogger(failingWriter{})
+	l := newTestStdoutLogger(t, failingWriter{}, 0)
 	err := l.Log(context.Background(), Log{ID: "a", UIDs: []string{"u"}, Message: "m"})
 	if err == nil || !strings.Contains(err.Error(), "disk full") {
 		t.Fatalf("Log() error = %v, want the write error", err)
@@ -94,7 +95,7 @@ func (w *slowWriter) Write(p []byte) (int, error) {
 // written once and whole, and every Log returns after its line's write.
 func TestStdoutLoggerGroupCommit(t *testing.T) {
 	w := &slowWriter{}
-	l := NewStdoutLogger(w)
+	l := newTestStdoutLogger(t, w, 0)
 	const n = 200
 	var wg sync.WaitGroup
 	for i := range n {
@@ -128,7 +129,7 @@ func TestStdoutLoggerGroupCommit(t *testing.T) {
 
 func TestStdoutLoggerGroupCommitError(t *testing.T) {
 	w := &slowWriter{fail: true}
-	l := NewStdoutLogger(w)
+	l := newTestStdoutLogger(t, w, 0)
 	var wg sync.WaitGroup
 	for range 20 {
 		wg.Go(func() {
@@ -138,4 +139,62 @@ func TestStdoutLoggerGroupCommitError(t *testing.T) {
 		})
 	}
 	wg.Wait()
+}
+
+// newTestStdoutLogger is a StdoutLogger closed when the test ends.
+func newTestStdoutLogger(t *testing.T, w io.Writer, timeout time.Duration) *StdoutLogger {
+	l := NewStdoutLogger(w, timeout)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := l.Close(ctx); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return l
+}
+
+// stuckWriter blocks every write until released: a stdout pipe nobody
+// reads.
+type stuckWriter struct{ release chan struct{} }
+
+func (w stuckWriter) Write(p []byte) (int, error) {
+	<-w.release
+	return len(p), nil
+}
+
+// TestStdoutLoggerTimeout: a stdout that takes no writes makes Log fail
+// within the timeout, so that /send answers 503 instead of hanging.
+func TestStdoutLoggerTimeout(t *testing.T) {
+	w := stuckWriter{release: make(chan struct{})}
+	l := newTestStdoutLogger(t, w, 50*time.Millisecond)
+	defer close(w.release) // before Close: let the writer finish
+	start := time.Now()
+	for range 3 {
+		err := l.Log(context.Background(), Log{ID: "a", UIDs: []string{"u"}, Message: "m"})
+		if err == nil || !strings.Contains(err.Error(), "no answer in 50ms") {
+			t.Fatalf("Log() = %v, want a timeout", err)
+		}
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("three Log calls took %s with a 50ms timeout", d)
+	}
+}
+
+// TestStdoutLoggerCloseFlushes: what was logged before Close is written.
+func TestStdoutLoggerCloseFlushes(t *testing.T) {
+	var buf strings.Builder
+	l := NewStdoutLogger(&buf, 0)
+	if err := l.Log(context.Background(), Log{ID: "a", UIDs: []string{"u"}, Message: "m"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(buf.String(), `"id":"a"`) {
+		t.Errorf("written %q", buf.String())
+	}
+	if err := l.Log(context.Background(), Log{ID: "b", UIDs: []string{"u"}, Message: "m"}); err == nil {
+		t.Error("Log after Close succeeded")
+	}
 }
