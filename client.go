@@ -261,8 +261,7 @@ func (c *Client) expire() {
 // Here the close goes through the writer, after what it has queued. (A
 // malformed frame still gets gorilla's own 1002.)
 func (c *Client) readPump() {
-	defer c.hub.wg.Done()
-	defer c.teardown()
+	defer c.teardown() // which ends with hub.wg.Done
 	c.extendDeadline()
 	c.conn.SetPongHandler(c.onPong)
 	for {
@@ -271,17 +270,31 @@ func (c *Client) readPump() {
 			c.logClosed(err)
 			return
 		}
-		n, err := io.CopyN(io.Discard, r, maxReadSize+1)
-		if n > maxReadSize {
-			c.close(websocket.CloseMessageTooBig, "message too big", failClosed, false)
-			continue // until the peer's close, or closeGrace
-		}
-		if err != nil && err != io.EOF {
-			c.logClosed(err)
+		if !c.consume(r) {
 			return
 		}
-		c.extendDeadline()
 	}
+}
+
+// consume reads and drops a client message, and reports whether the
+// connection goes on. It is a method of its own, not inlined, so that
+// readPump's frame stays small: every idle connection's goroutine sits in
+// readPump, and 48 bytes more there made the average stack pass 2 KiB, so
+// that every goroutine started with 4 (Go sizes new stacks by the average).
+//
+//go:noinline
+func (c *Client) consume(r io.Reader) bool {
+	n, err := io.CopyN(io.Discard, r, maxReadSize+1)
+	if n > maxReadSize {
+		c.close(websocket.CloseMessageTooBig, "message too big", failClosed, false)
+		return true // until the peer's close, or closeGrace
+	}
+	if err != nil && err != io.EOF {
+		c.logClosed(err)
+		return false
+	}
+	c.extendDeadline()
+	return true
 }
 
 func (c *Client) onPong(string) error {
@@ -310,7 +323,9 @@ func (c *Client) logClosed(err error) {
 }
 
 // teardown ends the connection: no more messages, timers stopped, socket
-// closed, unregistered. Messages still queued are counted as failed.
+// closed, unregistered. Messages still queued are counted as failed. It
+// is readPump's only defer (a second would grow every idle stack; see
+// consume) and ends by releasing readPump's count in the hub.
 func (c *Client) teardown() {
 	c.mu.Lock()
 	c.state.Store(stateClosed)
@@ -323,4 +338,5 @@ func (c *Client) teardown() {
 	c.hub.failed(dropped, c.uid, failClosed)
 	c.abort()
 	c.hub.Unregister(c)
+	c.hub.wg.Done() // the readPump's count
 }
