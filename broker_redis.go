@@ -51,6 +51,9 @@ type RedisBroker struct {
 	prefix  string // channel of uid u is prefix + "u:" + u; keys prefix + "s:" and "h:"
 	hist    historyLimits
 	publish *redis.Script
+	// opTimeout bounds a publish, all its batches together: the server's
+	// -message-log-timeout, the wait /send allows itself.
+	opTimeout time.Duration
 
 	mu         sync.Mutex
 	wanted     map[string]struct{} // uids with a local connection
@@ -85,7 +88,7 @@ var _ Broker = (*RedisBroker)(nil)
 
 // newRedisBroker connects to rawURL and checks that Redis answers; errors
 // name PUSHER_REDIS_URL and never show its password. Start runs it.
-func newRedisBroker(ctx context.Context, rawURL, prefix string, hist historyLimits, hub *Hub, log *slog.Logger, reg prometheus.Registerer) (*RedisBroker, error) {
+func newRedisBroker(ctx context.Context, rawURL, prefix string, hist historyLimits, opTimeout time.Duration, hub *Hub, log *slog.Logger, reg prometheus.Registerer) (*RedisBroker, error) {
 	opt, err := redis.ParseURL(rawURL)
 	if err != nil {
 		return nil, errors.New("invalid PUSHER_REDIS_URL: want redis://[user:password@]host:port[/db] or rediss://...")
@@ -119,6 +122,7 @@ func newRedisBroker(ctx context.Context, rawURL, prefix string, hist historyLimi
 		log:        log,
 		prefix:     prefix + ":",
 		hist:       hist,
+		opTimeout:  opTimeout,
 		publish:    redis.NewScript(publishScript),
 		confirmed:  map[string]struct{}{},
 		inflight:   map[string]int{},

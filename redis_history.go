@@ -54,6 +54,8 @@ const redisStateTTL = 24 * time.Hour
 // Publish implements Broker: the publish script once per uid, pipelined.
 // A uid whose channel nobody subscribes to is gone.
 func (b *RedisBroker) Publish(ctx context.Context, m *Message, uids []string) (gone []string, err error) {
+	ctx, cancel := context.WithTimeout(ctx, b.opTimeout)
+	defer cancel()
 	tail := encodeEnvelope(m)
 	epoch, err := newEpoch()
 	if err != nil {

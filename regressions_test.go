@@ -304,7 +304,7 @@ func TestClusterSlowRedisPublishesOnce(t *testing.T) {
 	p := startSlowProxy(t, u.Host, 2500*time.Millisecond)
 	prefix := testPrefix(t)
 	hub := newHub(hubConfig{SendBuffer: 10}, slog.New(slog.DiscardHandler), message.NoneLogger{}, nil)
-	b, err := newRedisBroker(context.Background(), redisVia(u, p.ln.Addr().String()), prefix, historyLimits{Size: 100, TTL: time.Minute}, hub, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	b, err := newRedisBroker(context.Background(), redisVia(u, p.ln.Addr().String()), prefix, historyLimits{Size: 100, TTL: time.Minute}, 5*time.Second, hub, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -346,7 +346,7 @@ func TestClusterNoStaleSubscriptionConfirmation(t *testing.T) {
 	u := testRedis(t)
 	prefix := testPrefix(t)
 	hub := newHub(hubConfig{SendBuffer: 10}, slog.New(slog.DiscardHandler), message.NoneLogger{}, nil)
-	b, err := newRedisBroker(context.Background(), u.String(), prefix, historyLimits{Size: 100, TTL: time.Minute}, hub, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	b, err := newRedisBroker(context.Background(), u.String(), prefix, historyLimits{Size: 100, TTL: time.Minute}, 5*time.Second, hub, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}

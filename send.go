@@ -249,10 +249,9 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request, now time.Time) int
 			s.log.Warn("message log failed", "id", m.ID, "err", err)
 			return replyText(w, http.StatusServiceUnavailable, "message log unavailable: the message was not sent")
 		}
-		// A client that hangs up must not cut a publish in half.
-		pctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), s.cfg.MessageLogTimeout)
-		gone, err := s.broker.Publish(pctx, m, online)
-		cancel()
+		// The broker bounds the publish itself; a client that hangs up
+		// must not cut it in half.
+		gone, err := s.broker.Publish(context.WithoutCancel(r.Context()), m, online)
 		if err != nil {
 			// Redis may have run some publishes before it failed to answer:
 			// the outcome is unknown, so the log rows stay queued.

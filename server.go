@@ -75,7 +75,7 @@ func newServer(cfg Config, log *slog.Logger, msgLog message.Logger) (*Server, er
 	}
 	hist := historyLimits{Size: cfg.HistorySize, TTL: cfg.HistoryTTL, MaxBytes: cfg.HistoryBytes}
 	if cfg.RedisURL != "" {
-		rb, err := newRedisBroker(context.Background(), cfg.RedisURL, cfg.RedisPrefix, hist, s.hub, log, s.metrics.reg)
+		rb, err := newRedisBroker(context.Background(), cfg.RedisURL, cfg.RedisPrefix, hist, cfg.MessageLogTimeout, s.hub, log, s.metrics.reg)
 		if err != nil {
 			return nil, err
 		}
