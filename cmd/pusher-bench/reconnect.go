@@ -208,17 +208,12 @@ func (p *pool) readJSON(slot, gen int32, conn *websocket.Conn, run *connRun) (in
 // slot once, in order, and that the server returns to its baseline.
 func (r *runner) reconnect(ctx context.Context) (*Report, error) {
 	e := r.e
-	rep := r.newReport()
-	base, err := r.probe.read(ctx)
-	if err != nil {
-		return nil, err
-	}
-	rep.Before = &base
-	s, err := r.open()
+	rep, base, s, err := r.begin(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer s.close()
+	rep.Before = &base
 	s.p.reconnect = true
 	s.p.redial.Store(true)
 	// Every first connection is registered before the first /send: it is

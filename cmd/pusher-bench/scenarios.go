@@ -44,6 +44,21 @@ func (s *session) close() {
 	s.rp.stop()
 }
 
+// begin reads the server's state before a scenario and opens its
+// connection set, which the caller closes.
+func (r *runner) begin(ctx context.Context) (*Report, serverState, *session, error) {
+	rep := r.newReport()
+	base, err := r.probe.read(ctx)
+	if err != nil {
+		return nil, base, nil, err
+	}
+	s, err := r.open()
+	if err != nil {
+		return nil, base, nil, err
+	}
+	return rep, base, s, nil
+}
+
 func (r *runner) newReport() *Report {
 	e := r.e
 	rep := &Report{Scenario: e.Scenario, Label: e.Label, Users: e.Users, ConnsPerUser: e.ConnsPerUser,
@@ -108,12 +123,7 @@ func (r *runner) connect(ctx context.Context, s *session, base serverState, conf
 // idle opens the connections, holds them for Settle and reports what they
 // cost the server.
 func (r *runner) idle(ctx context.Context) (*Report, error) {
-	rep := r.newReport()
-	base, err := r.probe.read(ctx)
-	if err != nil {
-		return nil, err
-	}
-	s, err := r.open()
+	rep, base, s, err := r.begin(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -149,12 +159,7 @@ func (r *runner) idle(ctx context.Context) (*Report, error) {
 // send pushes Messages unicasts (send) or Rounds multicasts (multicast)
 // to connections held for the whole run, and checks every delivery.
 func (r *runner) send(ctx context.Context) (*Report, error) {
-	rep := r.newReport()
-	base, err := r.probe.read(ctx)
-	if err != nil {
-		return nil, err
-	}
-	s, err := r.open()
+	rep, base, s, err := r.begin(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -193,17 +198,12 @@ func (r *runner) send(ctx context.Context) (*Report, error) {
 // send got it, and that the server returns to its baseline.
 func (r *runner) churn(ctx context.Context) (*Report, error) {
 	e := r.e
-	rep := r.newReport()
-	base, err := r.probe.read(ctx)
-	if err != nil {
-		return nil, err
-	}
-	rep.Before = &base
-	s, err := r.open()
+	rep, base, s, err := r.begin(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer s.close()
+	rep.Before = &base
 	churning := int32(float64(r.slots()) * e.ChurnFraction)
 	s.p.lifetime = func(slot int32, rnd *rand.Rand) (time.Duration, bool) {
 		if slot >= churning {
