@@ -17,15 +17,12 @@ import (
 	"net/url"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/redis/go-redis/v9"
 
-	"go-pusher/internal/testutil"
 	"go-pusher/message"
 )
 
@@ -226,202 +223,6 @@ func TestNoDataFrameAfterTooBigClose(t *testing.T) {
 	}
 }
 
-// slowProxy forwards to target; when delay is set, the next reply chunk
-// from the target waits wait before it is passed on.
-type slowProxy struct {
-	ln     net.Listener
-	target string
-	delay  atomic.Bool
-	wait   time.Duration
-	frozen atomic.Bool // hold every reply: a hung Redis
-}
-
-func startSlowProxy(t *testing.T, target string, wait time.Duration) *slowProxy {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &slowProxy{ln: ln, target: target, wait: wait}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			up, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			mu.Lock()
-			conns = append(conns, c, up)
-			mu.Unlock()
-			wg.Go(func() { io.Copy(up, c); up.Close(); c.Close() })
-			wg.Go(func() {
-				buf := make([]byte, 64<<10)
-				for {
-					n, err := up.Read(buf)
-					for p.frozen.Load() {
-						time.Sleep(10 * time.Millisecond)
-					}
-					if n > 0 {
-						if strings.HasPrefix(string(buf[:n]), "*3\r\n") && p.delay.CompareAndSwap(true, false) {
-							time.Sleep(p.wait)
-						}
-						if _, err := c.Write(buf[:n]); err != nil {
-							break
-						}
-					}
-					if err != nil {
-						break
-					}
-				}
-				c.Close()
-				up.Close()
-			})
-		}
-	})
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	return p
-}
-
-// A Redis reply slower than the read timeout must not make go-redis run
-// the publish script again: it is not idempotent, and the message would
-// go out twice, at two offsets.
-func TestClusterSlowRedisPublishesOnce(t *testing.T) {
-	u := testRedis(t)
-	p := startSlowProxy(t, u.Host, 2500*time.Millisecond)
-	prefix := testPrefix(t)
-	hub := newHub(hubConfig{SendBuffer: 10}, slog.New(slog.DiscardHandler), message.NoneLogger{}, nil)
-	b, err := newRedisBroker(context.Background(), redisVia(u, p.ln.Addr().String()), prefix, historyLimits{Size: 100, TTL: time.Minute}, 5*time.Second, hub, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close(context.Background())
-
-	// Another node subscribes to uid "u".
-	other := redis.NewClient(&redis.Options{Addr: u.Host})
-	defer other.Close()
-	sub := other.Subscribe(context.Background(), b.channel("u"))
-	defer sub.Close()
-	if _, err := sub.Receive(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-
-	p.delay.Store(true) // Redis answers late, once
-	if _, err := b.Publish(context.Background(), newMessage("id1", []byte("hello"), time.Now()), []string{"u"}); err == nil {
-		t.Error("Publish with a reply later than the read timeout = nil, want an error (outcome unknown)")
-	}
-	var got []string
-	for {
-		m, err := sub.ReceiveTimeout(context.Background(), 3*time.Second)
-		if err != nil {
-			break
-		}
-		if msg, ok := m.(*redis.Message); ok {
-			got = append(got, msg.Payload)
-		}
-	}
-	if len(got) != 1 {
-		t.Errorf("one publish reached the channel %d times (%q), want once", len(got), got)
-	}
-	other.Del(context.Background(), b.stateKey("u"), b.histKey("u"))
-}
-
-// A "subscribe" answer to an older SUBSCRIBE, arriving after the syncer
-// sent an UNSUBSCRIBE, must not count: a since= replay would read history
-// while the node is not subscribed, and miss what is published meanwhile.
-func TestClusterNoStaleSubscriptionConfirmation(t *testing.T) {
-	u := testRedis(t)
-	prefix := testPrefix(t)
-	hub := newHub(hubConfig{SendBuffer: 10}, slog.New(slog.DiscardHandler), message.NoneLogger{}, nil)
-	b, err := newRedisBroker(context.Background(), u.String(), prefix, historyLimits{Size: 100, TTL: time.Minute}, 5*time.Second, hub, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Run the receiver only; the test plays the syncer, so the order of
-	// SUBSCRIBE/UNSUBSCRIBE is the test's.
-	b.wg.Add(1)
-	go b.run()
-	defer b.Close(context.Background())
-	waitFor(t, "pub/sub connected", func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.ps != nil })
-
-	probe := redis.NewClient(&redis.Options{Addr: u.Host})
-	defer probe.Close()
-	ch := b.channel("x")
-	numsub := func() int64 { r, _ := probe.PubSubNumSub(context.Background(), ch).Result(); return r[ch] }
-
-	b.want("x", true)
-	b.sync()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	if err := b.waitSubscribed(ctx, "x"); err != nil {
-		t.Fatal(err)
-	}
-	cancel()
-	stale := 0
-	for range 20 {
-		b.want("x", false) // the last local connection left...
-		b.sync()           // ...UNSUBSCRIBE is on its way
-		b.want("x", true)  // a since= connection arrives
-		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-		err := b.waitSubscribed(ctx, "x")
-		cancel()
-		if err == nil {
-			time.Sleep(20 * time.Millisecond)
-			if numsub() == 0 {
-				stale++ // "confirmed", yet nobody on this node listens
-			}
-		}
-		b.sync()
-		waitFor(t, "resubscribed", func() bool { return numsub() == 1 })
-	}
-	if stale > 0 {
-		t.Errorf("waitSubscribed returned nil %d/20 times while the node was not subscribed", stale)
-	}
-}
-
-// Finding 6: release compares a live item's epoch with itself when the
-// replay is empty, so after an epoch change a live message whose new
-// offset is <= since.n is dropped silently.
-func TestReviewReleaseDropsNewEpoch(t *testing.T) {
-	h := newHub(hubConfig{SendBuffer: 10}, slog.New(slog.DiscardHandler), message.NoneLogger{}, nil)
-	c := &Client{hub: h, uid: "u", json: true, held: true}
-	c.writing = true // no writer goroutine: inspect the queue instead
-	c.queue = []qitem{{m: newMessage("id1", []byte("x"), time.Now()), off: 1, epoch: "new"}}
-	c.queued.Store(1)
-	h.pending.Store(1)
-	// since=old:5, history said: nothing missed (ok, empty replay).
-	c.release(nil, true, position{"old", 5})
-	if len(c.queue) != 2 {
-		t.Errorf("queue after release = %d items, want recovered + the new-epoch message (it was dropped as if replayed)", len(c.queue))
-	}
-}
-
-// A hung Redis at shutdown must not take the whole -shutdown-timeout:
-// connections still get their 1001.
-func TestClusterHungRedisStillGivesConnections1001(t *testing.T) {
-	u := testRedis(t)
-	p := startSlowProxy(t, u.Host, 0)
-	ts := startNode(t, redisVia(u, p.ln.Addr().String()), testPrefix(t), "-shutdown-timeout", "3s")
-	waitReady(t, ts)
-	conn := dialSubscribed(t, ts, "alice")
-	p.frozen.Store(true) // Redis hangs: connections stay up, no reply comes
-	defer p.frozen.Store(false)
-	go ts.stop()
-	wantClose(t, conn, websocket.CloseGoingAway, "server shutting down")
-}
-
 // A format=json write is bounded: a queue of large messages goes out in
 // several writes, not encoded into one buffer of the whole queue.
 func TestJSONWritesAreBounded(t *testing.T) {
@@ -555,42 +356,6 @@ func TestStuckStdoutDoesNotBlockShutdown(t *testing.T) {
 		<-stopped
 		t.Fatal("Serve has not returned 5 s after the signal with -shutdown-timeout 1s")
 	}
-}
-
-// A node whose pub/sub connection drops while another node keeps the uid
-// online misses what is published meanwhile; when it is back it delivers
-// those messages from history, in order, before the live ones.
-func TestClusterPubSubReconnectRepairsTheGap(t *testing.T) {
-	u := testRedis(t)
-	prefix := testPrefix(t)
-	p := testutil.StartProxy(t, u.Host)
-	a := startNode(t, redisVia(u, p.Addr()), prefix)
-	b := startNode(t, u.String(), prefix)
-	waitReady(t, a)
-	waitReady(t, b)
-	ca := a.dialStream("alice", "format=json")
-	cb := b.dialStream("alice", "format=json")
-	rdb := redis.NewClient(&redis.Options{Addr: u.Host})
-	defer rdb.Close()
-	both := func() bool {
-		r, _ := rdb.PubSubNumSub(context.Background(), prefix+":u:alice").Result()
-		return r[prefix+":u:alice"] == 2
-	}
-	waitFor(t, "alice on both nodes", both)
-	b.sendOK("alice", "m1")
-	first := readFrame(t, ca).pos(t)
-	readFrame(t, cb)
-
-	p.SetMode(testutil.Cut) // a loses Redis
-	waitFor(t, "a unready", func() bool { code, _ := a.get("/readyz"); return code == http.StatusServiceUnavailable })
-	b.sendOK("alice", "m2") // 200: b's connection gets it, a's misses it
-	readFrame(t, cb)
-	p.SetMode(testutil.Forward)
-	waitFor(t, "alice on both nodes again", both)
-	waitReady(t, a)
-	b.sendOK("alice", "m3")
-	wantMessage(t, ca, "m2", position{first.epoch, 2})
-	wantMessage(t, ca, "m3", position{first.epoch, 3})
 }
 
 // Idle uid states count against -history-bytes, but eviction drops

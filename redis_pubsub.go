@@ -1,0 +1,251 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// This file is the pub/sub half of the Redis broker: the one connection
+// per node, its reconnection, the syncer that batches SUBSCRIBE and
+// UNSUBSCRIBE, and the delivery of what Redis sends.
+
+// run keeps one pub/sub connection alive, making a new one with backoff
+// when it fails, until Close.
+func (b *RedisBroker) run() {
+	defer b.wg.Done()
+	backoff := 100 * time.Millisecond
+	for {
+		start := time.Now()
+		err := b.session()
+		select {
+		case <-b.stop:
+			return
+		default:
+		}
+		if time.Since(start) > 30*time.Second {
+			backoff = 100 * time.Millisecond
+		}
+		b.reconnects.Inc()
+		b.log.Warn("redis pub/sub connection lost; reconnecting", "err", err, "retry_in", backoff)
+		select {
+		case <-b.stop:
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, redisMaxBackoff)
+	}
+}
+
+// session runs one pub/sub connection: connect, have the syncer subscribe
+// every wanted uid, then receive until the connection fails or Close.
+func (b *RedisBroker) session() error {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ps := b.rdb.Subscribe(ctx)
+	b.mu.Lock()
+	select {
+	case <-b.stop:
+		b.mu.Unlock()
+		return ps.Close()
+	default:
+	}
+	b.ps = ps
+	b.subscribed = map[string]struct{}{}
+	for uid := range b.wanted {
+		b.pending[uid] = true
+		if _, ok := b.last[uid]; ok && b.lostLink {
+			// Messages for uid may have been published while this node
+			// was not subscribed: hold what arrives until repair.
+			if _, held := b.repairing[uid]; !held {
+				b.repairing[uid] = nil
+			}
+		}
+	}
+	b.mu.Unlock()
+
+	err := b.receive(ctx, ps)
+	b.mu.Lock()
+	b.ps, b.healthy, b.lastErr, b.lostLink = nil, false, err, true
+	b.subscribed = map[string]struct{}{}
+	clear(b.confirmed)
+	clear(b.inflight)
+	b.mu.Unlock()
+	// Closing an already failed connection reports that failure again.
+	_ = ps.Close()
+	return err
+}
+
+func (b *RedisBroker) receive(ctx context.Context, ps *redis.PubSub) error {
+	if err := ps.Ping(ctx); err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	b.kick()
+	pinged := false
+	for {
+		msg, err := ps.ReceiveTimeout(ctx, redisHealthInterval)
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() && !pinged {
+				if err := ps.Ping(ctx); err != nil {
+					return fmt.Errorf("ping: %w", err)
+				}
+				pinged = true
+				continue
+			}
+			return fmt.Errorf("receive: %w", err)
+		}
+		pinged = false
+		switch m := msg.(type) {
+		case *redis.Message:
+			b.handle(m)
+		case *redis.Pong:
+			b.kick() // the syncer marks the connection healthy once it is in step
+		case *redis.Subscription:
+			b.answered(m)
+		}
+	}
+}
+
+// answered records Redis's answer to a SUBSCRIBE or UNSUBSCRIBE. A channel
+// counts as subscribed only once every command sent for it is answered
+// and the last was a SUBSCRIBE: a "subscribe" answer to an older command,
+// arriving after an UNSUBSCRIBE was sent, does not count.
+func (b *RedisBroker) answered(m *redis.Subscription) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n := b.inflight[m.Channel] - 1
+	if n > 0 {
+		b.inflight[m.Channel] = n
+	} else {
+		delete(b.inflight, m.Channel)
+	}
+	switch m.Kind {
+	case "subscribe":
+		if n <= 0 {
+			b.confirmed[m.Channel] = struct{}{}
+			for _, w := range b.waiters[m.Channel] {
+				close(w)
+			}
+			delete(b.waiters, m.Channel)
+		}
+	case "unsubscribe":
+		delete(b.confirmed, m.Channel)
+		if m.Count == 0 && b.draining != nil {
+			close(b.draining)
+			b.draining = nil
+		}
+	}
+}
+
+// handle delivers a message from Redis to this node's connections of its
+// uid. Redis sends a channel's messages in the order the publish script
+// ran, which is offset order.
+func (b *RedisBroker) handle(rm *redis.Message) {
+	b.received.Inc()
+	uid, ok := strings.CutPrefix(rm.Channel, b.prefix+"u:")
+	if !ok {
+		return
+	}
+	pos, tail, ok := strings.Cut(rm.Payload, "|")
+	p, err := parsePosition(pos)
+	if !ok || err != nil {
+		b.log.Warn("malformed message from redis", "channel", rm.Channel)
+		return
+	}
+	m, err := decodeEnvelope(tail)
+	if err != nil {
+		b.log.Warn("malformed message from redis", "channel", rm.Channel, "err", err)
+		return
+	}
+	it := qitem{m: m, off: p.n, epoch: p.epoch}
+	// Under mu, so that a repair's delivery and this one keep their order.
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if buf, held := b.repairing[uid]; held {
+		b.repairing[uid] = append(buf, it)
+		return
+	}
+	b.deliverLocked(uid, it)
+}
+
+// deliverLocked hands it to uid's connections on this node.
+func (b *RedisBroker) deliverLocked(uid string, it qitem) {
+	b.last[uid] = position{it.epoch, it.off}
+	if cs := b.hub.clients(uid); len(cs) > 0 {
+		b.hub.deliver(uid, cs, it)
+	}
+}
+
+// syncLoop applies subscription changes in batches until Close.
+func (b *RedisBroker) syncLoop() {
+	defer b.wg.Done()
+	for {
+		select {
+		case <-b.stop:
+			return
+		case <-b.notify:
+		}
+		b.sync()
+	}
+}
+
+func (b *RedisBroker) sync() {
+	b.mu.Lock()
+	ps := b.ps
+	if ps == nil {
+		b.mu.Unlock()
+		return
+	}
+	var add, remove []string
+	for uid, on := range b.pending {
+		_, sub := b.subscribed[uid]
+		ch := b.channel(uid)
+		switch {
+		case on && !sub:
+			add = append(add, ch)
+			b.subscribed[uid] = struct{}{}
+			b.inflight[ch]++
+		case !on && sub:
+			remove = append(remove, ch)
+			delete(b.subscribed, uid)
+			b.inflight[ch]++
+			delete(b.confirmed, ch)
+			delete(b.last, uid)
+			delete(b.repairing, uid)
+		}
+	}
+	clear(b.pending)
+	b.mu.Unlock()
+
+	ctx, cancel := context.WithTimeout(context.Background(), redisHealthInterval)
+	defer cancel()
+	err := inBatches(add, func(chs []string) error { return ps.Subscribe(ctx, chs...) })
+	if err == nil {
+		err = inBatches(remove, func(chs []string) error { return ps.Unsubscribe(ctx, chs...) })
+	}
+	if err != nil {
+		// The receiver sees the same failure and starts a new connection,
+		// which subscribes every wanted uid again.
+		b.log.Warn("redis subscribe failed", "err", err)
+		_ = ps.Close()
+		return
+	}
+	b.mu.Lock()
+	if b.ps == ps && len(b.pending) == 0 {
+		b.healthy = true
+	}
+	var repair []string
+	for uid := range b.repairing {
+		repair = append(repair, uid)
+	}
+	b.mu.Unlock()
+	for _, uid := range repair {
+		b.repair(uid)
+	}
+}
