@@ -6,6 +6,7 @@ package main
 import (
 	"context"
 	"errors"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -178,5 +179,63 @@ func TestBinaryVersionAndToken(t *testing.T) {
 	}
 	if id, err := NewJWTAuthenticator(testSecret, time.Now).ParseToken(strings.TrimSpace(string(out))); err != nil || id.UID != "carol" {
 		t.Fatalf("token output %q: %+v, %v", out, id, err)
+	}
+}
+
+// TestMakeRunPrintsWorkingLines: what scripts/run-dev.sh (make run) prints
+// works as printed: the token connects, and the curl line's request pushes
+// "hello" to it.
+func TestMakeRunPrintsWorkingLines(t *testing.T) {
+	bin := buildBinary(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	var out syncBuffer
+	cmd := exec.Command("scripts/run-dev.sh", bin)
+	cmd.Env = append(os.Environ(), "PUSHER_ADDR="+addr, "JWT_SECRET=", "PUSHER_API_KEY=")
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		<-exited
+	})
+	var token, key string
+	tokenRE := regexp.MustCompile(`new WebSocket\("ws://[^/]+/ws\?token=([^"]+)"\)`)
+	curlRE := regexp.MustCompile(`curl -H "Authorization: Bearer ([^"]+)" -d uid=alice -d message=hello http://localhost:\d+/send`)
+	waitFor(t, "the printed lines and the listener", func() bool {
+		m1, m2 := tokenRE.FindStringSubmatch(out.String()), curlRE.FindStringSubmatch(out.String())
+		if m1 == nil || m2 == nil || !strings.Contains(out.String(), "msg=listening") {
+			return false
+		}
+		token, key = m1[1], m2[1]
+		return true
+	})
+	conn, _, err := websocket.DefaultDialer.Dial("ws://"+addr+"/ws?token="+token, nil)
+	if err != nil {
+		t.Fatalf("the printed token does not connect: %v\n%s", err, out.String())
+	}
+	defer conn.Close()
+	// The curl line: a form POST with the printed key.
+	waitFor(t, "alice registered", func() bool {
+		req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/send", strings.NewReader("uid=alice&message=hello"))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Authorization", "Bearer "+key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	http.DefaultClient.CloseIdleConnections()
+	if got := readText(t, conn); got != "hello" {
+		t.Fatalf("got %q, want hello", got)
 	}
 }

@@ -3,6 +3,7 @@
 # Never use these secrets in production.
 set -euo pipefail
 BIN=${1:-bin/go-pusher}
+shift || true # the rest are the server's flags
 export JWT_SECRET=${JWT_SECRET:-dev-only-jwt-secret-change-me-0123456789}
 export PUSHER_API_KEY=${PUSHER_API_KEY:-dev-only-api-key}
 ADDR=${PUSHER_ADDR:-:8181}
