@@ -62,14 +62,25 @@ type RedisBroker struct {
 	inflight   map[string]int      // channel → SUBSCRIBE/UNSUBSCRIBE sent and not yet answered
 	waiters    map[string][]chan struct{}
 	// last is the position of the latest message handed to the hub, per
-	// uid; after a lost pub/sub connection, repairing holds each uid's
-	// messages until what it missed meanwhile is delivered (see repair).
+	// uid. repairing holds a uid's messages from Redis until what it
+	// missed is delivered from history (see repair): after a lost pub/sub
+	// connection, and after a new subscription (what was published
+	// between the baseline read and the subscription taking effect).
 	last      map[string]position
-	repairing map[string][]qitem
-	lostLink  bool          // a pub/sub connection was lost: the next one repairs
-	healthy   bool          // ps is subscribed to every wanted uid and answering
-	lastErr   error         // why the last pub/sub connection ended
-	draining  chan struct{} // closed when Close has unsubscribed everything
+	repairing map[string]*repairState
+	lostLink  bool // a pub/sub connection was lost: the next one repairs
+	// base is a uid's offset read just before this node subscribed to
+	// it: where a repair starts for a uid that has had no message here
+	// yet. Unlike last it says nothing of what was delivered.
+	base     map[string]position
+	workKick chan struct{} // wakes the repairer; capacity 1
+
+	// ctx is cancelled by Close: background Redis calls end with it.
+	ctx      context.Context
+	cancel   context.CancelFunc
+	healthy  bool          // ps is subscribed to every wanted uid and answering
+	lastErr  error         // why the last pub/sub connection ended
+	draining chan struct{} // closed when Close has unsubscribed everything
 
 	notify    chan struct{} // wakes the syncer; capacity 1
 	stop      chan struct{} // closed by Close
@@ -83,6 +94,12 @@ type RedisBroker struct {
 }
 
 var _ Broker = (*RedisBroker)(nil)
+
+// repairState is a uid whose messages from Redis are held until a repair.
+type repairState struct {
+	held []qitem
+	lost bool // after a lost connection: if history cannot fill the gap, say so
+}
 
 // newRedisBroker connects to rawURL and checks that Redis answers; errors
 // name PUSHER_REDIS_URL and never show its password. Start runs it.
@@ -126,7 +143,9 @@ func newRedisBroker(ctx context.Context, rawURL, prefix string, hist historyLimi
 		inflight:   map[string]int{},
 		waiters:    map[string][]chan struct{}{},
 		last:       map[string]position{},
-		repairing:  map[string][]qitem{},
+		repairing:  map[string]*repairState{},
+		base:       map[string]position{},
+		workKick:   make(chan struct{}, 1),
 		wanted:     map[string]struct{}{},
 		pending:    map[string]bool{},
 		subscribed: map[string]struct{}{},
@@ -167,14 +186,16 @@ func newRedisBroker(ctx context.Context, rawURL, prefix string, hist historyLimi
 		defer b.mu.Unlock()
 		return float64(len(b.subscribed))
 	}))
+	b.ctx, b.cancel = context.WithCancel(context.Background())
 	return b, nil
 }
 
 // Start runs the pub/sub connection and the syncer until Close.
 func (b *RedisBroker) Start() {
-	b.wg.Add(2)
+	b.wg.Add(3)
 	go b.run()
 	go b.syncLoop()
+	go b.repairLoop()
 }
 
 func (b *RedisBroker) channel(uid string) string  { return b.prefix + "u:" + uid }
@@ -301,6 +322,7 @@ func (b *RedisBroker) close(ctx context.Context) error {
 	}
 
 	close(b.stop)
+	b.cancel() // ends the repairer's and the syncer's Redis calls
 	b.mu.Lock()
 	if b.ps != nil {
 		// Ends the receiver's blocking read.

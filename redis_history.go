@@ -163,6 +163,9 @@ func (b *RedisBroker) readSince(ctx context.Context, uid string, from position) 
 	}
 	epoch, _ := state.Val()[0].(string)
 	last, _ := strconv.ParseUint(fmt.Sprint(state.Val()[1]), 10, 64)
+	if from.epoch == "" && from.n == 0 {
+		from.epoch = epoch // a baseline taken before the uid had a state
+	}
 	if epoch != from.epoch || from.n > last {
 		return nil, false, nil
 	}
@@ -223,52 +226,127 @@ func historyAfter(entries []redis.XMessage, epoch string, n, last uint64, cutoff
 	return items, covered && n+uint64(len(items)) >= last, covered
 }
 
-// repair runs after a lost pub/sub connection was made again: what was
-// published for uid meanwhile never reached this node. It delivers those
-// messages from uid's history in Redis, then the ones held since the new
-// subscription, in offset order, without a duplicate. When history cannot
-// fill the gap, the uid's format=json connections are closed with 1012, so
-// that they come back with since= and learn it ({"recovered": false}).
+// repair delivers to uid's connections what this node was not subscribed
+// for: after a lost pub/sub connection, what was published meanwhile; after
+// a new subscription, what was published between the baseline read and
+// the subscription taking effect. It delivers those messages from uid's
+// history in Redis, then the ones held meanwhile, in offset order, without
+// a duplicate. When history cannot fill a lost connection's gap, the uid's
+// format=json connections are closed with 1012, so that they come back
+// with since= and learn it ({"recovered": false}).
+// repairLoop is the repairer: it repairs held uids away from the syncer,
+// so that subscriptions never wait for it. It stops at Close.
+func (b *RedisBroker) repairLoop() {
+	defer b.wg.Done()
+	for {
+		select {
+		case <-b.stop:
+			return
+		case <-b.workKick:
+		}
+		b.mu.Lock()
+		var uids []string
+		for uid := range b.repairing {
+			uids = append(uids, uid)
+		}
+		b.mu.Unlock()
+		for _, uid := range uids {
+			if b.ctx.Err() != nil {
+				return
+			}
+			b.repair(uid)
+		}
+	}
+}
+
+// takeBaselines records in base, for each channel about to be subscribed
+// whose uid has no position here yet, the uid's current offset: the
+// subscription starts after it, so what is published in between is what
+// a repair fills in. A uid without a state in Redis starts at 0 of
+// whatever epoch comes. On an error the uids get no baseline and their
+// held messages are released without a fill.
+func (b *RedisBroker) takeBaselines(ctx context.Context, channels []string) {
+	var uids []string
+	b.mu.Lock()
+	for _, ch := range channels {
+		if uid := strings.TrimPrefix(ch, b.prefix+"u:"); b.repairFrom(uid) == nil {
+			uids = append(uids, uid)
+		}
+	}
+	b.mu.Unlock()
+	// Errors are logged; see above.
+	_ = inBatches(uids, func(batch []string) error {
+		pipe := b.rdb.Pipeline()
+		cmds := make([]*redis.SliceCmd, len(batch))
+		for i, uid := range batch {
+			cmds[i] = pipe.HMGet(ctx, b.stateKey(uid), "e", "n")
+		}
+		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+			b.log.Warn("read the offsets of new subscriptions", "err", err)
+			return err
+		}
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		for i, uid := range batch {
+			if b.repairFrom(uid) != nil {
+				continue
+			}
+			v := cmds[i].Val()
+			epoch, _ := v[0].(string)
+			n, _ := strconv.ParseUint(fmt.Sprint(v[1]), 10, 64)
+			b.base[uid] = position{epoch, n}
+		}
+		return nil
+	})
+}
+
 func (b *RedisBroker) repair(uid string) {
-	ctx, cancel := context.WithTimeout(context.Background(), redisHealthInterval)
+	ctx, cancel := context.WithTimeout(b.ctx, redisHealthInterval)
 	defer cancel()
 	b.mu.Lock()
-	from := b.last[uid]
+	start := b.repairFrom(uid)
 	_, held := b.repairing[uid]
 	b.mu.Unlock()
 	if !held {
 		return
 	}
 	var items []qitem
-	err := b.waitSubscribed(ctx, uid)
-	ok := err == nil
+	var err error
+	ok := start != nil && b.hist.Size > 0
 	if ok {
-		items, ok, err = b.readSince(ctx, uid, from)
+		if err = b.waitSubscribed(ctx, uid); err != nil {
+			ok = false
+		} else {
+			items, ok, err = b.readSince(ctx, uid, *start)
+		}
 	}
 
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	buf, still := b.repairing[uid]
+	st, still := b.repairing[uid]
 	if !still {
 		return // unsubscribed meanwhile
 	}
 	delete(b.repairing, uid)
-	done := from
+	var done position
+	if start != nil {
+		done = *start
+	}
 	for _, it := range items {
 		it.replay = false // live to the connections: they never had it
 		b.deliverLocked(uid, it)
 		done = position{it.epoch, it.off}
 	}
-	for _, it := range buf {
+	for _, it := range st.held {
 		if ok && it.epoch == done.epoch && it.off <= done.n {
 			continue // delivered from history just now
 		}
 		b.deliverLocked(uid, it)
 	}
-	if ok {
-		return
+	if ok || !st.lost {
+		return // a new subscription's fill that could not be made loses nothing it had
 	}
-	b.log.Warn("messages published during a redis outage could not be replayed", "uid", uid, "after", from.String(), "err", err)
+	b.log.Warn("messages published during a redis outage could not be replayed", "uid", uid, "err", err)
 	for _, c := range b.hub.clients(uid) {
 		if c.json {
 			c.close(websocket.CloseServiceRestart, "missed messages: reconnect with since", failClosed, false)

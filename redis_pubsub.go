@@ -59,12 +59,10 @@ func (b *RedisBroker) session() error {
 	b.subscribed = map[string]struct{}{}
 	for uid := range b.wanted {
 		b.pending[uid] = true
-		if _, ok := b.last[uid]; ok && b.lostLink {
+		if b.repairFrom(uid) != nil && b.lostLink {
 			// Messages for uid may have been published while this node
 			// was not subscribed: hold what arrives until repair.
-			if _, held := b.repairing[uid]; !held {
-				b.repairing[uid] = nil
-			}
+			b.hold(uid).lost = true
 		}
 	}
 	b.mu.Unlock()
@@ -167,16 +165,46 @@ func (b *RedisBroker) handle(rm *redis.Message) {
 	// Under mu, so that a repair's delivery and this one keep their order.
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if buf, held := b.repairing[uid]; held {
-		b.repairing[uid] = append(buf, it)
+	if st, held := b.repairing[uid]; held {
+		st.held = append(st.held, it)
+		return
+	}
+	if l, ok := b.last[uid]; ok && l.epoch == it.epoch && it.off <= l.n {
+		// A repair delivered it from history already: Redis sends a
+		// channel's messages in offset order, so nothing newer is lost.
 		return
 	}
 	b.deliverLocked(uid, it)
 }
 
+// hold starts holding uid's messages from Redis until a repair, and
+// returns its state. Callers hold mu.
+func (b *RedisBroker) hold(uid string) *repairState {
+	st := b.repairing[uid]
+	if st == nil {
+		st = &repairState{}
+		b.repairing[uid] = st
+	}
+	return st
+}
+
+// repairFrom is where a repair of uid starts: after the last message
+// delivered here, or else after its baseline; nil when neither is known.
+// Callers hold mu.
+func (b *RedisBroker) repairFrom(uid string) *position {
+	if p, ok := b.last[uid]; ok {
+		return &p
+	}
+	if p, ok := b.base[uid]; ok {
+		return &p
+	}
+	return nil
+}
+
 // deliverLocked hands it to uid's connections on this node.
 func (b *RedisBroker) deliverLocked(uid string, it qitem) {
 	b.last[uid] = position{it.epoch, it.off}
+	delete(b.base, uid)
 	if cs := b.hub.clients(uid); len(cs) > 0 {
 		b.hub.deliver(uid, cs, it)
 	}
@@ -211,20 +239,27 @@ func (b *RedisBroker) sync() {
 			add = append(add, ch)
 			b.subscribed[uid] = struct{}{}
 			b.inflight[ch]++
+			b.hold(uid)
 		case !on && sub:
 			remove = append(remove, ch)
 			delete(b.subscribed, uid)
 			b.inflight[ch]++
 			delete(b.confirmed, ch)
+		}
+		if !on {
+			// Subscribed or not (an outage, a session just begun), the uid
+			// has no connection here any more: nothing to repair for it.
 			delete(b.last, uid)
+			delete(b.base, uid)
 			delete(b.repairing, uid)
 		}
 	}
 	clear(b.pending)
 	b.mu.Unlock()
 
-	ctx, cancel := context.WithTimeout(context.Background(), redisHealthInterval)
+	ctx, cancel := context.WithTimeout(b.ctx, redisHealthInterval)
 	defer cancel()
+	b.takeBaselines(ctx, add)
 	err := inBatches(add, func(chs []string) error { return ps.Subscribe(ctx, chs...) })
 	if err == nil {
 		err = inBatches(remove, func(chs []string) error { return ps.Unsubscribe(ctx, chs...) })
@@ -240,12 +275,12 @@ func (b *RedisBroker) sync() {
 	if b.ps == ps && len(b.pending) == 0 {
 		b.healthy = true
 	}
-	var repair []string
-	for uid := range b.repairing {
-		repair = append(repair, uid)
-	}
+	work := len(b.repairing) > 0
 	b.mu.Unlock()
-	for _, uid := range repair {
-		b.repair(uid)
+	if work {
+		select {
+		case b.workKick <- struct{}{}:
+		default: // the repairer is awake already
+		}
 	}
 }

@@ -188,23 +188,6 @@ func TestClusterNoStaleSubscriptionConfirmation(t *testing.T) {
 	}
 }
 
-// Finding 6: release compares a live item's epoch with itself when the
-// replay is empty, so after an epoch change a live message whose new
-// offset is <= since.n is dropped silently.
-func TestReviewReleaseDropsNewEpoch(t *testing.T) {
-	h := newHub(hubConfig{SendBuffer: 10}, slog.New(slog.DiscardHandler), message.NoneLogger{}, nil)
-	c := &Client{hub: h, uid: "u", json: true, held: true}
-	c.writing = true // no writer goroutine: inspect the queue instead
-	c.queue = []qitem{{m: newMessage("id1", []byte("x"), time.Now()), off: 1, epoch: "new"}}
-	c.queued.Store(1)
-	h.pending.Store(1)
-	// since=old:5, history said: nothing missed (ok, empty replay).
-	c.release(nil, true, position{"old", 5})
-	if len(c.queue) != 2 {
-		t.Errorf("queue after release = %d items, want recovered + the new-epoch message (it was dropped as if replayed)", len(c.queue))
-	}
-}
-
 // A hung Redis at shutdown must not take the whole -shutdown-timeout:
 // connections still get their 1001.
 func TestClusterHungRedisStillGivesConnections1001(t *testing.T) {

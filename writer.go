@@ -59,6 +59,11 @@ func (c *Client) writeBatch(batch []qitem) bool {
 	for len(batch) > 0 {
 		n, ok := c.writeSome(batch)
 		if !ok {
+			// The socket failed in an early chunk: the rest was never
+			// written either.
+			rest := batch[n:]
+			c.uncount(rest)
+			c.hub.failed(rest, c.uid, failClosed)
 			return false
 		}
 		batch = batch[n:]

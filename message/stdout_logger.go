@@ -47,6 +47,19 @@ type stdoutBatch struct {
 
 var _ Logger = (*StdoutLogger)(nil)
 
+// isExpired reports whether the batch's timeout has passed.
+func (b *stdoutBatch) isExpired() bool {
+	if b.expired == nil {
+		return false
+	}
+	select {
+	case <-b.expired:
+		return true
+	default:
+		return false
+	}
+}
+
 // NewStdoutLogger returns a logger writing to w (os.Stdout in the server)
 // whose Log calls wait at most timeout (0: as long as the write takes).
 // Close stops its writer goroutine.
@@ -62,6 +75,12 @@ func NewStdoutLogger(w io.Writer, timeout time.Duration) *StdoutLogger {
 func (l *StdoutLogger) Log(ctx context.Context, m Log) error {
 	l.mu.Lock()
 	b := l.cur
+	if b != nil && b.isExpired() {
+		// stdout has taken nothing for the whole timeout: refuse at once
+		// rather than pile more lines behind it.
+		l.mu.Unlock()
+		return fmt.Errorf("write message log: no answer in %s", l.timeout)
+	}
 	if b == nil {
 		b = &stdoutBatch{buf: l.spare[:0], done: make(chan struct{})}
 		l.spare = nil
@@ -76,6 +95,11 @@ func (l *StdoutLogger) Log(ctx context.Context, m Log) error {
 	select {
 	case l.kick <- struct{}{}:
 	default: // the writer is awake already
+	}
+	select {
+	case <-b.done:
+		return b.err
+	default:
 	}
 	select {
 	case <-b.done:
@@ -112,7 +136,11 @@ func (l *StdoutLogger) flush() {
 	if b == nil {
 		return
 	}
-	if _, err := l.w.Write(b.buf); err != nil {
+	if b.isExpired() {
+		// Its callers were told the message was not logged (and it was
+		// not pushed): writing the lines now would log refused messages.
+		b.err = fmt.Errorf("write message log: no answer in %s", l.timeout)
+	} else if _, err := l.w.Write(b.buf); err != nil {
 		b.err = fmt.Errorf("write message log: %w", err)
 	}
 	if b.timer != nil {

@@ -1,0 +1,380 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"go-pusher/internal/testutil"
+	"log/slog"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"go-pusher/message"
+)
+
+// After a lost pub/sub connection, repair delivers from history every
+// message up to what Redis holds; a message published after the new
+// subscription and read from history by repair, whose pub/sub copy the
+// receiver has not handled yet, is delivered a second time when it is.
+func TestClusterRepairDropsTheLiveCopy(t *testing.T) {
+	u := testRedis(t)
+	prefix := testPrefix(t)
+	hub := newHub(hubConfig{SendBuffer: 100}, slog.New(slog.DiscardHandler), message.NoneLogger{}, nil)
+	b, err := newRedisBroker(context.Background(), u.String(), prefix, historyLimits{Size: 100, TTL: time.Minute}, 5*time.Second, hub, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close(context.Background())
+	c := &Client{hub: hub, uid: "u", json: true}
+	c.writing = true // no writer: the test reads the queue
+	hub.userClients["u"] = []*Client{c}
+
+	// The test plays this node's pub/sub connection.
+	other := redis.NewClient(&redis.Options{Addr: u.Host})
+	defer other.Close()
+	defer other.Del(context.Background(), b.stateKey("u"), b.histKey("u"))
+	sub := other.Subscribe(context.Background(), b.channel("u"))
+	defer sub.Close()
+	if _, err := sub.Receive(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	next := func() *redis.Message {
+		m, err := sub.ReceiveMessage(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	publish := func(text string) {
+		if _, err := b.Publish(context.Background(), newMessage(text, []byte(text), time.Now()), []string{"u"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	publish("m1")
+	b.handle(next()) // delivered: last = e:1
+
+	// The pub/sub connection is lost and made again (what session does).
+	b.mu.Lock()
+	b.lostLink = true
+	b.repairing["u"] = &repairState{lost: true}
+	b.mu.Unlock()
+	publish("m2")
+	next() // m2 was published while this node was not subscribed: missed
+	b.mu.Lock()
+	b.confirmed[b.channel("u")] = struct{}{} // the new SUBSCRIBE is answered
+	b.mu.Unlock()
+	publish("m3")
+	inFlight := next() // m3's pub/sub copy: not handled yet by the receiver
+
+	b.repair("u")      // the syncer: m2 and m3 from history
+	b.handle(inFlight) // the receiver catches up
+
+	var offs []uint64
+	for _, it := range c.queue {
+		offs = append(offs, it.off)
+	}
+	if len(offs) != 3 {
+		t.Errorf("offsets queued = %v, want 1 2 3 once each", offs)
+	}
+}
+
+// End to end: a busy uid on two nodes; node a loses Redis and gets it
+// back while b keeps sending. a's connection must see every offset once,
+// in order.
+func TestClusterRepairUnderLoad(t *testing.T) {
+	u := testRedis(t)
+	prefix := testPrefix(t)
+	p := testutil.StartProxy(t, u.Host)
+	a := startNode(t, redisVia(u, p.Addr()), prefix, "-history-size", "100000", "-send-buffer", "100000")
+	b := startNode(t, u.String(), prefix, "-send-buffer", "100000", "-history-size", "100000")
+	waitReady(t, a)
+	waitReady(t, b)
+	ca := a.dialStream("alice", "format=json")
+	b.dialStream("alice", "format=json")
+	rdb := redis.NewClient(&redis.Options{Addr: u.Host})
+	defer rdb.Close()
+	waitFor(t, "alice on both nodes", func() bool {
+		r, _ := rdb.PubSubNumSub(context.Background(), prefix+":u:alice").Result()
+		return r[prefix+":u:alice"] == 2
+	})
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var sent atomic.Int64
+	for range 4 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if code, _ := b.send("application/x-www-form-urlencoded", "uid=alice&message=x"); code == 200 {
+					sent.Add(1)
+				}
+			}
+		})
+	}
+	var offs []uint64
+	var lastAt time.Time
+	var maxGap time.Duration
+	var gapAt uint64
+	t0 := time.Now()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			ca.SetReadDeadline(time.Now().Add(30 * time.Second))
+			_, data, err := ca.ReadMessage()
+			if err != nil {
+				t.Logf("read: %v", err)
+				return
+			}
+			var f frame
+			json.Unmarshal(data, &f)
+			pp, _ := parsePosition(f.Offset)
+			offs = append(offs, pp.n)
+			if now := time.Now(); !lastAt.IsZero() && now.Sub(lastAt) > maxGap {
+				maxGap, gapAt = now.Sub(lastAt), pp.n
+			}
+			lastAt = time.Now()
+		}
+	}()
+	for range 5 {
+		time.Sleep(300 * time.Millisecond)
+		p.SetMode(testutil.Cut)
+		time.Sleep(300 * time.Millisecond)
+		p.SetMode(testutil.Forward)
+		w := time.Now()
+		waitReady(t, a)
+		t.Logf("a ready again after %s", time.Since(w))
+	}
+	time.Sleep(500 * time.Millisecond)
+	rb := a.broker.(*RedisBroker)
+	rb.mu.Lock()
+	held, isHeld := rb.repairing["alice"]
+	t.Logf("a: healthy %v, repairing alice %v (%d held), last %v, confirmed %v, inflight %v", rb.healthy, isHeld, func() int {
+		if held == nil {
+			return 0
+		}
+		return len(held.held)
+	}(), rb.last["alice"], len(rb.confirmed), rb.inflight)
+	rb.mu.Unlock()
+	for _, c := range a.hub.clients("alice") {
+		c.mu.Lock()
+		t.Logf("a's client: state %d, queue %d, queued %d, writing %v", c.state.Load(), len(c.queue), c.queued.Load(), c.writing)
+		c.mu.Unlock()
+	}
+	close(stop)
+	wg.Wait()
+	t.Logf("senders stopped after %s", time.Since(t0))
+	ca.SetReadDeadline(time.Now().Add(2 * time.Second))
+	<-done
+	t.Logf("longest silence %s, before offset %d", maxGap, gapAt)
+	dups, gaps := 0, 0
+	for i := 1; i < len(offs); i++ {
+		switch {
+		case offs[i] <= offs[i-1]:
+			dups++
+		case offs[i] != offs[i-1]+1:
+			gaps++
+		}
+	}
+	t.Logf("sent %d, a's connection got %d frames, last offset %d; %d out of order or duplicate, %d gaps", sent.Load(), len(offs), offs[len(offs)-1], dups, gaps)
+	if dups > 0 || gaps > 0 {
+		t.Errorf("a's connection: %d duplicates, %d gaps", dups, gaps)
+	}
+}
+
+// A uid held for repair at the start of a pub/sub session that goes offline
+// before the syncer subscribes it is never subscribed, yet repair waits the
+// full 5 s for its subscription, in the syncer, one such uid after another;
+// and its last position is never forgotten.
+func TestClusterOfflineUIDsDoNotStallTheSyncer(t *testing.T) {
+	u := testRedis(t)
+	prefix := testPrefix(t)
+	p := testutil.StartProxy(t, u.Host)
+	hub := newHub(hubConfig{SendBuffer: 10}, slog.New(slog.DiscardHandler), message.NoneLogger{}, nil)
+	b, err := newRedisBroker(context.Background(), redisVia(u, p.Addr()), prefix, historyLimits{Size: 100, TTL: time.Minute}, 5*time.Second, hub, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.wg.Add(2)
+	go b.run() // the test plays the syncer
+	go b.repairLoop()
+	defer b.Close(context.Background())
+	other := redis.NewClient(&redis.Options{Addr: u.Host})
+	defer other.Close()
+	for _, uid := range []string{"x1", "x2"} {
+		defer other.Del(context.Background(), b.stateKey(uid), b.histKey(uid))
+	}
+	waitFor(t, "pub/sub connected", func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.ps != nil })
+	for _, uid := range []string{"x1", "x2"} {
+		b.want(uid, true)
+	}
+	b.sync()
+	for _, uid := range []string{"x1", "x2"} {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		if err := b.waitSubscribed(ctx, uid); err != nil {
+			t.Fatal(err)
+		}
+		cancel()
+		if _, err := b.Publish(context.Background(), newMessage("m", []byte("m"), time.Now()), []string{uid}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "delivered", func() bool { b.mu.Lock(); defer b.mu.Unlock(); return len(b.last) == 2 })
+
+	p.SetMode(testutil.Cut)
+	waitFor(t, "link lost", func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.lostLink && b.ps == nil })
+	p.SetMode(testutil.Forward)
+	waitFor(t, "new session", func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.ps != nil && len(b.repairing) == 2 })
+	// Both uids' last connections leave before the syncer runs.
+	b.want("x1", false)
+	b.want("x2", false)
+	start := time.Now()
+	b.sync()
+	took := time.Since(start)
+	b.mu.Lock()
+	lastLeft := len(b.last)
+	b.mu.Unlock()
+	if took > time.Second {
+		t.Errorf("sync took %s repairing two uids nobody wants (nor subscribes): the syncer stalls 5 s per uid", took.Round(time.Millisecond))
+	}
+	if lastLeft != 0 {
+		t.Errorf("b.last keeps %d uids that have no connection and no subscription", lastLeft)
+	}
+}
+
+// After a lost pub/sub connection the syncer repairs every uid, one after
+// another, before it applies any other change: a uid that connects
+// meanwhile is not subscribed (its /send is a 404, its since= times out).
+func TestClusterRepairsDoNotDelaySubscriptions(t *testing.T) {
+	const n = 3000
+	u := testRedis(t)
+	prefix := testPrefix(t)
+	p := testutil.StartProxy(t, u.Host)
+	hub := newHub(hubConfig{SendBuffer: 10}, slog.New(slog.DiscardHandler), message.NoneLogger{}, nil)
+	b, err := newRedisBroker(context.Background(), redisVia(u, p.Addr()), prefix, historyLimits{Size: 100, TTL: time.Minute}, 5*time.Second, hub, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Start()
+	defer b.Close(context.Background())
+	other := redis.NewClient(&redis.Options{Addr: u.Host})
+	defer other.Close()
+	var uids []string
+	for i := range n {
+		uids = append(uids, fmt.Sprintf("u%d", i))
+	}
+	defer func() {
+		for _, uid := range uids {
+			other.Del(context.Background(), b.stateKey(uid), b.histKey(uid))
+		}
+	}()
+	for _, uid := range uids {
+		b.want(uid, true)
+	}
+	waitFor(t, "subscribed", func() bool {
+		r, _ := other.PubSubNumSub(context.Background(), b.channel(uids[n-1])).Result()
+		return r[b.channel(uids[n-1])] == 1
+	})
+	time.Sleep(200 * time.Millisecond)
+	if _, err := b.Publish(context.Background(), newMessage("m", []byte("m"), time.Now()), uids); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "delivered", func() bool { b.mu.Lock(); defer b.mu.Unlock(); return len(b.last) == n })
+	p.SetMode(testutil.Cut)
+	waitFor(t, "link lost", func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.lostLink && b.ps == nil })
+	p.SetMode(testutil.Forward)
+	waitFor(t, "new session", func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.ps != nil })
+	time.Sleep(20 * time.Millisecond)
+	start := time.Now()
+	b.want("newcomer", true)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := b.waitSubscribed(ctx, "newcomer"); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("a uid that connected right after the reconnection was subscribed %s later (%d uids repaired first)", time.Since(start).Round(time.Millisecond), n)
+}
+
+// Close waits for the syncer, which may be repairing uid after uid against a
+// hung Redis, each read up to the 2 s read timeout: shutdown overruns its
+// deadline by that much per uid.
+func TestClusterCloseBoundedDuringARepair(t *testing.T) {
+	u := testRedis(t)
+	p := startSlowProxy(t, u.Host, 0)
+	prefix := testPrefix(t)
+	hub := newHub(hubConfig{SendBuffer: 10}, slog.New(slog.DiscardHandler), message.NoneLogger{}, nil)
+	b, err := newRedisBroker(context.Background(), redisVia(u, p.ln.Addr().String()), prefix, historyLimits{Size: 100, TTL: time.Minute}, 5*time.Second, hub, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Start()
+	uids := []string{"h1", "h2", "h3", "h4", "h5", "h6", "h7", "h8"}
+	for _, uid := range uids {
+		b.want(uid, true)
+	}
+	waitFor(t, "healthy", func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.healthy && len(b.confirmed) == len(uids) })
+	// As after a reconnection: every uid is held for repair.
+	b.mu.Lock()
+	for _, uid := range uids {
+		b.last[uid] = position{"e", 1}
+		b.repairing[uid] = &repairState{lost: true}
+	}
+	b.mu.Unlock()
+	p.frozen.Store(true) // Redis hangs
+	defer p.frozen.Store(false)
+	b.kick()
+	time.Sleep(100 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	start := time.Now()
+	b.Close(ctx)
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("Close with a 1 s deadline took %s", took.Round(time.Millisecond))
+	}
+}
+
+// TestClusterPubSubReconnectRepairsTheGap with one change: no message
+// reached the node for the uid before its pub/sub connection dropped, so
+// the node has no last position for it and repairs nothing.
+func TestClusterRepairWithoutAnEarlierMessage(t *testing.T) {
+	u := testRedis(t)
+	prefix := testPrefix(t)
+	p := testutil.StartProxy(t, u.Host)
+	a := startNode(t, redisVia(u, p.Addr()), prefix)
+	b := startNode(t, u.String(), prefix)
+	waitReady(t, a)
+	waitReady(t, b)
+	ca := a.dialStream("alice", "format=json")
+	cb := b.dialStream("alice", "format=json")
+	rdb := redis.NewClient(&redis.Options{Addr: u.Host})
+	defer rdb.Close()
+	defer rdb.Del(context.Background(), prefix+":s:alice", prefix+":h:alice")
+	both := func() bool {
+		r, _ := rdb.PubSubNumSub(context.Background(), prefix+":u:alice").Result()
+		return r[prefix+":u:alice"] == 2
+	}
+	waitFor(t, "alice on both nodes", both)
+
+	p.SetMode(testutil.Cut) // a loses Redis
+	waitFor(t, "a unready", func() bool { code, _ := a.get("/readyz"); return code == http.StatusServiceUnavailable })
+	b.sendOK("alice", "m1") // 200: b's connection gets it, a's misses it
+	first := readFrame(t, cb).pos(t)
+	p.SetMode(testutil.Forward)
+	waitFor(t, "alice on both nodes again", both)
+	waitReady(t, a)
+	b.sendOK("alice", "m2")
+	f := readFrame(t, ca)
+	if f.Message != "m1" {
+		t.Errorf("a's connection, registered before m1, got %q at %s first: m1 (%s) is lost without a trace but the offset gap", f.Message, f.Offset, first)
+	}
+}
