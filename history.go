@@ -249,7 +249,7 @@ func (h *memHistory) evictLocked() {
 			break
 		}
 	}
-	stateCutoff := now.Add(-idleStateTTL)
+	stateCutoff := now.Add(-max(idleStateTTL, h.lim.TTL)) // as redisStateTTL
 	for u := h.idleOldest; u != nil; u = h.idleOldest {
 		if h.bytes <= h.lim.MaxBytes && h.idleBytes <= h.lim.MaxBytes/4 && !u.idleSince.Before(stateCutoff) {
 			return
