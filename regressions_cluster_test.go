@@ -206,34 +206,66 @@ func TestClusterHungRedisStillGivesConnections1001(t *testing.T) {
 // online misses what is published meanwhile; when it is back it delivers
 // those messages from history, in order, before the live ones.
 func TestClusterPubSubReconnectRepairsTheGap(t *testing.T) {
-	u := testRedis(t)
-	prefix := testPrefix(t)
-	p := testutil.StartProxy(t, u.Host)
-	a := startNode(t, redisVia(u, p.Addr()), prefix)
-	b := startNode(t, u.String(), prefix)
-	waitReady(t, a)
-	waitReady(t, b)
-	ca := a.dialStream("alice", "format=json")
-	cb := b.dialStream("alice", "format=json")
-	rdb := redis.NewClient(&redis.Options{Addr: u.Host})
-	defer rdb.Close()
-	both := func() bool {
-		r, _ := rdb.PubSubNumSub(context.Background(), prefix+":u:alice").Result()
-		return r[prefix+":u:alice"] == 2
-	}
-	waitFor(t, "alice on both nodes", both)
+	g := startGapPair(t)
+	b, ca, cb := g.b, g.ca, g.cb
 	b.sendOK("alice", "m1")
 	first := readFrame(t, ca).pos(t)
 	readFrame(t, cb)
 
-	p.SetMode(testutil.Cut) // a loses Redis
-	waitFor(t, "a unready", func() bool { code, _ := a.get("/readyz"); return code == http.StatusServiceUnavailable })
+	g.cut()
 	b.sendOK("alice", "m2") // 200: b's connection gets it, a's misses it
 	readFrame(t, cb)
-	p.SetMode(testutil.Forward)
-	waitFor(t, "alice on both nodes again", both)
-	waitReady(t, a)
+	g.restore()
 	b.sendOK("alice", "m3")
 	wantMessage(t, ca, "m2", position{first.epoch, 2})
 	wantMessage(t, ca, "m3", position{first.epoch, 3})
+}
+
+// gapPair is alice connected (format=json) on node a, whose Redis link
+// goes through a proxy the test cuts, and on node b, whose does not.
+type gapPair struct {
+	t      *testing.T
+	a, b   *testServer
+	ca, cb *websocket.Conn
+	proxy  *testutil.Proxy
+	both   func() bool // alice's channel has both nodes' subscriptions
+}
+
+func startGapPair(t *testing.T) *gapPair {
+	t.Helper()
+	u := testRedis(t)
+	prefix := testPrefix(t)
+	g := &gapPair{t: t, proxy: testutil.StartProxy(t, u.Host)}
+	g.a = startNode(t, redisVia(u, g.proxy.Addr()), prefix)
+	g.b = startNode(t, u.String(), prefix)
+	waitReady(t, g.a)
+	waitReady(t, g.b)
+	g.ca = g.a.dialStream("alice", "format=json")
+	g.cb = g.b.dialStream("alice", "format=json")
+	rdb := redis.NewClient(&redis.Options{Addr: u.Host})
+	t.Cleanup(func() {
+		rdb.Del(context.Background(), prefix+":s:alice", prefix+":h:alice")
+		rdb.Close()
+	})
+	g.both = func() bool {
+		r, _ := rdb.PubSubNumSub(context.Background(), prefix+":u:alice").Result()
+		return r[prefix+":u:alice"] == 2
+	}
+	waitFor(t, "alice on both nodes", g.both)
+	return g
+}
+
+// cut takes a's Redis away and waits until a says so.
+func (g *gapPair) cut() {
+	g.t.Helper()
+	g.proxy.SetMode(testutil.Cut)
+	waitFor(g.t, "a unready", func() bool { code, _ := g.a.get("/readyz"); return code == http.StatusServiceUnavailable })
+}
+
+// restore gives a its Redis back and waits until a is subscribed again.
+func (g *gapPair) restore() {
+	g.t.Helper()
+	g.proxy.SetMode(testutil.Forward)
+	waitFor(g.t, "alice on both nodes again", g.both)
+	waitReady(g.t, g.a)
 }

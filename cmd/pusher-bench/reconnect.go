@@ -218,15 +218,10 @@ func (r *runner) reconnect(ctx context.Context) (*Report, error) {
 	s.p.redial.Store(true)
 	// Every first connection is registered before the first /send: it is
 	// owed every accepted message of its uid from the start.
-	if err := r.connect(ctx, s, base, true, rep); err != nil {
-		return r.abort(rep, s, err)
-	}
-
-	before, err := r.probe.read(ctx)
+	before, clk0, err := r.measureFrom(ctx, s, base, true, rep)
 	if err != nil {
 		return r.abort(rep, s, err)
 	}
-	clk0 := readCPUClock()
 	s.p.phase.Store(phaseDropping)
 	dropCtx, cancel := context.WithTimeout(ctx, e.Duration)
 	defer cancel()

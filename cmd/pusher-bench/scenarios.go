@@ -59,6 +59,16 @@ func (r *runner) begin(ctx context.Context) (*Report, serverState, *session, err
 	return rep, base, s, nil
 }
 
+// measureFrom connects the set (see connect), then takes the server's
+// state and the CPU clocks where the measured part of a scenario begins.
+func (r *runner) measureFrom(ctx context.Context, s *session, base serverState, confirm bool, rep *Report) (serverState, cpuClock, error) {
+	if err := r.connect(ctx, s, base, confirm, rep); err != nil {
+		return serverState{}, cpuClock{}, err
+	}
+	before, err := r.probe.read(ctx)
+	return before, readCPUClock(), err
+}
+
 func (r *runner) newReport() *Report {
 	e := r.e
 	rep := &Report{Scenario: e.Scenario, Label: e.Label, Users: e.Users, ConnsPerUser: e.ConnsPerUser,
@@ -164,15 +174,10 @@ func (r *runner) send(ctx context.Context) (*Report, error) {
 		return nil, err
 	}
 	defer s.close()
-	if err := r.connect(ctx, s, base, true, rep); err != nil {
-		return r.abort(rep, s, err)
-	}
-
-	before, err := r.probe.read(ctx)
+	before, clk0, err := r.measureFrom(ctx, s, base, true, rep)
 	if err != nil {
 		return r.abort(rep, s, err)
 	}
-	clk0 := readCPUClock()
 	if r.e.Scenario == scenarioMulticast {
 		k := r.multicastSize()
 		err = r.runSenders(ctx, ctx, s.rp, r.e.Rounds, func(n int) (int, int) { return n * k % r.e.Users, k })
@@ -215,15 +220,10 @@ func (r *runner) churn(ctx context.Context) (*Report, error) {
 	}
 	s.p.redial.Store(true)
 	// Churning connections come and go, so the gauge cannot confirm them.
-	if err := r.connect(ctx, s, base, false, rep); err != nil {
-		return r.abort(rep, s, err)
-	}
-
-	before, err := r.probe.read(ctx)
+	before, clk0, err := r.measureFrom(ctx, s, base, false, rep)
 	if err != nil {
 		return r.abort(rep, s, err)
 	}
-	clk0 := readCPUClock()
 	churnCtx, cancel := context.WithTimeout(ctx, e.Duration)
 	defer cancel()
 	// Requests run under ctx, so the last ones finish after Duration.
