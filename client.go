@@ -99,8 +99,9 @@ func (c *Client) start() {
 }
 
 // enqueue queues it and returns whether it did. It never blocks: a full
-// queue closes the connection as a slow consumer.
-func (c *Client) enqueue(it qitem) bool {
+// queue closes the connection as a slow consumer. On an idle connection it
+// claims the writer and leaves it in out for the caller to write.
+func (c *Client) enqueue(it qitem, out *outbox) bool {
 	c.mu.Lock()
 	if c.state.Load() != stateOpen {
 		c.mu.Unlock()
@@ -121,6 +122,16 @@ func (c *Client) enqueue(it qitem) bool {
 		// between the subscription and the history read comes twice: in
 		// the replay and, later, live.
 		c.mu.Unlock()
+		return true
+	}
+	if !c.writing && !c.held && !c.pingDue && len(c.queue) == 0 && len(it.m.Data) <= maxInlineData {
+		// An idle connection: the caller writes it (see writeNow).
+		c.writing = true
+		c.hub.wg.Add(1)
+		c.queued.Add(1)
+		c.hub.pending.Add(1)
+		c.mu.Unlock()
+		*out = append(*out, pendingWrite{c, it})
 		return true
 	}
 	if c.queue == nil && c.spare != nil {

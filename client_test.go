@@ -26,7 +26,7 @@ func item(epoch string, off uint64) qitem {
 // is not taken for one the replay covered, whatever its offset.
 func TestReleaseKeepsANewEpoch(t *testing.T) {
 	c := heldClient(t)
-	c.enqueue(item("new", 1))
+	c.enqueue(item("new", 1), new(outbox))
 	c.release(nil, true, position{"old", 5})
 	if len(c.queue) != 2 || c.queue[1].epoch != "new" {
 		t.Fatalf("queue after release = %+v, want the recovered frame and the new-epoch message", c.queue)
@@ -38,14 +38,14 @@ func TestReleaseKeepsANewEpoch(t *testing.T) {
 // between the subscription and the history read arrives after release).
 func TestReleaseDropsLiveCopiesOfTheReplay(t *testing.T) {
 	c := heldClient(t)
-	c.enqueue(item("e", 4)) // live, queued during the replay
+	c.enqueue(item("e", 4), new(outbox)) // live, queued during the replay
 	replay := []qitem{item("e", 3), item("e", 4), item("e", 5)}
 	for i := range replay {
 		replay[i].replay = true
 	}
 	c.release(replay, true, position{"e", 2})
-	c.enqueue(item("e", 5)) // live, after release
-	c.enqueue(item("e", 6))
+	c.enqueue(item("e", 5), new(outbox)) // live, after release
+	c.enqueue(item("e", 6), new(outbox))
 	var offs []uint64
 	for _, it := range c.queue {
 		if !it.ctl {

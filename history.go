@@ -158,6 +158,8 @@ func newMemHistory(lim historyLimits, now func() time.Time, reg prometheus.Regis
 // It returns the uids that had no connection: nothing was stored for
 // them.
 func (h *memHistory) deliver(hub *Hub, m *Message, uids []string) (gone []string) {
+	out := hub.getOutbox()
+	defer hub.flush(out) // after the unlock: writes are system calls
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, uid := range uids {
@@ -172,7 +174,7 @@ func (h *memHistory) deliver(hub *Hub, m *Message, uids []string) (gone []string
 			// an offset rather than not at all.
 			hub.log.Error("history append failed", "uid", uid, "err", err)
 		}
-		hub.deliver(uid, cs, it)
+		hub.deliver(uid, cs, it, out)
 	}
 	h.evictLocked()
 	return gone

@@ -68,6 +68,8 @@ type Hub struct {
 
 	// frames holds *[]byte for the writers' JSON frames.
 	frames sync.Pool
+	// outboxes holds *outbox for the deliveries left to their callers.
+	outboxes sync.Pool
 
 	// iovs holds *net.Buffers for the writers' writev, so that a write
 	// allocates nothing and an idle connection holds no buffer list.
@@ -100,6 +102,7 @@ func newHub(cfg hubConfig, log *slog.Logger, msgLog message.Logger, events hubEv
 		userClients:    make(map[string][]*Client),
 		iovs:           sync.Pool{New: func() any { return new(net.Buffers) }},
 		frames:         sync.Pool{New: func() any { return new([]byte) }},
+		outboxes:       sync.Pool{New: func() any { return new(outbox) }},
 		recoveredTrue:  &Message{Data: []byte(`{"recovered":true}`)},
 		recoveredFalse: &Message{Data: []byte(`{"recovered":false}`)},
 	}
@@ -215,13 +218,14 @@ func (h *Hub) clients(uid string) []*Client {
 	return cs
 }
 
-// deliver queues it on each of cs, the connections of uid. It never
-// blocks: a connection whose queue is full is closed as a slow consumer
-// instead. It returns how many connections took it.
-func (h *Hub) deliver(uid string, cs []*Client, it qitem) int {
+// deliver queues it on each of cs, the connections of uid, or leaves it
+// in out for an idle connection. It never blocks: a connection whose queue
+// is full is closed as a slow consumer instead. It returns how many
+// connections took it.
+func (h *Hub) deliver(uid string, cs []*Client, it qitem, out *outbox) int {
 	n := 0
 	for _, c := range cs {
-		if c.enqueue(it) {
+		if c.enqueue(it, out) {
 			n++
 		}
 	}

@@ -321,6 +321,8 @@ func (b *RedisBroker) repair(uid string) {
 		}
 	}
 
+	out := b.hub.getOutbox()
+	defer b.hub.flush(out) // after the unlock: writes are system calls
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	st, still := b.repairing[uid]
@@ -334,14 +336,14 @@ func (b *RedisBroker) repair(uid string) {
 	}
 	for _, it := range items {
 		it.replay = false // live to the connections: they never had it
-		b.deliverLocked(uid, it)
+		b.deliverLocked(uid, it, out)
 		done = position{it.epoch, it.off}
 	}
 	for _, it := range st.held {
 		if ok && it.epoch == done.epoch && it.off <= done.n {
 			continue // delivered from history just now
 		}
-		b.deliverLocked(uid, it)
+		b.deliverLocked(uid, it, out)
 	}
 	if ok || !st.lost {
 		return // a new subscription's fill that could not be made loses nothing it had

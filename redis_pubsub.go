@@ -162,6 +162,8 @@ func (b *RedisBroker) handle(rm *redis.Message) {
 		return
 	}
 	it := qitem{m: m, off: p.n, epoch: p.epoch}
+	out := b.hub.getOutbox()
+	defer b.hub.flush(out) // after the unlock: writes are system calls
 	// Under mu, so that a repair's delivery and this one keep their order.
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -174,7 +176,7 @@ func (b *RedisBroker) handle(rm *redis.Message) {
 		// channel's messages in offset order, so nothing newer is lost.
 		return
 	}
-	b.deliverLocked(uid, it)
+	b.deliverLocked(uid, it, out)
 }
 
 // hold starts holding uid's messages from Redis until a repair, and
@@ -201,12 +203,13 @@ func (b *RedisBroker) repairFrom(uid string) *position {
 	return nil
 }
 
-// deliverLocked hands it to uid's connections on this node.
-func (b *RedisBroker) deliverLocked(uid string, it qitem) {
+// deliverLocked hands it to uid's connections on this node (see
+// Hub.deliver for out).
+func (b *RedisBroker) deliverLocked(uid string, it qitem, out *outbox) {
 	b.last[uid] = position{it.epoch, it.off}
 	delete(b.base, uid)
 	if cs := b.hub.clients(uid); len(cs) > 0 {
-		b.hub.deliver(uid, cs, it)
+		b.hub.deliver(uid, cs, it, out)
 	}
 }
 

@@ -185,7 +185,9 @@ func TestNoDataFrameAfterTooBigClose(t *testing.T) {
 					return
 				}
 				if cs[0].queued.Load() < 32 {
-					ts.hub.deliver(uid, cs, qitem{m: m})
+					out := ts.hub.getOutbox()
+					ts.hub.deliver(uid, cs, qitem{m: m}, out)
+					ts.hub.flush(out)
 				}
 			}
 		})

@@ -216,8 +216,12 @@ func (c *Client) setWriteDeadline(now time.Time) {
 
 // onPing answers a client's ping. gorilla's own handler would give the
 // pong a one-second deadline, which would then cut short the writer's
-// next frames (see setWriteDeadline).
+// next frames (see setWriteDeadline). Under wmu: a frame writeNow could
+// only half write is finished by writeRest, and the pong must not land in
+// the middle of it.
 func (c *Client) onPing(data string) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
 	err := c.conn.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(c.hub.cfg.WriteTimeout))
 	if err != nil && !errors.Is(err, websocket.ErrCloseSent) {
 		return err

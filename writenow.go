@@ -1,0 +1,139 @@
+package main
+
+import (
+	"time"
+)
+
+// This file is the writer's fast path: a message queued on an idle
+// connection is written by the goroutine that queued it (the /send
+// handler, or the cluster's receiver) in one non-blocking write, instead
+// of by a writer goroutine started for it. Starting that goroutine, growing
+// its stack for the write and switching to it cost more than the write
+// itself; most messages find their connection idle.
+
+// maxInlineData bounds the messages written in place: the frame is copied
+// into one buffer for the write.
+const maxInlineData = 8 << 10
+
+// writeNow writes it, the only item for c, whose writer the caller claimed
+// (writing set, counted in the hub's WaitGroup, the item counted as
+// queued). A socket that takes the whole frame at once is done with in
+// place; otherwise a writer goroutine writes the rest and whatever was
+// queued meanwhile. writeNow never waits for the peer.
+func (c *Client) writeNow(it qitem) {
+	c.wmu.Lock()
+	if c.state.Load() >= stateClosingNow {
+		c.wmu.Unlock()
+		c.dropBatch([]qitem{it})
+		c.finishWriteNow()
+		return
+	}
+	// A write deadline that passed long ago would fail even a
+	// non-blocking write.
+	c.setWriteDeadline(time.Now())
+	bp := c.hub.frames.Get().(*[]byte)
+	var frame []byte
+	if c.json {
+		frame = appendJSONFrame((*bp)[:0], it)
+	} else {
+		frame = append(append((*bp)[:0], it.m.header()...), it.m.Data...)
+	}
+	*bp = frame
+	n, err := tryWrite(c.raw, frame)
+	if err == nil && n < len(frame) {
+		// The socket is full (or cannot be written without waiting): a
+		// writer goroutine finishes the frame. wmu goes with it, so that
+		// nothing else is written into the middle of the frame.
+		go c.writeRest(it, bp, n)
+		return
+	}
+	c.wmu.Unlock()
+	c.putFrame(bp)
+	c.wrote(it, err)
+	if err != nil {
+		c.hub.wg.Done() // writing stays true: no writer starts on a dead socket
+		return
+	}
+	c.finishWriteNow()
+}
+
+// writeRest is the writer goroutine of a frame writeNow could not write
+// whole: it holds wmu (handed over by writeNow), writes the frame's
+// bytes from off on, and then goes on as the writer.
+func (c *Client) writeRest(it qitem, bp *[]byte, off int) {
+	c.setWriteDeadline(time.Now())
+	_, err := c.raw.Write((*bp)[off:])
+	c.wmu.Unlock()
+	c.putFrame(bp)
+	c.wrote(it, err)
+	if err != nil {
+		c.hub.wg.Done()
+		return
+	}
+	c.writeLoop()
+}
+
+// wrote accounts for it after its write: delivered, or failed with the
+// socket closed.
+func (c *Client) wrote(it qitem, err error) {
+	c.uncount([]qitem{it})
+	if err != nil {
+		c.hub.failed([]qitem{it}, c.uid, failWriteError)
+		c.hub.log.Debug("write failed", "uid", c.uid, "remote", c.conn.RemoteAddr().String(), "err", err)
+		c.abort()
+		return
+	}
+	c.hub.delivered(it.m, c.uid, time.Now(), it.replay)
+}
+
+// finishWriteNow ends writeNow's turn as the writer: what was queued
+// meanwhile (a message, a ping, a close) goes to a writer goroutine.
+func (c *Client) finishWriteNow() {
+	c.mu.Lock()
+	if len(c.queue) == 0 && !c.pingDue && c.state.Load() == stateOpen {
+		c.writing = false
+		c.mu.Unlock()
+		c.hub.wg.Done()
+		return
+	}
+	c.mu.Unlock()
+	go c.writeLoop() // takes over writeNow's count
+}
+
+func (c *Client) putFrame(bp *[]byte) {
+	if cap(*bp) <= maxPooledFrames {
+		*bp = (*bp)[:0]
+		c.hub.frames.Put(bp)
+	}
+}
+
+// outbox holds the messages enqueue left to its caller on idle
+// connections. The caller writes them with Hub.flush once it has let go
+// of its locks, so that no lock is held across a system call; the order
+// of each connection's messages holds, since everything queued after the
+// claim waits for writeNow.
+type outbox []pendingWrite
+
+type pendingWrite struct {
+	c  *Client
+	it qitem
+}
+
+func (h *Hub) getOutbox() *outbox { return h.outboxes.Get().(*outbox) }
+
+// flush writes what out holds and gives it back to the pool.
+func (h *Hub) flush(out *outbox) {
+	for i := range *out {
+		p := &(*out)[i]
+		p.c.writeNow(p.it)
+		*p = pendingWrite{}
+	}
+	if cap(*out) <= maxPooledOutbox {
+		*out = (*out)[:0]
+		h.outboxes.Put(out)
+	}
+}
+
+// maxPooledOutbox bounds the outboxes kept for reuse (a multicast to
+// many uids makes a big one).
+const maxPooledOutbox = 1024
