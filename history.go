@@ -95,6 +95,10 @@ type memHistory struct {
 	// idleBytes is their share of bytes.
 	idleOldest, idleNewest *uidLog
 	idleBytes              int64
+	// free holds removed entries for reuse (linked by next), at most
+	// maxFreeEntries: a busy history stores one entry as it drops one.
+	free  *histEntry
+	nfree int
 
 	evicted   *prometheus.CounterVec
 	recovered *prometheus.CounterVec
@@ -102,10 +106,14 @@ type memHistory struct {
 
 // uidLog is one uid's history.
 type uidLog struct {
-	uid     string
-	epoch   string
-	last    uint64       // the offset of the latest message
-	entries []*histEntry // oldest first, at most Size
+	uid   string
+	epoch string
+	last  uint64 // the offset of the latest message
+	// ring holds the kept entries, n of them from head on, oldest first;
+	// it grows up to Size and is let go when empty. Dropping the oldest
+	// moves nothing.
+	ring    []*histEntry
+	head, n int
 
 	// On the idle list while the uid has no connection.
 	inIdle             bool
@@ -120,6 +128,35 @@ type histEntry struct {
 	m          *Message
 	size       int64
 	prev, next *histEntry // the list of every entry
+}
+
+// maxFreeEntries bounds memHistory's free list.
+const maxFreeEntries = 4096
+
+// at returns the i-th kept entry, oldest first.
+func (u *uidLog) at(i int) *histEntry { return u.ring[(u.head+i)%len(u.ring)] }
+
+// push adds e as the newest entry; the caller keeps n below size.
+func (u *uidLog) push(e *histEntry, size int) {
+	if u.n == len(u.ring) {
+		grown := make([]*histEntry, min(max(4, 2*len(u.ring)), size))
+		for i := range u.n {
+			grown[i] = u.at(i)
+		}
+		u.ring, u.head = grown, 0
+	}
+	u.ring[(u.head+u.n)%len(u.ring)] = e
+	u.n++
+}
+
+// dropOldest forgets the oldest entry.
+func (u *uidLog) dropOldest() {
+	u.ring[u.head] = nil
+	u.head = (u.head + 1) % len(u.ring)
+	u.n--
+	if u.n == 0 {
+		u.ring, u.head = nil, 0
+	}
 }
 
 func newMemHistory(lim historyLimits, now func() time.Time, reg prometheus.Registerer) *memHistory {
@@ -195,17 +232,23 @@ func (h *memHistory) appendLocked(uid string, m *Message) (qitem, error) {
 	if h.lim.Size == 0 {
 		return it, nil
 	}
-	if len(u.entries) == h.lim.Size {
-		h.removeLocked(u.entries[0], "count")
+	if u.n == h.lim.Size {
+		h.removeLocked(u.at(0), "count")
 	}
-	e := &histEntry{uid: uid, off: u.last, m: m, size: int64(len(m.Data)+len(m.ID)) + entryOverhead, prev: h.newest}
+	e := h.free
+	if e != nil {
+		h.free, h.nfree = e.next, h.nfree-1
+	} else {
+		e = new(histEntry)
+	}
+	*e = histEntry{uid: uid, off: u.last, m: m, size: int64(len(m.Data)+len(m.ID)) + entryOverhead, prev: h.newest}
 	if h.newest != nil {
 		h.newest.next = e
 	} else {
 		h.oldest = e
 	}
 	h.newest = e
-	u.entries = append(u.entries, e)
+	u.push(e, h.lim.Size)
 	h.bytes += e.size
 	h.count++
 	return it, nil
@@ -223,16 +266,16 @@ func (h *memHistory) removeLocked(e *histEntry, reason string) {
 	} else {
 		h.newest = e.prev
 	}
-	if u := h.users[e.uid]; u != nil && len(u.entries) > 0 && u.entries[0] == e {
-		// Shift rather than reslice, so that the slice does not creep
-		// through its array; at most Size pointers move.
-		n := copy(u.entries, u.entries[1:])
-		u.entries[n] = nil
-		u.entries = u.entries[:n]
+	if u := h.users[e.uid]; u != nil && u.n > 0 && u.at(0) == e {
+		u.dropOldest()
 	}
 	h.bytes -= e.size
 	h.count--
 	*e = histEntry{} // let the message go
+	if h.nfree < maxFreeEntries {
+		e.next, h.free = h.free, e
+		h.nfree++
+	}
 	h.evicted.WithLabelValues(reason).Inc()
 }
 
@@ -257,8 +300,8 @@ func (h *memHistory) evictLocked() {
 			return
 		}
 		h.unidleLocked(u)
-		for len(u.entries) > 0 {
-			h.removeLocked(u.entries[0], "bytes")
+		for u.n > 0 {
+			h.removeLocked(u.at(0), "bytes")
 		}
 		delete(h.users, u.uid)
 	}
@@ -331,11 +374,11 @@ func (h *memHistory) since(uid string, p position) ([]qitem, bool) {
 	if ok && p.n < u.last {
 		// Everything after p.n must still be there: the first kept entry
 		// is p.n+1 or older.
-		if len(u.entries) == 0 || u.entries[0].off > p.n+1 {
+		if u.n == 0 || u.at(0).off > p.n+1 {
 			ok = false
 		} else {
-			for _, e := range u.entries {
-				if e.off > p.n {
+			for i := range u.n {
+				if e := u.at(i); e.off > p.n {
 					items = append(items, qitem{m: e.m, off: e.off, epoch: u.epoch, replay: true})
 				}
 			}

@@ -277,8 +277,8 @@ func TestHistoryMemoryBounds(t *testing.T) {
 		hist.mu.Lock()
 		bytes, count := hist.bytes, hist.count
 		for uid, u := range hist.users {
-			if len(u.entries) > 50 {
-				t.Errorf("%s holds %d entries, want at most 50", uid, len(u.entries))
+			if u.n > 50 || len(u.ring) > 50 {
+				t.Errorf("%s holds %d entries in a ring of %d, want at most 50", uid, u.n, len(u.ring))
 			}
 		}
 		hist.mu.Unlock()

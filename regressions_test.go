@@ -371,8 +371,8 @@ func TestIdleStatesDoNotCrowdOutMessages(t *testing.T) {
 	for i := range 150 { // users that came and went today
 		uid := fmt.Sprintf("gone%03d", i)
 		h.appendLocked(uid, m)
-		for len(h.users[uid].entries) > 0 {
-			h.removeLocked(h.users[uid].entries[0], "age") // their messages expired
+		for h.users[uid].n > 0 {
+			h.removeLocked(h.users[uid].at(0), "age") // their messages expired
 		}
 	}
 	h.mu.Unlock()
@@ -382,7 +382,7 @@ func TestIdleStatesDoNotCrowdOutMessages(t *testing.T) {
 	h.mu.Lock()
 	it, _ := h.appendLocked("alice", m) // alice is connected
 	h.evictLocked()
-	n := len(h.users["alice"].entries)
+	n := h.users["alice"].n
 	h.mu.Unlock()
 	if n == 0 {
 		t.Errorf("alice's message %d was evicted at once while %d-byte idle states stay", it.off, stateOverhead)
