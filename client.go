@@ -7,6 +7,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -45,7 +46,8 @@ const (
 type Client struct {
 	hub       *Hub
 	conn      *websocket.Conn
-	raw       net.Conn // the socket under conn: data frames are written here
+	raw       net.Conn        // the socket under conn: data frames are written here
+	rc        syscall.RawConn // raw's, for writeNow; nil if it has none
 	uid       string
 	expiresAt time.Time
 	json      bool // format=json: frames carry id and offset
@@ -83,6 +85,9 @@ type clientOptions struct {
 
 func newClient(h *Hub, conn *websocket.Conn, id Identity, opt clientOptions) *Client {
 	c := &Client{hub: h, conn: conn, raw: conn.NetConn(), uid: id.UID, expiresAt: id.ExpiresAt, json: opt.json, held: opt.hold}
+	if sc, ok := c.raw.(syscall.Conn); ok {
+		c.rc, _ = sc.SyscallConn() // fails only on a closed conn: writeNow then hands off
+	}
 	conn.SetCloseHandler(c.onClose)
 	conn.SetPingHandler(c.onPing)
 	return c

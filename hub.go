@@ -68,8 +68,9 @@ type Hub struct {
 
 	// frames holds *[]byte for the writers' JSON frames.
 	frames sync.Pool
-	// outboxes holds *outbox for the deliveries left to their callers.
-	outboxes sync.Pool
+	// outboxes holds *outbox for the deliveries left to their callers,
+	// nowFrames *nowFrame for their writes.
+	outboxes, nowFrames sync.Pool
 
 	// iovs holds *net.Buffers for the writers' writev, so that a write
 	// allocates nothing and an idle connection holds no buffer list.
@@ -103,6 +104,7 @@ func newHub(cfg hubConfig, log *slog.Logger, msgLog message.Logger, events hubEv
 		iovs:           sync.Pool{New: func() any { return new(net.Buffers) }},
 		frames:         sync.Pool{New: func() any { return new([]byte) }},
 		outboxes:       sync.Pool{New: func() any { return new(outbox) }},
+		nowFrames:      sync.Pool{New: newNowFrame},
 		recoveredTrue:  &Message{Data: []byte(`{"recovered":true}`)},
 		recoveredFalse: &Message{Data: []byte(`{"recovered":false}`)},
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"syscall"
 	"time"
 )
 
@@ -31,24 +32,22 @@ func (c *Client) writeNow(it qitem) {
 	// A write deadline that passed long ago would fail even a
 	// non-blocking write.
 	c.setWriteDeadline(time.Now())
-	bp := c.hub.frames.Get().(*[]byte)
-	var frame []byte
+	f := c.hub.nowFrames.Get().(*nowFrame)
 	if c.json {
-		frame = appendJSONFrame((*bp)[:0], it)
+		f.b = appendJSONFrame(f.b[:0], it)
 	} else {
-		frame = append(append((*bp)[:0], it.m.header()...), it.m.Data...)
+		f.b = append(append(f.b[:0], it.m.header()...), it.m.Data...)
 	}
-	*bp = frame
-	n, err := tryWrite(c.raw, frame)
-	if err == nil && n < len(frame) {
+	n, err := f.tryWrite(c.rc)
+	if err == nil && n < len(f.b) {
 		// The socket is full (or cannot be written without waiting): a
 		// writer goroutine finishes the frame. wmu goes with it, so that
 		// nothing else is written into the middle of the frame.
-		go c.writeRest(it, bp, n)
+		go c.writeRest(it, f, n)
 		return
 	}
 	c.wmu.Unlock()
-	c.putFrame(bp)
+	c.hub.putNowFrame(f)
 	c.wrote(it, err)
 	if err != nil {
 		c.hub.wg.Done() // writing stays true: no writer starts on a dead socket
@@ -60,11 +59,11 @@ func (c *Client) writeNow(it qitem) {
 // writeRest is the writer goroutine of a frame writeNow could not write
 // whole: it holds wmu (handed over by writeNow), writes the frame's
 // bytes from off on, and then goes on as the writer.
-func (c *Client) writeRest(it qitem, bp *[]byte, off int) {
+func (c *Client) writeRest(it qitem, f *nowFrame, off int) {
 	c.setWriteDeadline(time.Now())
-	_, err := c.raw.Write((*bp)[off:])
+	_, err := c.raw.Write(f.b[off:])
 	c.wmu.Unlock()
-	c.putFrame(bp)
+	c.hub.putNowFrame(f)
 	c.wrote(it, err)
 	if err != nil {
 		c.hub.wg.Done()
@@ -100,10 +99,39 @@ func (c *Client) finishWriteNow() {
 	go c.writeLoop() // takes over writeNow's count
 }
 
-func (c *Client) putFrame(bp *[]byte) {
-	if cap(*bp) <= maxPooledFrames {
-		*bp = (*bp)[:0]
-		c.hub.frames.Put(bp)
+// nowFrame is the frame of one writeNow, pooled with what its
+// non-blocking write needs, so that the write allocates nothing.
+type nowFrame struct {
+	b   []byte
+	n   int                   // what the last try wrote
+	err error                 // and its error
+	try func(fd uintptr) bool // f.attempt, bound once
+}
+
+func newNowFrame() any {
+	f := new(nowFrame)
+	f.try = f.attempt
+	return f
+}
+
+// tryWrite writes f.b to the socket with one non-blocking write and
+// returns how much it took: less than len(f.b), and no error, when the
+// socket's buffer is full or rc is nil. It never waits.
+func (f *nowFrame) tryWrite(rc syscall.RawConn) (int, error) {
+	if rc == nil {
+		return 0, nil
+	}
+	f.n, f.err = 0, nil
+	if err := rc.Write(f.try); err != nil {
+		return 0, err // closed, or the write deadline passed
+	}
+	return f.n, f.err
+}
+
+func (h *Hub) putNowFrame(f *nowFrame) {
+	if cap(f.b) <= maxPooledFrames {
+		f.b = f.b[:0]
+		h.nowFrames.Put(f)
 	}
 }
 
