@@ -55,7 +55,11 @@ func parseSendRequest(r *http.Request, lim sendLimits) (sendRequest, *httpError)
 	var req sendRequest
 	var herr *httpError
 	ct := r.Header.Get("Content-Type")
-	mt, _, err := mime.ParseMediaType(ct)
+	mt, err := ct, error(nil)
+	if ct != "application/json" && ct != "application/x-www-form-urlencoded" {
+		// Those two parse to themselves: skip the parser and its map.
+		mt, _, err = mime.ParseMediaType(ct)
+	}
 	switch {
 	case ct == "":
 		// No body type: the article's clients may put uid and message in
@@ -68,8 +72,10 @@ func parseSendRequest(r *http.Request, lim sendLimits) (sendRequest, *httpError)
 		return req, &httpError{http.StatusUnsupportedMediaType, "malformed Content-Type"}
 	case mt == "application/json":
 		req, herr = parseSendJSON(r)
-	case mt == "application/x-www-form-urlencoded", mt == "multipart/form-data":
-		req, herr = parseSendForm(r, mt == "multipart/form-data", lim.maxBody())
+	case mt == "application/x-www-form-urlencoded":
+		req, herr = parseSendURLEncoded(r, lim.maxBody())
+	case mt == "multipart/form-data":
+		req, herr = parseSendForm(r, true, lim.maxBody())
 	default:
 		return req, &httpError{http.StatusUnsupportedMediaType, fmt.Sprintf("unsupported Content-Type %q: use application/json, application/x-www-form-urlencoded or multipart/form-data", mt)}
 	}
@@ -112,6 +118,29 @@ func parseSendForm(r *http.Request, multipart bool, maxMemory int64) (sendReques
 	return req, nil
 }
 
+// parseSendURLEncoded reads a urlencoded body with parseSendFormFast, or
+// else with parseSendForm (r.ParseForm) over the same bytes.
+func parseSendURLEncoded(r *http.Request, maxBody int64) (sendRequest, *httpError) {
+	// ParseForm reads the body only for these methods, and not at all once
+	// the form is parsed; and it needs a URL for the query.
+	switch {
+	case r.Method != http.MethodPost && r.Method != http.MethodPut && r.Method != http.MethodPatch,
+		r.Form != nil, r.PostForm != nil, r.URL == nil:
+		return parseSendForm(r, false, 0)
+	}
+	body, err := readBody(r.Body, r.ContentLength)
+	if err != nil {
+		return sendRequest{}, bodyError(err, "malformed form") // as ParseForm reports it
+	}
+	if req, ok := parseSendFormFast(body, StringToBytes(r.URL.RawQuery)); ok {
+		return req, nil
+	}
+	// ParseForm applies its own 10 MB cap unless the body is a
+	// MaxBytesReader; this one is, as before, and the body fits it.
+	r.Body = http.MaxBytesReader(nil, io.NopCloser(bytes.NewReader(body)), maxBody)
+	return parseSendForm(r, false, 0)
+}
+
 // bodyError turns a body read error into 413 when the body was too large.
 func bodyError(err error, what string) *httpError {
 	var tooBig *http.MaxBytesError
@@ -128,12 +157,23 @@ type sendJSON struct {
 	Message *string   `json:"message"`
 }
 
+// parseSendJSON reads a JSON body with parseSendJSONFast, or else with
+// decodeSendJSON over the same bytes.
 func parseSendJSON(r *http.Request) (sendRequest, *httpError) {
-	var req sendRequest
-	body, err := io.ReadAll(r.Body)
+	body, err := readBody(r.Body, r.ContentLength)
 	if err != nil {
-		return req, bodyError(err, "read body")
+		return sendRequest{}, bodyError(err, "read body")
 	}
+	if req, ok := parseSendJSONFast(body); ok {
+		return req, nil
+	}
+	return decodeSendJSON(body)
+}
+
+// decodeSendJSON decodes body with encoding/json, which names whatever is
+// wrong with it.
+func decodeSendJSON(body []byte) (sendRequest, *httpError) {
+	var req sendRequest
 	// encoding/json would turn invalid UTF-8 into U+FFFD silently.
 	if !utf8.Valid(body) {
 		return req, badRequest("body is not valid UTF-8")

@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"testing"
 	"unicode/utf8"
 )
 
 // FuzzParseSendRequest: no body or Content-Type panics the /send parser,
-// and whatever it accepts obeys every rule of the contract.
+// it answers as the parser before the fast paths did, and whatever it
+// accepts obeys every rule of the contract.
 func FuzzParseSendRequest(f *testing.F) {
 	f.Add("application/x-www-form-urlencoded", []byte("uid=u1&message=hi"))
 	f.Add("application/json", []byte(`{"uid":"u1","message":"hi"}`))
@@ -25,6 +27,13 @@ func FuzzParseSendRequest(f *testing.F) {
 			r.Header.Set("Content-Type", contentType)
 		}
 		req, herr := parseSendRequest(r, lim)
+		ref := httptest.NewRequest(http.MethodPost, "/send", bytes.NewReader(body))
+		if contentType != "" {
+			ref.Header.Set("Content-Type", contentType)
+		}
+		if refReq, refErr := refParseSendRequest(ref, lim); !reflect.DeepEqual(req, refReq) || !reflect.DeepEqual(herr, refErr) {
+			t.Fatalf("parseSendRequest = %#v, %#v\nbefore:             %#v, %#v", req, herr, refReq, refErr)
+		}
 		if herr != nil {
 			if herr.code < 400 || herr.code > 499 || herr.reason == "" || bytes.ContainsAny([]byte(herr.reason), "\r\n") {
 				t.Fatalf("refusal %d %q: want a 4xx with a one-line reason", herr.code, herr.reason)

@@ -21,5 +21,7 @@ go test -race -count=1 ./...
 # corpus (testdata/fuzz). A finding fails the run and is written there.
 fuzz() { go test -run '^$' -fuzz "^$2\$" -fuzztime "${FUZZTIME:-4s}" "$1"; }
 fuzz . FuzzParseSendRequest
+fuzz . FuzzSendJSONDiff
+fuzz . FuzzSendFormDiff
 fuzz . FuzzParseToken
 fuzz ./message FuzzAppendLine
