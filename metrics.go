@@ -1,6 +1,7 @@
 package main
 
 import (
+	"net/http"
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,6 +26,7 @@ type metrics struct {
 	failedWrite      prometheus.Counter
 	failedClosed     prometheus.Counter
 	sendRequests     *prometheus.CounterVec
+	sendOK           prometheus.Counter // sendRequests{code="200"}, looked up once
 	authFailures     *prometheus.CounterVec
 	slowConsumers    prometheus.Counter
 	sendDuration     prometheus.Histogram
@@ -82,6 +84,7 @@ func newMetrics(g gauges) *metrics {
 	for _, code := range []int{200, 400, 401, 404, 405, 413, 415, 503} {
 		m.sendRequests.WithLabelValues(strconv.Itoa(code))
 	}
+	m.sendOK = m.sendRequests.WithLabelValues("200")
 	reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "connections",
@@ -101,6 +104,14 @@ func newMetrics(g gauges) *metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	return m
+}
+
+// sendCounter returns the counter of /send requests answered with code.
+func (m *metrics) sendCounter(code int) prometheus.Counter {
+	if code == http.StatusOK {
+		return m.sendOK
+	}
+	return m.sendRequests.WithLabelValues(strconv.Itoa(code))
 }
 
 // failedCounter returns the counter of a failure reason.

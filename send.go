@@ -9,7 +9,6 @@ import (
 	"io"
 	"mime"
 	"net/http"
-	"strconv"
 	"time"
 	"unicode/utf8"
 
@@ -249,7 +248,7 @@ func (req *sendRequest) check(lim sendLimits) *httpError {
 func (s *Server) handleSend(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	code := s.send(w, r, start)
-	s.metrics.sendRequests.WithLabelValues(strconv.Itoa(code)).Inc()
+	s.metrics.sendCounter(code).Inc()
 	s.metrics.sendDuration.Observe(time.Since(start).Seconds())
 }
 
@@ -312,7 +311,7 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request, now time.Time) int
 	}
 
 	if !req.Multicast {
-		return replyJSON(w, http.StatusOK, []byte(`{"id":"`+m.ID+`"}`))
+		return replyJSON(w, http.StatusOK, `{"id":"`+m.ID+"\"}\n")
 	}
 	if online == nil {
 		online = []string{}
@@ -329,14 +328,15 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request, now time.Time) int
 		// Strings always marshal; this is unreachable.
 		return replyText(w, http.StatusInternalServerError, "encode reply: "+err.Error())
 	}
-	return replyJSON(w, http.StatusOK, body)
+	return replyJSON(w, http.StatusOK, string(append(body, '\n')))
 }
 
-func replyJSON(w http.ResponseWriter, code int, body []byte) int {
+// replyJSON answers with body, a JSON value ending in a newline.
+func replyJSON(w http.ResponseWriter, code int, body string) int {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
 	// A write error means the client left; the message is sent regardless.
-	_, _ = w.Write(append(body, '\n'))
+	_, _ = io.WriteString(w, body)
 	return code
 }
 
