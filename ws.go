@@ -14,9 +14,10 @@ import (
 )
 
 // readBufferSize is each connection's read buffer. Clients have nothing to
-// say (their messages are discarded in chunks); it holds a frame header and
-// a control frame's payload (at most 125 bytes) with room to spare.
-const readBufferSize = 256
+// say (their messages are discarded in chunks); gorilla reads a frame
+// header and then a control frame's payload (at most 125 bytes) from it,
+// each whole (TestLargestPingIsAnswered).
+const readBufferSize = 128
 
 // refuseWait bounds how long a refused connection waits for the peer's
 // close reply after the server's close frame.

@@ -306,3 +306,42 @@ func TestUnknownPathsAndMethodsOnWS(t *testing.T) {
 		t.Errorf("a failed upgrade registered a connection")
 	}
 }
+
+// The read buffer is small (readBufferSize) but must hold the largest
+// control frame: a ping with 125 bytes of payload gets its pong, with the
+// payload, and the connection goes on.
+func TestLargestPingIsAnswered(t *testing.T) {
+	ts := startServer(t, testConfig(t))
+	conn := ts.dial("u")
+	payload := strings.Repeat("p", 125)
+	pong := make(chan string, 1)
+	conn.SetPongHandler(func(data string) error {
+		pong <- data
+		return nil
+	})
+	if err := conn.WriteControl(websocket.PingMessage, []byte(payload), time.Now().Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	readErr := make(chan error, 1)
+	go func() {
+		_, msg, err := conn.ReadMessage() // the pong handler runs in here
+		if err == nil && string(msg) != "after" {
+			err = fmt.Errorf("message %q, want %q", msg, "after")
+		}
+		readErr <- err
+	}()
+	select {
+	case got := <-pong:
+		if got != payload {
+			t.Fatalf("pong payload %d bytes, want the 125 sent", len(got))
+		}
+	case err := <-readErr:
+		t.Fatalf("no pong; read: %v", err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("no pong for a 125-byte ping")
+	}
+	ts.sendOK("u", "after")
+	if err := <-readErr; err != nil {
+		t.Fatal(err)
+	}
+}
