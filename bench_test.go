@@ -61,8 +61,9 @@ func BenchmarkParseSendJSON(b *testing.B) {
 	benchParseSend(b, "application/json", []struct{ name, query, body string }{
 		{"unicast", "", `{"uid":"user-42","message":"a typical payload of about one hundred bytes, give or take a few, in plain text"}`},
 		{"multicast-100", "", `{"uids":[` + strings.Join(uids, ",") + `],"message":"hello everyone"}`},
-		// Escapes are left to encoding/json: this one takes the slow path.
+		// A message that is JSON itself, as real ones often are.
 		{"escaped", "", `{"uid":"user-42","message":"{\"type\":\"notice\",\"text\":\"a typical payload of about one hundred bytes\"}"}`},
+		{"escaped-unicode", "", `{"uid":"user-42","message":"{\"type\":\"chat\",\"text\":\"caf\u00e9 \u4e2d\u6587\nline two \ud83d\ude00\"}"}`},
 	})
 }
 

@@ -3,14 +3,13 @@ package main
 import (
 	"bytes"
 	"io"
-	"unicode/utf8"
 )
 
-// The fast paths below parse the common, simple /send bodies without
-// encoding/json or url.ParseQuery. Each either returns exactly what the slow
-// path would have returned, or declines (ok false) and the slow path runs on
-// the same bytes; so every refusal, and its wording, still comes from the
-// slow path.
+// The fast paths here (form) and in sendjson.go (JSON) parse the common,
+// simple /send bodies without encoding/json or url.ParseQuery. Each either
+// returns exactly what the slow path would have returned, or declines (ok
+// false) and the slow path runs on the same bytes; so every refusal, and
+// its wording, still comes from the slow path.
 
 // maxBodyPrealloc caps the buffer sized from Content-Length: a client may
 // announce a large body and send nothing, and must not make us allocate it.
@@ -38,161 +37,6 @@ func readBody(r io.Reader, announced int64) ([]byte, error) {
 			b = append(b, 0)[:len(b)]
 		}
 	}
-}
-
-// isJSONSpace reports JSON's insignificant whitespace.
-func isJSONSpace(c byte) bool {
-	return c == ' ' || c == '\t' || c == '\n' || c == '\r'
-}
-
-func skipJSONSpace(b []byte, i int) int {
-	for i < len(b) && isJSONSpace(b[i]) {
-		i++
-	}
-	return i
-}
-
-// scanJSONString returns the contents of the string starting at b[i] (a
-// quote) and the index after its closing quote. It declines escapes and
-// control characters, the cases where encoding/json would rewrite or refuse
-// the bytes; the caller has checked the body is valid UTF-8.
-func scanJSONString(b []byte, i int) (s []byte, next int, ok bool) {
-	if i >= len(b) || b[i] != '"' {
-		return nil, 0, false
-	}
-	for j := i + 1; j < len(b); j++ {
-		switch c := b[j]; {
-		case c == '"':
-			return b[i+1 : j], j + 1, true
-		case c == '\\' || c < 0x20:
-			return nil, 0, false
-		}
-	}
-	return nil, 0, false
-}
-
-// scanJSONStrings checks that b[i:] starts with a non-empty array of simple
-// strings, and returns how many and the index after it. An empty array is
-// declined: the slow path refuses it.
-func scanJSONStrings(b []byte, i int) (n, next int, ok bool) {
-	if i >= len(b) || b[i] != '[' {
-		return 0, 0, false
-	}
-	j := skipJSONSpace(b, i+1)
-	for {
-		_, after, ok := scanJSONString(b, j)
-		if !ok {
-			return 0, 0, false
-		}
-		n++
-		j = skipJSONSpace(b, after)
-		if j < len(b) && b[j] == ']' {
-			return n, j + 1, true
-		}
-		if j >= len(b) || b[j] != ',' {
-			return 0, 0, false
-		}
-		j = skipJSONSpace(b, j+1)
-	}
-}
-
-// jsonStrings returns the n members of the array that scanJSONStrings
-// checked at b[i]. Each gets its own allocation, as with encoding/json:
-// uids outlive the request (history keeps them as map keys), and one kept
-// uid must not keep all the others alive.
-func jsonStrings(b []byte, i, n int) []string {
-	out := make([]string, n)
-	j := skipJSONSpace(b, i+1)
-	for k := range out {
-		s, after, _ := scanJSONString(b, j)
-		out[k] = string(s)
-		j = skipJSONSpace(b, after)
-		j = skipJSONSpace(b, j+1) // past ',' or ']'
-	}
-	return out
-}
-
-// parseSendJSONFast parses one object with keys among uid, uids and message,
-// each at most once, with simple string values, and returns what
-// decodeSendJSON would. Anything else is declined. Nothing is allocated
-// until the whole body is known good: a decline costs no garbage.
-func parseSendJSONFast(body []byte) (req sendRequest, ok bool) {
-	if !utf8.Valid(body) {
-		return sendRequest{}, false
-	}
-	var uid, msg []byte
-	haveUID, haveMsg := false, false
-	uidsAt, nUIDs := -1, 0 // the uids array, once seen
-	i := skipJSONSpace(body, 0)
-	if i >= len(body) || body[i] != '{' {
-		return sendRequest{}, false
-	}
-	i = skipJSONSpace(body, i+1)
-	if i < len(body) && body[i] == '}' {
-		i++
-	} else {
-		for {
-			key, after, ok := scanJSONString(body, i)
-			if !ok {
-				return sendRequest{}, false
-			}
-			i = skipJSONSpace(body, after)
-			if i >= len(body) || body[i] != ':' {
-				return sendRequest{}, false
-			}
-			i = skipJSONSpace(body, i+1)
-			switch string(key) { // no allocation: compared in place
-			case "uid":
-				if haveUID || uidsAt >= 0 {
-					return sendRequest{}, false // twice, or with uids
-				}
-				if uid, i, ok = scanJSONString(body, i); !ok {
-					return sendRequest{}, false
-				}
-				haveUID = true
-			case "uids":
-				if haveUID || uidsAt >= 0 {
-					return sendRequest{}, false
-				}
-				uidsAt = i
-				if nUIDs, i, ok = scanJSONStrings(body, i); !ok {
-					return sendRequest{}, false
-				}
-			case "message":
-				if haveMsg {
-					return sendRequest{}, false
-				}
-				if msg, i, ok = scanJSONString(body, i); !ok {
-					return sendRequest{}, false
-				}
-				haveMsg = true
-			default:
-				return sendRequest{}, false // unknown, or another case of a known key
-			}
-			i = skipJSONSpace(body, i)
-			if i < len(body) && body[i] == '}' {
-				i++
-				break
-			}
-			if i >= len(body) || body[i] != ',' {
-				return sendRequest{}, false
-			}
-			i = skipJSONSpace(body, i+1)
-		}
-	}
-	if skipJSONSpace(body, i) != len(body) {
-		return sendRequest{}, false
-	}
-	switch {
-	case haveUID:
-		req.UIDs = []string{string(uid)}
-	case uidsAt >= 0:
-		req.UIDs, req.Multicast = jsonStrings(body, uidsAt, nUIDs), true
-	}
-	if haveMsg {
-		req.Message = string(msg)
-	}
-	return req, true
 }
 
 // maxFastFormPairs bounds the &-separated pairs the form fast path takes in

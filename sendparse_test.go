@@ -177,6 +177,28 @@ func FuzzSendJSONDiff(f *testing.F) {
 		``, ` `, `{}`, `{ }`, `null`, `"x"`, `{"uid":"","message":"hi"}`, `{"uid":"u1","message":""}`,
 		`{"uid":"u1","message":"` + strings.Repeat("a", 65) + `"}`,
 		`{"uid":"` + strings.Repeat("u", 129) + `","message":"hi"}`,
+		// Escapes: the fast path decodes these, or declines.
+		`{"uid":"u1","message":"\"\\\/\b\f\n\r\t"}`, `{"uid":"u1","message":"{\"type\":\"order\",\"id\":42}"}`,
+		`{"uid":"u1","message":"\u0000"}`, `{"uid":"u1","message":"a\u00e9\u00E9b"}`, `{"uid":"u1","message":"\u4e2d\u6587"}`,
+		`{"uid":"u1","message":"\u007f\u0080\u07ff\u0800\ufffd\ufeff\uffff"}`,
+		`{"uid":"u1","message":"\uD83D\uDE00"}`, `{"uid":"u1","message":"\udbff\udfff\ud800\udc00"}`,
+		`{"uid":"u1","message":"x\ud800"}`, `{"uid":"u1","message":"\udc00"}`, `{"uid":"u1","message":"\udc00\ud800"}`,
+		`{"uid":"u1","message":"\udc00\udc00"}`, `{"uid":"u1","message":"\udfff\udfff"}`,
+		`{"uid":"u1","message":"\ud800\u0041"}`, `{"uid":"u1","message":"\ud800\ud800"}`, `{"uid":"u1","message":"\ud800\n"}`,
+		`{"uid":"u1","message":"\ud800\u"}`, `{"uid":"u1","message":"\ud800\udc0"}`, `{"uid":"u1","message":"\ud800x\udc00"}`,
+		`{"uid":"u1","message":"\u12g4"}`, `{"uid":"u1","message":"\u12"}`, `{"uid":"u1","message":"\u12`, `{"uid":"u1","message":"\u`,
+		`{"uid":"u1","message":"\x41"}`, `{"uid":"u1","message":"\U0041"}`, `{"uid":"u1","message":"\'"}`, `{"uid":"u1","message":"\ "}`,
+		`{"uid":"u1","message":"ab\""}`, `{"uid":"u1","message":"ab\"}`, `{"uid":"u1","message":"ab\\"}`, `{"uid":"u1","message":"ab\`,
+		"{\"uid\":\"u1\",\"message\":\"a\x01b\"}", "{\"uid\":\"u1\",\"message\":\"a\x1f\\n\"}", "{\"uid\":\"u1\",\"message\":\"a\nb\"}",
+		"{\"uid\":\"u\x00\",\"message\":\"hi\"}", "{\"uid\":\"u1\",\"message\":\"\\\x01\"}",
+		`{"u\u0069d":"u1","message":"hi"}`, `{"\u0055ID":"u1","message":"hi"}`, `{"uid":"u1","mess\u0061ge":"hi"}`,
+		`{"uids\"":["u1"],"message":"hi"}`, `{"ui\d":"u1","message":"hi"}`, `{"uid\n":"u1","message":"hi"}`,
+		`{"uid":"u\/1","message":"hi"}`, `{"uid":"\u00e9","message":"hi"}`, `{"uid":"\ud800","message":"hi"}`,
+		`{"uids":["a\nb","\u0061","a"],"message":"x"}`, `{"uids":["\"",  "\\"],"message":"x"}`,
+		`{"uids":["a","\udc00"],"message":"x"}`, `{"uids":["a","b\q"],"message":"x"}`, `{"uids":["a\"],"message":"x"}`,
+		`{"uid":"u1","message":"` + strings.Repeat(`\n`, 64) + `"}`, `{"uid":"u1","message":"` + strings.Repeat(`\n`, 65) + `"}`,
+		`{"uid":"u1","message":"` + strings.Repeat(`\u00e9`, 32) + `"}`, `{"uid":"u1","message":"` + strings.Repeat(`\u00e9`, 33) + `"}`,
+		`{"uid":"` + strings.Repeat(`\t`, 129) + `","message":"hi"}`,
 	} {
 		f.Add([]byte(s), false, uint8(0))
 		f.Add([]byte(s), true, uint8(0))
@@ -235,6 +257,10 @@ func TestSendFastPathsHandleCommonShapes(t *testing.T) {
 		{`{"uid":"u","message":"m"}`, sendRequest{UIDs: []string{"u"}, Message: "m"}},
 		{" {\n \"message\": \"é 😀\",\t\"uid\": \"u\"\n}\n", sendRequest{UIDs: []string{"u"}, Message: "é 😀"}},
 		{`{"uids":["a", "b","a"],"message":"m"}`, sendRequest{UIDs: []string{"a", "b", "a"}, Multicast: true, Message: "m"}},
+		// A message that is JSON itself: escaped, as real messages often are.
+		{`{"uid":"u","message":"{\"type\":\"order\",\"id\":42,\"note\":\"caf\u00e9\nA\\B\/C \ud83d\ude00\"}"}`,
+			sendRequest{UIDs: []string{"u"}, Message: `{"type":"order","id":42,"note":"café` + "\n" + `A\B/C 😀"}`}},
+		{`{"uids":["a\"b","\u4e2d"],"message":"\t"}`, sendRequest{UIDs: []string{`a"b`, "中"}, Multicast: true, Message: "\t"}},
 	}
 	for _, tc := range jsonCases {
 		got, ok := parseSendJSONFast([]byte(tc.body))
@@ -254,6 +280,44 @@ func TestSendFastPathsHandleCommonShapes(t *testing.T) {
 		got, ok := parseSendFormFast([]byte(tc.body), []byte(tc.query))
 		if !ok || !reflect.DeepEqual(got, tc.want) {
 			t.Errorf("parseSendFormFast(%q, %q) = %#v, %v; want %#v, true", tc.body, tc.query, got, ok, tc.want)
+		}
+	}
+}
+
+// The fast path declines lone or malformed surrogates (encoding/json makes
+// them U+FFFD), bad escapes and escaped keys. Taking one might still decode
+// the same, which the differential fuzzer would not notice.
+func TestSendJSONFastDeclinesEscapes(t *testing.T) {
+	for _, body := range []string{
+		`{"uid":"u","message":"\ud800"}`, `{"uid":"u","message":"\udc00\ud800"}`, `{"uid":"u","message":"\udc00\udc00"}`,
+		`{"uid":"u","message":"\ud800\u0041"}`, `{"uid":"u","message":"\ud800\ud800"}`, `{"uid":"u","message":"\udbffx"}`,
+		`{"uid":"\udfff","message":"m"}`,
+		`{"uids":["a","\ud83d"],"message":"m"}`, `{"uid":"u","message":"\u12g4"}`, `{"uid":"u","message":"\u12"}`,
+		`{"uid":"u","message":"\x41"}`, `{"uid":"u","message":"a\`, "{\"uid\":\"u\",\"message\":\"\x01\"}",
+		`{"u\u0069d":"u","message":"m"}`, `{"uid":"u","mess\u0061ge":"m"}`,
+	} {
+		if got, ok := parseSendJSONFast([]byte(body)); ok {
+			t.Errorf("parseSendJSONFast(%q) = %#v, true; want a decline", body, got)
+		}
+	}
+}
+
+// An escaped string is decoded into one allocation, as a plain one is
+// copied into one; a decline allocates nothing.
+func TestSendJSONFastAllocs(t *testing.T) {
+	for _, tc := range []struct {
+		body string
+		want float64
+	}{
+		{`{"uid":"user-1","message":"{\"type\":\"order\",\"id\":42}"}`, 3}, // the uids slice, uid, message
+		{`{"uid":"u\n","message":"caf\u00e9 \ud83d\ude00"}`, 3},
+		{`{"uid":"user-1","message":"plain"}`, 3},
+		{`{"uids":["a\"","user-2"],"message":"\t"}`, 4},
+		{`{"uid":"u","message":"\ud800"}`, 0},
+	} {
+		body := []byte(tc.body)
+		if got := testing.AllocsPerRun(100, func() { parseSendJSONFast(body) }); got != tc.want {
+			t.Errorf("parseSendJSONFast(%q): %v allocations, want %v", tc.body, got, tc.want)
 		}
 	}
 }
