@@ -29,6 +29,8 @@ type metrics struct {
 	sendOK           prometheus.Counter // sendRequests{code="200"}, looked up once
 	authFailures     *prometheus.CounterVec
 	slowConsumers    prometheus.Counter
+	memoryTrims      prometheus.Counter
+	memoryTrimmed    prometheus.Counter
 	sendDuration     prometheus.Histogram
 	deliveryDuration prometheus.Histogram
 }
@@ -67,6 +69,14 @@ func newMetrics(g gauges) *metrics {
 			Name: "pusher_slow_consumers_total",
 			Help: "Connections closed with 1013 because their queue was full.",
 		}),
+		memoryTrims: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pusher_memory_trims_total",
+			Help: "Times the server returned free heap to the system after a busy spell ended.",
+		}),
+		memoryTrimmed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pusher_memory_trimmed_bytes_total",
+			Help: "Heap bytes those trims returned.",
+		}),
 		sendDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "pusher_send_duration_seconds",
 			Help:    "/send handling time.",
@@ -98,7 +108,7 @@ func newMetrics(g gauges) *metrics {
 			Name: "pusher_users",
 			Help: "Distinct uids with at least one connection.",
 		}, func() float64 { return float64(g.Users()) }),
-		m.sent, failed, m.sendRequests, m.authFailures, m.slowConsumers,
+		m.sent, failed, m.sendRequests, m.authFailures, m.slowConsumers, m.memoryTrims, m.memoryTrimmed,
 		m.sendDuration, m.deliveryDuration,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),

@@ -55,18 +55,20 @@ func TestMetricsEndpoint(t *testing.T) {
 		t.Fatalf("parse /metrics: %v", err)
 	}
 	want := map[string]dto.MetricType{
-		"connections":                      dto.MetricType_GAUGE,
-		"pending":                          dto.MetricType_GAUGE,
-		"pusher_users":                     dto.MetricType_GAUGE,
-		"pusher_messages_sent_total":       dto.MetricType_COUNTER,
-		"pusher_messages_failed_total":     dto.MetricType_COUNTER,
-		"pusher_send_requests_total":       dto.MetricType_COUNTER,
-		"pusher_auth_failures_total":       dto.MetricType_COUNTER,
-		"pusher_slow_consumers_total":      dto.MetricType_COUNTER,
-		"pusher_send_duration_seconds":     dto.MetricType_HISTOGRAM,
-		"pusher_delivery_duration_seconds": dto.MetricType_HISTOGRAM,
-		"go_goroutines":                    dto.MetricType_GAUGE,
-		"process_resident_memory_bytes":    dto.MetricType_GAUGE,
+		"connections":                       dto.MetricType_GAUGE,
+		"pending":                           dto.MetricType_GAUGE,
+		"pusher_users":                      dto.MetricType_GAUGE,
+		"pusher_messages_sent_total":        dto.MetricType_COUNTER,
+		"pusher_messages_failed_total":      dto.MetricType_COUNTER,
+		"pusher_send_requests_total":        dto.MetricType_COUNTER,
+		"pusher_auth_failures_total":        dto.MetricType_COUNTER,
+		"pusher_slow_consumers_total":       dto.MetricType_COUNTER,
+		"pusher_memory_trims_total":         dto.MetricType_COUNTER,
+		"pusher_memory_trimmed_bytes_total": dto.MetricType_COUNTER,
+		"pusher_send_duration_seconds":      dto.MetricType_HISTOGRAM,
+		"pusher_delivery_duration_seconds":  dto.MetricType_HISTOGRAM,
+		"go_goroutines":                     dto.MetricType_GAUGE,
+		"process_resident_memory_bytes":     dto.MetricType_GAUGE,
 	}
 	for name, typ := range want {
 		f, ok := families[name]

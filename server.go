@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"runtime/debug"
 	"sync/atomic"
 	"time"
 
@@ -73,6 +74,7 @@ func newServer(cfg Config, log *slog.Logger, msgLog message.Logger) (*Server, er
 	if ml, ok := msgLog.(*message.MySQLLogger); ok {
 		s.metrics.reg.MustRegister(newMySQLCollector(ml))
 	}
+	var sweep func()
 	hist := historyLimits{Size: cfg.HistorySize, TTL: cfg.HistoryTTL, MaxBytes: cfg.HistoryBytes}
 	if cfg.RedisURL != "" {
 		rb, err := newRedisBroker(context.Background(), cfg.RedisURL, cfg.RedisPrefix, hist, cfg.MessageLogTimeout, s.hub, log, s.metrics.reg)
@@ -83,7 +85,18 @@ func newServer(cfg Config, log *slog.Logger, msgLog message.Logger) (*Server, er
 	} else {
 		lb := localBroker{hub: s.hub, hist: newMemHistory(hist, time.Now, s.metrics.reg)}
 		s.broker, s.hub.events = lb, lb
-		s.hub.pinger.onTick = lb.hist.sweep
+		sweep = lb.hist.sweep
+	}
+	trim := newTrimmer(debug.FreeOSMemory, func(freed uint64) {
+		s.metrics.memoryTrims.Inc()
+		s.metrics.memoryTrimmed.Add(float64(freed))
+		log.Info("returned free memory to the system", "bytes", freed)
+	})
+	s.hub.pinger.onTick = func() {
+		if sweep != nil {
+			sweep()
+		}
+		trim.tick()
 	}
 	return s, nil
 }
