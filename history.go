@@ -113,8 +113,8 @@ type uidLog struct {
 	epoch string
 	last  uint64 // the offset of the latest message
 	// ring holds the kept entries, n of them from head on, oldest first;
-	// it grows up to Size and is let go when empty. Dropping the oldest
-	// moves nothing.
+	// it grows up to Size and is let go once age or the byte budget
+	// empties it. Dropping the oldest moves nothing.
 	ring    []*histEntry
 	head, n int
 
@@ -157,9 +157,6 @@ func (u *uidLog) dropOldest() {
 	u.ring[u.head] = nil
 	u.head = (u.head + 1) % len(u.ring)
 	u.n--
-	if u.n == 0 {
-		u.ring, u.head = nil, 0
-	}
 }
 
 func newMemHistory(lim historyLimits, now func() time.Time, reg prometheus.Registerer) *memHistory {
@@ -271,6 +268,11 @@ func (h *memHistory) removeLocked(e *histEntry, reason string) {
 	}
 	if u := h.users[e.uid]; u != nil && u.n > 0 && u.at(0) == e {
 		u.dropOldest()
+		if u.n == 0 && reason != "count" {
+			// Emptied by age or the byte budget: an idle uid holds no
+			// array. (Not for "count": the append that follows refills it.)
+			u.ring, u.head = nil, 0
+		}
 	}
 	h.bytes -= e.size
 	h.count--

@@ -22,7 +22,23 @@ const maxInlineData = 8 << 10
 // place; otherwise a writer goroutine writes the rest and whatever was
 // queued meanwhile. writeNow never waits for the peer.
 func (c *Client) writeNow(it qitem) {
-	c.wmu.Lock()
+	if !c.wmu.TryLock() {
+		// The read goroutine holds wmu, writing a pong or a close frame,
+		// maybe to a full socket (a peer that pings but does not read).
+		// The caller (a /send handler, or the cluster's receiver, which
+		// delivers for every uid) must not wait on this peer: a goroutine
+		// does, and writes the message after the control frame.
+		go func() {
+			c.wmu.Lock()
+			c.writeNowLocked(it)
+		}()
+		return
+	}
+	c.writeNowLocked(it)
+}
+
+// writeNowLocked is writeNow with wmu held.
+func (c *Client) writeNowLocked(it qitem) {
 	if c.state.Load() >= stateClosingNow {
 		c.wmu.Unlock()
 		c.dropBatch([]qitem{it})
@@ -73,7 +89,8 @@ func (c *Client) writeRest(it qitem, f *nowFrame, off int) {
 }
 
 // wrote accounts for it after its write: delivered, or failed with the
-// socket closed.
+// socket closed. Items claimed by enqueue are never control frames or
+// replays.
 func (c *Client) wrote(it qitem, err error) {
 	c.uncount([]qitem{it})
 	if err != nil {

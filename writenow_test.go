@@ -87,3 +87,38 @@ func TestHalfWrittenFramesStayWhole(t *testing.T) {
 		})
 	}
 }
+
+// A connection whose read goroutine holds wmu (its pong blocked on a full
+// socket: a peer that pings but does not read) must not hold up a /send:
+// the multicast answers and reaches the other uid at once, and the held
+// connection gets its message once wmu is free.
+func TestSendDoesNotWaitForABlockedPong(t *testing.T) {
+	ts := startServer(t, testConfig(t))
+	slow := ts.dial("slow")
+	fast := ts.dial("fast")
+	c := ts.hub.clients("slow")[0]
+	c.wmu.Lock() // as onPing does while its pong cannot be written
+
+	replied := make(chan int, 1)
+	go func() {
+		code, _ := ts.send("application/json", `{"uids":["slow","fast"],"message":"hello"}`)
+		replied <- code
+	}()
+	select {
+	case code := <-replied:
+		if code != 200 {
+			t.Fatalf("/send = %d, want 200", code)
+		}
+	case <-time.After(5 * time.Second):
+		c.wmu.Unlock()
+		t.Fatal("/send waited for a connection whose pong was blocked")
+	}
+	if got := readText(t, fast); got != "hello" {
+		t.Fatalf("fast got %q", got)
+	}
+	c.wmu.Unlock()
+	if got := readText(t, slow); got != "hello" {
+		t.Fatalf("slow got %q after its pong went out", got)
+	}
+	waitFor(t, "nothing pending", func() bool { return ts.hub.Pending() == 0 })
+}
