@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -13,12 +12,11 @@ import (
 	"strings"
 	"testing"
 	"testing/iotest"
-	"unicode/utf8"
 )
 
-// refParseSendRequest is parseSendRequest as it was before the fast paths
-// (with refParseSendForm and refParseSendJSON): the differential tests
-// below hold the new parser to it, byte for byte.
+// refParseSendRequest is parseSendRequest as it was before the fast paths,
+// on the slow paths alone (parseSendForm, decodeSendJSON): the
+// differential tests below hold the new parser to it, byte for byte.
 func refParseSendRequest(r *http.Request, lim sendLimits) (sendRequest, *httpError) {
 	r.Body = http.MaxBytesReader(nil, r.Body, lim.maxBody())
 	var req sendRequest
@@ -30,13 +28,13 @@ func refParseSendRequest(r *http.Request, lim sendLimits) (sendRequest, *httpErr
 		if n, _ := io.Copy(io.Discard, io.LimitReader(r.Body, 1)); n > 0 {
 			return req, &httpError{http.StatusUnsupportedMediaType, "Content-Type is required with a body"}
 		}
-		req, herr = refParseSendForm(r, false, 0)
+		req, herr = parseSendForm(r, false, 0)
 	case err != nil:
 		return req, &httpError{http.StatusUnsupportedMediaType, "malformed Content-Type"}
 	case mt == "application/json":
 		req, herr = refParseSendJSON(r)
 	case mt == "application/x-www-form-urlencoded", mt == "multipart/form-data":
-		req, herr = refParseSendForm(r, mt == "multipart/form-data", lim.maxBody())
+		req, herr = parseSendForm(r, mt == "multipart/form-data", lim.maxBody())
 	default:
 		return req, &httpError{http.StatusUnsupportedMediaType, fmt.Sprintf("unsupported Content-Type %q: use application/json, application/x-www-form-urlencoded or multipart/form-data", mt)}
 	}
@@ -46,72 +44,14 @@ func refParseSendRequest(r *http.Request, lim sendLimits) (sendRequest, *httpErr
 	return req, req.check(lim)
 }
 
-func refParseSendForm(r *http.Request, multipart bool, maxMemory int64) (sendRequest, *httpError) {
-	var err error
-	if multipart {
-		err = r.ParseMultipartForm(maxMemory)
-		if r.MultipartForm != nil {
-			defer r.MultipartForm.RemoveAll()
-		}
-	} else {
-		err = r.ParseForm()
-	}
-	if err != nil {
-		return sendRequest{}, bodyError(err, "malformed form")
-	}
-	var req sendRequest
-	uids, msgs := r.Form["uid"], r.Form["message"]
-	if len(uids) > 1 {
-		return req, badRequest("uid must be given once")
-	}
-	if len(msgs) > 1 {
-		return req, badRequest("message must be given once")
-	}
-	if len(uids) == 1 {
-		req.UIDs = uids
-	}
-	if len(msgs) == 1 {
-		req.Message = msgs[0]
-	}
-	return req, nil
-}
-
+// refParseSendJSON is the JSON path without its fast path: the whole
+// body to decodeSendJSON. (The form's is parseSendForm itself.)
 func refParseSendJSON(r *http.Request) (sendRequest, *httpError) {
-	var req sendRequest
 	body, err := io.ReadAll(r.Body)
 	if err != nil {
-		return req, bodyError(err, "read body")
+		return sendRequest{}, bodyError(err, "read body")
 	}
-	if !utf8.Valid(body) {
-		return req, badRequest("body is not valid UTF-8")
-	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	var in sendJSON
-	if err := dec.Decode(&in); err != nil {
-		return req, badRequest("malformed JSON: %v", err)
-	}
-	if dec.More() {
-		return req, badRequest("malformed JSON: data after the object")
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return req, badRequest("malformed JSON: data after the object")
-	}
-	switch {
-	case in.UID != nil && in.UIDs != nil:
-		return req, badRequest("give uid or uids, not both")
-	case in.UID != nil:
-		req.UIDs = []string{*in.UID}
-	case in.UIDs != nil:
-		if len(*in.UIDs) == 0 {
-			return req, badRequest("uids is empty")
-		}
-		req.UIDs, req.Multicast = *in.UIDs, true
-	}
-	if in.Message != nil {
-		req.Message = *in.Message
-	}
-	return req, nil
+	return decodeSendJSON(body)
 }
 
 // diffLimits are small, so that the fuzzer reaches every limit.
