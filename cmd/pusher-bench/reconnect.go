@@ -237,14 +237,7 @@ func (r *runner) reconnect(ctx context.Context) (*Report, error) {
 	}) {
 		rep.problem("%d clients had not reconnected with a {\"recovered\"} frame %s after the drops ended", s.p.unsettled.Load(), e.ConnectTimeout)
 	}
-	r.drain(ctx, false)
-	after, ok := r.state(ctx, rep, "after the drops")
-	clk1 := readCPUClock()
-	s.close()
-	r.summarize(rep, s)
-	if ok {
-		r.cost(rep, before, after, clk0, clk1)
-	}
+	r.measureTo(ctx, s, false, "after the drops", before, clk0, rep)
 	r.backToBaseline(ctx, rep, base)
 	return rep, nil
 }

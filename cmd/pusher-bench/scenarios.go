@@ -69,6 +69,21 @@ func (r *runner) measureFrom(ctx context.Context, s *session, base serverState, 
 	return before, readCPUClock(), err
 }
 
+// measureTo ends the measured part of a scenario: it waits for the
+// deliveries (see drain), takes the server's state and the CPU clocks,
+// closes the set and reports what it saw and what it cost since
+// measureFrom.
+func (r *runner) measureTo(ctx context.Context, s *session, useExpect bool, when string, before serverState, clk0 cpuClock, rep *Report) {
+	r.drain(ctx, useExpect)
+	after, ok := r.state(ctx, rep, when)
+	clk1 := readCPUClock()
+	s.close()
+	r.summarize(rep, s)
+	if ok {
+		r.cost(rep, before, after, clk0, clk1)
+	}
+}
+
 func (r *runner) newReport() *Report {
 	e := r.e
 	rep := &Report{Scenario: e.Scenario, Label: e.Label, Users: e.Users, ConnsPerUser: e.ConnsPerUser,
@@ -187,14 +202,7 @@ func (r *runner) send(ctx context.Context) (*Report, error) {
 	if err != nil {
 		rep.problem("%v", err)
 	}
-	r.drain(ctx, true)
-	after, ok := r.state(ctx, rep, "after the sends")
-	clk1 := readCPUClock()
-	s.close()
-	r.summarize(rep, s)
-	if ok {
-		r.cost(rep, before, after, clk0, clk1)
-	}
+	r.measureTo(ctx, s, true, "after the sends", before, clk0, rep)
 	return rep, nil
 }
 
@@ -233,15 +241,7 @@ func (r *runner) churn(ctx context.Context) (*Report, error) {
 	}
 	<-churnCtx.Done() // Messages may run out first; the churn goes on for Duration
 	s.p.redial.Store(false)
-	r.drain(ctx, false)
-	after, ok := r.state(ctx, rep, "after the churn")
-	clk1 := readCPUClock()
-	s.close()
-	r.summarize(rep, s)
-	if ok {
-		r.cost(rep, before, after, clk0, clk1)
-	}
-
+	r.measureTo(ctx, s, false, "after the churn", before, clk0, rep)
 	r.backToBaseline(ctx, rep, base)
 	return rep, nil
 }
