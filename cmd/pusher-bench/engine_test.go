@@ -180,19 +180,26 @@ func TestFaultsShow(t *testing.T) {
 				e.Senders = 1
 			}
 			e.JSON = true
-			err := e.Run(context.Background())
-			t.Logf("report:\n%s", e.Out)
-			if !errors.Is(err, errCheckFailed) {
-				t.Errorf("Run = %v, want errCheckFailed", err)
-			}
-			var rep Report
-			if err := json.Unmarshal(e.Out.(*bytes.Buffer).Bytes(), &rep); err != nil {
-				t.Fatalf("decode the -json report: %v", err)
-			}
-			if !tt.check(&rep) || rep.Result != "FAIL" {
-				t.Errorf("report %+v does not show the fault", rep)
-			}
+			wantFaultReported(t, e, tt.check)
 		})
+	}
+}
+
+// wantFaultReported runs e (with JSON output) against a faulty server and
+// wants it to fail its checks with a report that check accepts.
+func wantFaultReported(t *testing.T, e *Engine, check func(*Report) bool) {
+	t.Helper()
+	err := e.Run(context.Background())
+	t.Logf("report:\n%s", e.Out)
+	if !errors.Is(err, errCheckFailed) {
+		t.Errorf("Run = %v, want errCheckFailed", err)
+	}
+	var rep Report
+	if err := json.Unmarshal(e.Out.(*bytes.Buffer).Bytes(), &rep); err != nil {
+		t.Fatalf("decode the -json report: %v", err)
+	}
+	if !check(&rep) || rep.Result != "FAIL" {
+		t.Errorf("report %+v does not show the fault", rep)
 	}
 }
 

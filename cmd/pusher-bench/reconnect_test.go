@@ -3,8 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
-	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -102,18 +100,7 @@ func TestReconnectFaultsShow(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			fs := newFakeServer(t, tt.f)
 			e := reconnectEngine(fs, func(e *Engine) { e.JSON, e.Duration = true, time.Second })
-			err := e.Run(context.Background())
-			t.Logf("report:\n%s", e.Out)
-			if !errors.Is(err, errCheckFailed) {
-				t.Errorf("Run = %v, want errCheckFailed", err)
-			}
-			var rep Report
-			if err := json.Unmarshal(e.Out.(*bytes.Buffer).Bytes(), &rep); err != nil {
-				t.Fatalf("decode the -json report: %v", err)
-			}
-			if !tt.check(&rep) || rep.Result != "FAIL" {
-				t.Errorf("report %+v does not show the fault", rep)
-			}
+			wantFaultReported(t, e, tt.check)
 		})
 	}
 }
