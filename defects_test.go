@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -43,25 +42,15 @@ func TestArticleDefect1SecondConnectionSurvivesFirstClosing(t *testing.T) {
 // /send pushes to the same uid; any such panic kills the test binary.
 func TestArticleDefect2NoSendOnClosedConnection(t *testing.T) {
 	ts := startServer(t, testConfig(t))
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for range 4 {
-		wg.Go(func() {
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				conn, _, err := websocket.DefaultDialer.Dial("ws://"+ts.Addr()+"/ws?token="+ts.token("u", time.Hour), nil)
-				if err != nil {
-					t.Errorf("dial: %v", err)
-					return
-				}
-				conn.Close()
-			}
-		})
-	}
+	stop := hammer(4, func(int, int) bool {
+		conn, _, err := websocket.DefaultDialer.Dial("ws://"+ts.Addr()+"/ws?token="+ts.token("u", time.Hour), nil)
+		if err != nil {
+			t.Errorf("dial: %v", err)
+			return false
+		}
+		conn.Close()
+		return true
+	})
 	codes := map[int]int{}
 	for i := range 500 {
 		code, body := ts.send("application/x-www-form-urlencoded", fmt.Sprintf("uid=u&message=m%d", i))
@@ -70,8 +59,7 @@ func TestArticleDefect2NoSendOnClosedConnection(t *testing.T) {
 		}
 		codes[code]++
 	}
-	close(stop)
-	wg.Wait()
+	stop()
 	waitFor(t, "all connections gone", func() bool { return ts.hub.Connections() == 0 })
 	waitFor(t, "pending back to 0", func() bool { return ts.hub.Pending() == 0 })
 	if codes[http.StatusOK] == 0 {
@@ -131,20 +119,12 @@ func TestArticleDefect2FullQueueNeverBlocksSend(t *testing.T) {
 // the gauges must also be right afterwards.
 func TestArticleDefect3MetricsReadUnderLock(t *testing.T) {
 	ts := startServer(t, testConfig(t))
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			if code, _ := ts.get("/metrics"); code != http.StatusOK {
-				t.Errorf("/metrics = %d", code)
-				return
-			}
+	stop := hammer(1, func(int, int) bool {
+		if code, _ := ts.get("/metrics"); code != http.StatusOK {
+			t.Errorf("/metrics = %d", code)
+			return false
 		}
+		return true
 	})
 	var keep []*websocket.Conn
 	for i := range 40 {
@@ -155,8 +135,7 @@ func TestArticleDefect3MetricsReadUnderLock(t *testing.T) {
 			keep = append(keep, c)
 		}
 	}
-	close(stop)
-	wg.Wait()
+	stop()
 	waitFor(t, "20 connections left", func() bool { return ts.hub.Connections() == len(keep) })
 	_, body := ts.get("/metrics")
 	for _, want := range []string{"\nconnections 20\n", "\npusher_users 5\n", "\npending 0\n"} {

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"go-pusher/internal/testutil"
 	"log/slog"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -102,23 +101,13 @@ func TestClusterRepairUnderLoad(t *testing.T) {
 		r, _ := rdb.PubSubNumSub(context.Background(), prefix+":u:alice").Result()
 		return r[prefix+":u:alice"] == 2
 	})
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
 	var sent atomic.Int64
-	for range 4 {
-		wg.Go(func() {
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				if code, _ := b.send("application/x-www-form-urlencoded", "uid=alice&message=x"); code == 200 {
-					sent.Add(1)
-				}
-			}
-		})
-	}
+	stop := hammer(4, func(int, int) bool {
+		if code, _ := b.send("application/x-www-form-urlencoded", "uid=alice&message=x"); code == 200 {
+			sent.Add(1)
+		}
+		return true
+	})
 	var offs []uint64
 	var lastAt time.Time
 	var maxGap time.Duration
@@ -153,8 +142,7 @@ func TestClusterRepairUnderLoad(t *testing.T) {
 		waitReady(t, a)
 		t.Logf("a ready again after %s", time.Since(w))
 	}
-	close(stop)
-	wg.Wait()
+	stop()
 	t.Logf("senders stopped after %s", time.Since(t0))
 	ca.SetReadDeadline(time.Now().Add(2 * time.Second))
 	<-done

@@ -170,26 +170,18 @@ func TestNoDataFrameAfterTooBigClose(t *testing.T) {
 		uid := fmt.Sprintf("u%d", iter)
 		ws := dialRawWS(t, ts.Addr(), "/ws?token="+url.QueryEscape(ts.token(uid, time.Hour)))
 		waitFor(t, "registered", func() bool { return len(ts.hub.clients(uid)) == 1 })
-		stop := make(chan struct{})
-		var wg sync.WaitGroup
-		wg.Go(func() { // a busy uid: messages keep coming
-			m := newMessage("id", []byte("data"), time.Now())
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				cs := ts.hub.clients(uid)
-				if len(cs) == 0 {
-					return
-				}
-				if cs[0].queued.Load() < 32 {
-					out := ts.hub.getOutbox()
-					ts.hub.deliver(uid, cs, qitem{m: m}, out)
-					ts.hub.flush(out)
-				}
+		m := newMessage("id", []byte("data"), time.Now())
+		stop := hammer(1, func(int, int) bool { // a busy uid: messages keep coming
+			cs := ts.hub.clients(uid)
+			if len(cs) == 0 {
+				return false
 			}
+			if cs[0].queued.Load() < 32 {
+				out := ts.hub.getOutbox()
+				ts.hub.deliver(uid, cs, qitem{m: m}, out)
+				ts.hub.flush(out)
+			}
+			return true
 		})
 		ws.c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		if op, _, err := ws.readFrame(); err != nil || op != 1 {
@@ -219,8 +211,7 @@ func TestNoDataFrameAfterTooBigClose(t *testing.T) {
 		if !sawClose {
 			t.Errorf("connection %d: no close frame", iter)
 		}
-		close(stop)
-		wg.Wait()
+		stop()
 		ws.c.Close()
 	}
 }
@@ -254,65 +245,43 @@ func TestJSONWritesAreBounded(t *testing.T) {
 // shutdown, all at once: pending comes back to exactly 0.
 func TestPendingReturnsToZeroUnderChurn(t *testing.T) {
 	ts := startServer(t, testConfig(t, "-send-buffer", "8"))
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for w := range 6 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
+	stopChurn := hammer(6, func(w, i int) bool {
+		uid := fmt.Sprintf("u%d", i%3)
+		q := []string{"", "format=json", "since=abc:0"}[(i+w)%3]
+		c, _, err := websocket.DefaultDialer.Dial("ws://"+ts.Addr()+"/ws?token="+url.QueryEscape(ts.token(uid, time.Hour))+"&"+q, nil)
+		if err != nil {
+			return true
+		}
+		switch i % 4 {
+		case 0: // reads a little, then closes properly
+			c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+			c.ReadMessage()
+			c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(1000, ""), time.Now().Add(time.Second))
+			time.Sleep(5 * time.Millisecond)
+			c.Close()
+		case 1: // never reads: a slow consumer, then vanishes
+			time.Sleep(30 * time.Millisecond)
+			c.Close()
+		default:
+			go func() {
+				for {
+					if _, _, err := c.ReadMessage(); err != nil {
+						return
+					}
 				}
-				uid := fmt.Sprintf("u%d", i%3)
-				q := []string{"", "format=json", "since=abc:0"}[(i+w)%3]
-				c, _, err := websocket.DefaultDialer.Dial("ws://"+ts.Addr()+"/ws?token="+url.QueryEscape(ts.token(uid, time.Hour))+"&"+q, nil)
-				if err != nil {
-					continue
-				}
-				switch i % 4 {
-				case 0: // reads a little, then closes properly
-					c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
-					c.ReadMessage()
-					c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(1000, ""), time.Now().Add(time.Second))
-					time.Sleep(5 * time.Millisecond)
-					c.Close()
-				case 1: // never reads: a slow consumer, then vanishes
-					time.Sleep(30 * time.Millisecond)
-					c.Close()
-				default:
-					go func() {
-						for {
-							if _, _, err := c.ReadMessage(); err != nil {
-								return
-							}
-						}
-					}()
-					time.Sleep(10 * time.Millisecond)
-					c.Close()
-				}
-			}
-		}()
-	}
-	for w := range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				ts.sendJSON(map[string]any{"uids": []string{"u0", "u1", "u2"}, "message": fmt.Sprintf("w%d-%d", w, i)})
-			}
-		}()
-	}
-	time.Sleep(3 * time.Second)
-	close(stop)
-	wg.Wait()
+			}()
+			time.Sleep(10 * time.Millisecond)
+			c.Close()
+		}
+		return true
+	})
+	stopSends := hammer(4, func(w, i int) bool {
+		ts.sendJSON(map[string]any{"uids": []string{"u0", "u1", "u2"}, "message": fmt.Sprintf("w%d-%d", w, i)})
+		return true
+	})
+	time.Sleep(3 * time.Second) // how long the churn lasts
+	stopChurn()
+	stopSends()
 	waitFor(t, "all connections gone", func() bool { return ts.hub.Connections() == 0 })
 	waitFor(t, "pending back to 0", func() bool { return ts.hub.Pending() == 0 })
 	// keep one open over shutdown

@@ -8,7 +8,6 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -63,23 +62,16 @@ func TestJSONWriteTimeoutLeavesNothingPending(t *testing.T) {
 	ws := dialRawWS(t, ts.Addr(), "/ws?format=json&token="+url.QueryEscape(ts.token("u", time.Hour)))
 	waitFor(t, "registered", func() bool { return len(ts.hub.clients("u")) == 1 })
 	big := strings.Repeat("a", 60000)
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for range 4 {
-		wg.Go(func() {
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				if code, _ := ts.send("application/x-www-form-urlencoded", "uid=u&message="+big); code != 200 {
-					return
-				}
-			}
-		})
-	}
-	time.Sleep(700 * time.Millisecond) // the socket is full, the writer waits, the queue grows
+	stop := hammer(4, func(int, int) bool {
+		code, _ := ts.send("application/x-www-form-urlencoded", "uid=u&message="+big)
+		return code == 200
+	})
+	// The socket fills, the writer waits, the queue grows: more than one
+	// JSON write's worth (maxFrameBytes) behind it.
+	waitFor(t, "a queue behind a full socket", func() bool {
+		cs := ts.hub.clients("u")
+		return len(cs) == 1 && int(cs[0].queued.Load())*len(big) > 4*maxFrameBytes
+	})
 	buf := make([]byte, 1<<20)
 	end := time.Now().Add(300 * time.Millisecond)
 	for time.Now().Before(end) { // drain: the writer takes the big batch
@@ -88,8 +80,7 @@ func TestJSONWriteTimeoutLeavesNothingPending(t *testing.T) {
 	}
 	// and stop reading again: a later chunk of that batch times out
 	waitFor(t, "connection gone", func() bool { return ts.hub.Connections() == 0 })
-	close(stop)
-	wg.Wait()
+	stop()
 	ws.c.Close()
 	waitFor(t, "pending back to 0 with no connection left", func() bool { return ts.hub.Pending() == 0 })
 }
