@@ -56,6 +56,17 @@ func testPrefix(t *testing.T) string {
 }
 
 // startNode starts one in-process cluster node.
+// sendWhenOnline sends msg to uid as soon as this node sees uid online
+// somewhere in the cluster (subscriptions take effect asynchronously):
+// it retries the 404s until the first 200, so msg goes out once.
+func (ts *testServer) sendWhenOnline(uid, msg string) {
+	ts.t.Helper()
+	waitFor(ts.t, uid+" online, seen from this node", func() bool {
+		code, _ := ts.send("application/x-www-form-urlencoded", url.Values{"uid": {uid}, "message": {msg}}.Encode())
+		return code == http.StatusOK
+	})
+}
+
 func startNode(t *testing.T, redisURL, prefix string, args ...string) *testServer {
 	t.Helper()
 	cfg := testConfig(t, append([]string{"-redis-prefix", prefix}, args...)...)

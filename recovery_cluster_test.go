@@ -12,10 +12,7 @@ func TestClusterRecoveryOnAnotherNode(t *testing.T) {
 	nodes := startCluster(t, 3)
 	a, b, c := nodes[0], nodes[1], nodes[2]
 	conn := a.dialStream("u", "format=json")
-	waitFor(t, "u online", func() bool {
-		code, _ := b.send("application/x-www-form-urlencoded", "uid=u&message=m1")
-		return code == 200
-	})
+	b.sendWhenOnline("u", "m1")
 	first := readFrame(t, conn)
 	if first.Message != "m1" {
 		t.Fatalf("first frame %+v", first)
@@ -32,10 +29,7 @@ func TestClusterRecoveryOnAnotherNode(t *testing.T) {
 		wantMessage(t, again, fmt.Sprintf("m%d", i), position{last.epoch, uint64(i)})
 	}
 	wantRecovered(t, again, true)
-	waitFor(t, "u on c visible from a", func() bool {
-		code, _ := a.send("application/x-www-form-urlencoded", "uid=u&message=live")
-		return code == 200
-	})
+	a.sendWhenOnline("u", "live")
 	wantMessage(t, again, "live", position{last.epoch, 6})
 }
 
@@ -47,10 +41,7 @@ func TestClusterEpochSurvivesNodeRestart(t *testing.T) {
 	a := startNode(t, u.String(), prefix)
 	waitReady(t, a)
 	conn := a.dialStream("u", "format=json")
-	waitFor(t, "u online", func() bool {
-		code, _ := a.send("application/x-www-form-urlencoded", "uid=u&message=m1")
-		return code == 200
-	})
+	a.sendWhenOnline("u", "m1")
 	p := readFrame(t, conn).pos(t)
 	if err := a.stop(); err != nil {
 		t.Fatal(err)
@@ -60,10 +51,7 @@ func TestClusterEpochSurvivesNodeRestart(t *testing.T) {
 	waitReady(t, a2)
 	again := a2.dialStream("u", "since="+p.String())
 	wantRecovered(t, again, true)
-	waitFor(t, "u online on the new node", func() bool {
-		code, _ := a2.send("application/x-www-form-urlencoded", "uid=u&message=m2")
-		return code == 200
-	})
+	a2.sendWhenOnline("u", "m2")
 	wantMessage(t, again, "m2", position{p.epoch, p.n + 1})
 }
 
@@ -72,10 +60,7 @@ func TestClusterRecoveryTooOld(t *testing.T) {
 	a := startNode(t, u.String(), prefix, "-history-size", "2")
 	waitReady(t, a)
 	keep := a.dialStream("u", "format=json")
-	waitFor(t, "u online", func() bool {
-		code, _ := a.send("application/x-www-form-urlencoded", "uid=u&message=m1")
-		return code == 200
-	})
+	a.sendWhenOnline("u", "m1")
 	p := readFrame(t, keep).pos(t)
 	for i := 2; i <= 5; i++ {
 		a.sendOK("u", fmt.Sprintf("m%d", i))
