@@ -282,8 +282,13 @@ func (r *runner) runSenders(stop, reqCtx context.Context, rp *reporter, total in
 	pace := pacer{start: time.Now(), rate: r.e.Rate}
 	c := r.e.Senders
 	for i := range c {
-		s := &sender{r: r, rep: rp, id: int32(i)}
+		s, err := r.newSender(rp, i)
+		if err != nil {
+			giveUp(err)
+			break
+		}
 		wg.Go(func() {
+			defer s.close()
 			failures := 0
 			for n := i; n < total && pace.wait(stop, n); n += c {
 				first, count := target(n)

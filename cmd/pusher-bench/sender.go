@@ -67,11 +67,34 @@ func parsePayload(msg []byte) (sender, seq int32, sentAt int64, hlen int, ok boo
 // sender is one /send client. It issues its requests one after the other,
 // so its messages to a uid are in /send order; seq counts them from 1.
 type sender struct {
-	r    *runner
-	rep  *reporter
-	id   int32
-	seq  int32
-	body []byte
+	r     *runner
+	rep   *reporter
+	id    int32
+	seq   int32
+	body  []byte
+	conns []*keepAliveConn // per node; nil for https:// (net/http then)
+}
+
+// newSender returns sender id, with its own connection to each node.
+func (r *runner) newSender(rep *reporter, id int) (*sender, error) {
+	s := &sender{r: r, rep: rep, id: int32(id)}
+	for _, to := range r.sendTo {
+		k, err := newKeepAliveConn(to, r.e.APIKey, r.e.RequestTimeout)
+		if err != nil {
+			return nil, err
+		}
+		s.conns = append(s.conns, k)
+	}
+	return s, nil
+}
+
+// close closes the sender's connections.
+func (s *sender) close() {
+	for _, k := range s.conns {
+		if k != nil {
+			k.close()
+		}
+	}
 }
 
 // send pushes message seq+1 to count users from first on (count 1: a
@@ -128,8 +151,15 @@ func (s *sender) post(ctx context.Context, first, count int, sentAt int64) (int,
 
 	// With several nodes each sender goes round them, so every node
 	// handles /send for every uid.
-	to := s.r.sendTo[(int(s.id)+int(s.seq))%len(s.r.sendTo)]
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, to, bytes.NewReader(b))
+	node := (int(s.id) + int(s.seq)) % len(s.r.sendTo)
+	if k := s.conns[node]; k != nil {
+		code, err := k.post(ctx, contentType, b)
+		if err != nil {
+			return 0, errorClass(err)
+		}
+		return code, ""
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.r.sendTo[node], bytes.NewReader(b))
 	if err != nil {
 		return 0, "request: " + err.Error()
 	}

@@ -1,0 +1,118 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+)
+
+// keepAliveConn is one sender's HTTP/1.1 connection to one node's /send:
+// it writes each request itself, in one write, and reads the answer with
+// http.ReadResponse on its own buffered reader. net/http's Transport
+// hands every request to a writer and a reader goroutine of its
+// connection; on a machine whose cores the tool shares with the server,
+// those handoffs cost the tool about as much CPU per request as the
+// server spends on it, and the waits showed in the tool's latency.
+// Used for http:// URLs; https:// goes through net/http.
+type keepAliveConn struct {
+	addr    string // host:port to dial
+	head    []byte // request line, Host, Authorization and User-Agent
+	timeout time.Duration
+	conn    net.Conn
+	br      *bufio.Reader
+	buf     []byte
+}
+
+// newKeepAliveConn returns a connection for sendURL, not dialled yet, or
+// nil when sendURL is not http://.
+func newKeepAliveConn(sendURL, apiKey string, timeout time.Duration) (*keepAliveConn, error) {
+	u, err := url.Parse(sendURL)
+	if err != nil {
+		return nil, fmt.Errorf("send URL: %w", err)
+	}
+	if u.Scheme != "http" {
+		return nil, nil
+	}
+	addr := u.Host
+	if u.Port() == "" {
+		addr = net.JoinHostPort(u.Hostname(), "80")
+	}
+	head := "POST " + u.RequestURI() + " HTTP/1.1\r\nHost: " + u.Host +
+		"\r\nAuthorization: Bearer " + apiKey + "\r\nUser-Agent: pusher-bench\r\n"
+	return &keepAliveConn{addr: addr, head: []byte(head), timeout: timeout}, nil
+}
+
+// post sends body and returns the answer's status. Any error closes the
+// connection; the next post dials again. A request that failed is not
+// retried: the server may have acted on it.
+func (k *keepAliveConn) post(ctx context.Context, contentType string, body []byte) (int, error) {
+	code, err := k.roundTrip(ctx, contentType, body)
+	if err != nil {
+		k.close()
+		if ctx.Err() != nil {
+			return 0, ctx.Err()
+		}
+	}
+	return code, err
+}
+
+func (k *keepAliveConn) roundTrip(ctx context.Context, contentType string, body []byte) (int, error) {
+	if k.conn == nil {
+		d := net.Dialer{Timeout: k.timeout}
+		c, err := d.DialContext(ctx, "tcp", k.addr)
+		if err != nil {
+			return 0, err
+		}
+		k.conn, k.br = c, bufio.NewReader(c)
+	}
+	deadline := time.Now().Add(k.timeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	if err := k.conn.SetDeadline(deadline); err != nil {
+		return 0, err
+	}
+	conn := k.conn
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+
+	b := append(k.buf[:0], k.head...)
+	b = append(b, "Content-Type: "...)
+	b = append(b, contentType...)
+	b = append(b, "\r\nContent-Length: "...)
+	b = strconv.AppendInt(b, int64(len(body)), 10)
+	b = append(b, "\r\n\r\n"...)
+	b = append(b, body...)
+	k.buf = b
+	if _, err := k.conn.Write(b); err != nil {
+		return 0, err
+	}
+	resp, err := http.ReadResponse(k.br, nil)
+	if err != nil {
+		return 0, err
+	}
+	// Read the answer whole so that the connection can carry the next one.
+	const maxAnswer = 1 << 20
+	n, err := io.Copy(io.Discard, io.LimitReader(resp.Body, maxAnswer))
+	resp.Body.Close()
+	if err != nil {
+		return 0, err
+	}
+	if resp.Close || n == maxAnswer {
+		k.close()
+	}
+	return resp.StatusCode, nil
+}
+
+func (k *keepAliveConn) close() {
+	if k.conn != nil {
+		k.conn.Close()
+		k.conn, k.br = nil, nil
+	}
+}

@@ -1,0 +1,117 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// keepAliveServer answers /send with the request's body length, counts
+// the TCP connections it accepted, and closes the connection after the
+// answer when the body is "close".
+func keepAliveServer(t *testing.T, handler http.HandlerFunc) (*httptest.Server, *atomic.Int64) {
+	t.Helper()
+	var conns atomic.Int64
+	srv := httptest.NewUnstartedServer(handler)
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return srv, &conns
+}
+
+func echoLength(t *testing.T) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			t.Errorf("read body: %v", err)
+		}
+		if r.Method != http.MethodPost || r.URL.Path != "/send" || r.Header.Get("Authorization") != "Bearer k" ||
+			r.Header.Get("Content-Type") != "application/json" || r.ContentLength != int64(len(body)) {
+			t.Errorf("got %s %s, Authorization %q, Content-Type %q, Content-Length %d for %d bytes",
+				r.Method, r.URL.Path, r.Header.Get("Authorization"), r.Header.Get("Content-Type"), r.ContentLength, len(body))
+		}
+		if string(body) == "close" {
+			w.Header().Set("Connection", "close")
+		}
+		w.WriteHeader(200 + len(body))
+	}
+}
+
+func TestKeepAliveConnReusesOneConnection(t *testing.T) {
+	srv, conns := keepAliveServer(t, echoLength(t))
+	k, err := newKeepAliveConn(srv.URL+"/send", "k", 5*time.Second)
+	if err != nil || k == nil {
+		t.Fatalf("newKeepAliveConn = %v, %v", k, err)
+	}
+	defer k.close()
+	for i := range 50 {
+		body := []byte(`{"n":` + strconv.Itoa(i) + `}`)
+		code, err := k.post(context.Background(), "application/json", body)
+		if err != nil || code != 200+len(body) {
+			t.Fatalf("post %d = %d, %v; want %d", i, code, err, 200+len(body))
+		}
+	}
+	if n := conns.Load(); n != 1 {
+		t.Errorf("50 posts used %d connections; want 1", n)
+	}
+}
+
+func TestKeepAliveConnRedialsAfterConnectionClose(t *testing.T) {
+	srv, conns := keepAliveServer(t, echoLength(t))
+	k, _ := newKeepAliveConn(srv.URL+"/send", "k", 5*time.Second)
+	defer k.close()
+	for i, body := range []string{"close", "x", "close", "yy"} {
+		code, err := k.post(context.Background(), "application/json", []byte(body))
+		if err != nil || code != 200+len(body) {
+			t.Fatalf("post %d (%q) = %d, %v; want %d", i, body, code, err, 200+len(body))
+		}
+	}
+	if n := conns.Load(); n != 3 {
+		t.Errorf("connections = %d; want 3 (each close answered, then a new one)", n)
+	}
+}
+
+func TestKeepAliveConnStopsWhenContextEnds(t *testing.T) {
+	release := make(chan struct{})
+	srv, _ := keepAliveServer(t, func(w http.ResponseWriter, r *http.Request) {
+		<-release
+	})
+	defer close(release) // before srv.Close, which waits for the handler
+	k, _ := newKeepAliveConn(srv.URL+"/send", "k", time.Minute)
+	defer k.close()
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(50*time.Millisecond, cancel)
+	start := time.Now()
+	code, err := k.post(ctx, "application/json", []byte("{}"))
+	if !errors.Is(err, context.Canceled) || code != 0 {
+		t.Errorf("post = %d, %v; want 0, context.Canceled", code, err)
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("post returned after %s; want soon after the cancel", took)
+	}
+	if k.conn != nil {
+		t.Error("the connection of a cancelled request was kept for the next one")
+	}
+}
+
+func TestKeepAliveConnIsOnlyForHTTP(t *testing.T) {
+	k, err := newKeepAliveConn("https://example.com/send", "k", time.Second)
+	if k != nil || err != nil {
+		t.Errorf("https URL gave %v, %v; want nil, nil (net/http serves https)", k, err)
+	}
+	k, err = newKeepAliveConn("http://[::1/send", "k", time.Second)
+	if k != nil || err == nil {
+		t.Errorf("malformed URL gave %v, %v; want an error", k, err)
+	}
+}
