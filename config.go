@@ -50,6 +50,7 @@ type Config struct {
 	HistorySize     int
 	HistoryTTL      time.Duration
 	HistoryBytes    int64
+	GCHeapFloor     int64  // smallest heap goal the collector is held to (0: GOGC alone)
 	LogFormat       string // text or json
 	LogLevel        string // debug, info, warn or error
 	Console         bool
@@ -87,6 +88,7 @@ func newFlagSet(cfg *Config, origins *string) *flag.FlagSet {
 	fs.IntVar(&cfg.HistorySize, "history-size", 100, "messages kept per uid for recovery (0: off)")
 	fs.DurationVar(&cfg.HistoryTTL, "history-ttl", 5*time.Minute, "how long they are kept")
 	fs.Int64Var(&cfg.HistoryBytes, "history-bytes", 64<<20, "most bytes of history a node keeps in memory, all uids together (oldest go first)")
+	fs.Int64Var(&cfg.GCHeapFloor, "gc-heap-floor", 128<<20, "while busy, the garbage collector lets the heap grow to at least this many bytes before it runs (0: GOGC alone)")
 	fs.StringVar(&cfg.LogFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.BoolVar(&cfg.Console, "console", true, "serve the console page at /")
@@ -237,6 +239,9 @@ func (c *Config) validate() []error {
 	}
 	if c.HistoryBytes < 0 {
 		bad("invalid -history-bytes %d: must not be negative", c.HistoryBytes)
+	}
+	if c.GCHeapFloor < 0 {
+		bad("invalid -gc-heap-floor %d: must not be negative", c.GCHeapFloor)
 	}
 	durations := []struct {
 		name string

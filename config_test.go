@@ -102,6 +102,7 @@ func TestConfigErrorsNameTheSetting(t *testing.T) {
 		{"negative shutdown", []string{"-shutdown-timeout", "-1s"}, nil, "invalid -shutdown-timeout -1s"},
 		{"negative history", []string{"-history-size", "-1"}, nil, "invalid -history-size -1"},
 		{"zero history ttl", []string{"-history-ttl", "0s"}, nil, "invalid -history-ttl 0s"},
+		{"negative gc floor", nil, map[string]string{"PUSHER_GC_HEAP_FLOOR": "-1"}, "invalid -gc-heap-floor -1"},
 		{"bad log format", []string{"-log-format", "xml"}, nil, `invalid -log-format "xml"`},
 		{"bad log level", []string{"-log-level", "loud"}, nil, `invalid -log-level "loud"`},
 		{"bad addr", []string{"-addr", "8181"}, nil, `invalid -addr "8181"`},

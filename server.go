@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"os"
 	"runtime/debug"
 	"sync/atomic"
 	"time"
@@ -92,11 +93,15 @@ func newServer(cfg Config, log *slog.Logger, msgLog message.Logger) (*Server, er
 		s.metrics.memoryTrimmed.Add(float64(freed))
 		log.Info("returned free memory to the system", "bytes", freed)
 	})
+	floor := newGCFloor(uint64(cfg.GCHeapFloor), os.Getenv("GOGC"), debug.SetGCPercent)
 	s.hub.pinger.onTick = func() {
 		if sweep != nil {
 			sweep()
 		}
-		trim.tick()
+		busy := trim.tick()
+		if floor != nil {
+			floor.tick(busy)
+		}
 	}
 	return s, nil
 }

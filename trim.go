@@ -71,18 +71,19 @@ func newTrimmer(trim func(), onTrim func(freed uint64)) *trimmer {
 }
 
 // tick trims once the server has been quiet for quietFor after a busy
-// spell.
-func (t *trimmer) tick() {
+// spell. It reports whether the server allocated since the last tick as
+// a busy one does.
+func (t *trimmer) tick() (busy bool) {
 	st := t.read()
 	now := t.now()
-	busy := t.lastBusy.IsZero() || st.allocs-t.lastAllocs > max(minQuietAllocs, st.live/100)
+	busy = t.lastBusy.IsZero() || st.allocs-t.lastAllocs > max(minQuietAllocs, st.live/100)
 	t.lastAllocs = st.allocs
 	if busy {
 		t.lastBusy, t.trimmed = now, false
-		return
+		return true
 	}
 	if t.trimmed || now.Sub(t.lastBusy) < t.quietFor || now.Sub(t.lastTrimmed) < t.minInterval || st.held < minTrimHeap {
-		return
+		return false
 	}
 	t.trim()
 	t.lastTrimmed, t.trimmed = now, true
@@ -95,4 +96,5 @@ func (t *trimmer) tick() {
 		}
 		t.onTrim(freed)
 	}
+	return false
 }

@@ -133,3 +133,26 @@ func TestTrimmerReturnsRealGarbage(t *testing.T) {
 	}
 	_ = junk
 }
+
+// tick's answer drives the GC floor (gctune.go): busy while the server
+// allocates, quiet from the first tick that it does not.
+func TestTrimmerTellsBusyFromQuiet(t *testing.T) {
+	f := &fakeHeap{now: time.Unix(1e9, 0), st: heapState{live: 200 << 20, held: 200 << 20}}
+	tr := newFakeTrimmer(f)
+	for i, s := range []struct {
+		alloc uint64
+		busy  bool
+	}{
+		{0, true},        // the first tick has nothing to compare with
+		{4 << 20, true},  // above 1% of the live heap
+		{1 << 20, false}, // below it
+		{0, false},
+		{3 << 20, true},
+	} {
+		f.now = f.now.Add(time.Second)
+		f.st.allocs += s.alloc
+		if got := tr.tick(); got != s.busy {
+			t.Errorf("tick %d after %d bytes = %v; want %v", i, s.alloc, got, s.busy)
+		}
+	}
+}
