@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -196,5 +197,71 @@ func TestStdoutLoggerCloseFlushes(t *testing.T) {
 	}
 	if err := l.Log(context.Background(), Log{ID: "b", UIDs: []string{"u"}, Message: "m"}); err == nil {
 		t.Error("Log after Close succeeded")
+	}
+}
+
+// On a regular file a call writes its own line when no write is under
+// way, and hands it to the writer goroutine when one is: every line of
+// concurrent callers arrives whole, once.
+func TestStdoutLoggerRegularFile(t *testing.T) {
+	f, err := os.CreateTemp(t.TempDir(), "messages")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	l := newTestStdoutLogger(t, f, 5*time.Second)
+	if !l.direct {
+		t.Fatal("logger on a regular file does not write in place")
+	}
+	const callers, each = 32, 200
+	var wg sync.WaitGroup
+	for c := range callers {
+		wg.Go(func() {
+			for i := range each {
+				id := fmt.Sprintf("c%d-%d", c, i)
+				if err := l.Log(context.Background(), Log{ID: id, UIDs: []string{"u"}, Message: "m"}); err != nil {
+					t.Errorf("Log(%s): %v", id, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	data, err := os.ReadFile(f.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, line := range strings.Split(strings.TrimSuffix(string(data), "\n"), "\n") {
+		var m struct{ ID string }
+		if err := json.Unmarshal([]byte(strings.TrimPrefix(line, "send message: ")), &m); err != nil || seen[m.ID] {
+			t.Fatalf("line %q: %v, or a repeat", line, err)
+		}
+		seen[m.ID] = true
+	}
+	if len(seen) != callers*each {
+		t.Errorf("file has %d lines; want %d", len(seen), callers*each)
+	}
+
+	f.Close() // now every write fails, in place or not
+	if err := l.Log(context.Background(), Log{ID: "late", UIDs: []string{"u"}, Message: "m"}); err == nil {
+		t.Error("Log on a closed file succeeded")
+	}
+}
+
+func TestStdoutLoggerWritesInPlaceOnlyToRegularFiles(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	for _, tc := range []struct {
+		name string
+		w    io.Writer
+	}{{"pipe", w}, {"buffer", new(strings.Builder)}, {"nil file", (*os.File)(nil)}} {
+		if isRegularFile(tc.w) {
+			t.Errorf("%s counted as a regular file: its reader could stall a /send", tc.name)
+		}
 	}
 }
