@@ -58,6 +58,9 @@ type Config struct {
 	ShowVersion     bool
 }
 
+// maxGCHeapFloor bounds -gc-heap-floor (gcFloor multiplies it by 100).
+const maxGCHeapFloor = 1 << 40
+
 // maxUIDLen is the longest uid, in bytes, in a token or a /send body.
 const maxUIDLen = 128
 
@@ -240,8 +243,8 @@ func (c *Config) validate() []error {
 	if c.HistoryBytes < 0 {
 		bad("invalid -history-bytes %d: must not be negative", c.HistoryBytes)
 	}
-	if c.GCHeapFloor < 0 {
-		bad("invalid -gc-heap-floor %d: must not be negative", c.GCHeapFloor)
+	if c.GCHeapFloor < 0 || c.GCHeapFloor > maxGCHeapFloor {
+		bad("invalid -gc-heap-floor %d: want 0 to %d (1 TiB)", c.GCHeapFloor, int64(maxGCHeapFloor))
 	}
 	durations := []struct {
 		name string

@@ -103,6 +103,7 @@ func TestConfigErrorsNameTheSetting(t *testing.T) {
 		{"negative history", []string{"-history-size", "-1"}, nil, "invalid -history-size -1"},
 		{"zero history ttl", []string{"-history-ttl", "0s"}, nil, "invalid -history-ttl 0s"},
 		{"negative gc floor", nil, map[string]string{"PUSHER_GC_HEAP_FLOOR": "-1"}, "invalid -gc-heap-floor -1"},
+		{"huge gc floor", []string{"-gc-heap-floor", "1099511627777"}, nil, "invalid -gc-heap-floor 1099511627777"},
 		{"bad log format", []string{"-log-format", "xml"}, nil, `invalid -log-format "xml"`},
 		{"bad log level", []string{"-log-level", "loud"}, nil, `invalid -log-level "loud"`},
 		{"bad addr", []string{"-addr", "8181"}, nil, `invalid -addr "8181"`},

@@ -34,7 +34,8 @@ type heapRoot struct {
 }
 
 // maxTunedGOGC bounds the percent set for a nearly empty heap (a node
-// that has just started), so that the goal stays near the floor.
+// that has just started, before its first collection): its goal is then
+// below the floor, 100 times what is live and on the stacks.
 const maxTunedGOGC = 10000
 
 // newGCFloor returns nil when there is nothing to do: no floor, or the
@@ -83,19 +84,20 @@ func (g *gcFloor) percent(h heapRoot) int {
 }
 
 // tick holds the heap goal at the floor while the server is busy (as
-// the trimmer judges it: allocating more than it would idle) and gives
-// the process its own GOGC back once it is not, so that a quiet node's
-// heap is sized by what is live, not by the floor. While busy, GOGC
-// moves only when the live heap has moved it by more than an eighth, so
-// that a steady node does not call into the runtime every tick.
+// the trimmer judges it: allocating more than it would idle), following
+// the live heap, and gives the process its own GOGC back on the first
+// tick that is not, so that a quiet node's heap is sized by what is
+// live, not by the floor.
 func (g *gcFloor) tick(busy bool) {
 	p := g.base
 	if busy {
 		p = g.percent(g.read())
 	}
-	if p == g.cur || (p > g.base && g.cur > g.base && p-p/8 <= g.cur && g.cur <= p+p/8) {
-		return
+	if p != g.cur {
+		g.set(p)
+		g.cur = p
 	}
-	g.set(p)
-	g.cur = p
 }
+
+// release gives the process its own GOGC back: the server has stopped.
+func (g *gcFloor) release() { g.tick(false) }

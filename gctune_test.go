@@ -62,19 +62,21 @@ func TestGCFloorLeavesALargeHeapAlone(t *testing.T) {
 	}
 }
 
-func TestGCFloorMovesOnlyForAChangeOfAnEighth(t *testing.T) {
+func TestGCFloorFollowsTheLiveHeap(t *testing.T) {
 	g, f := newFakeFloor(t, 128<<20, "")
-	f.heap = heapRoot{live: 16 << 20}
-	g.tick(true)
-	f.heap.live = 16<<20 + 512<<10 // a few % more: not worth a call
-	g.tick(true)
-	if len(f.set) != 1 {
-		t.Fatalf("GOGC set %v; want once for a change of 3%%", f.set)
+	for _, live := range []uint64{16 << 20, 24 << 20, 40 << 20, 20 << 20} {
+		f.heap = heapRoot{live: live, stacks: 2 << 20}
+		g.tick(true)
+		last := f.set[len(f.set)-1]
+		if got := goal(f.heap, last); got < 127<<20 || got > 128<<20 {
+			t.Errorf("live %d MiB: GOGC %d puts the goal at %d MiB; want 128", live>>20, last, got>>20)
+		}
 	}
-	f.heap.live = 24 << 20
-	g.tick(true)
-	if len(f.set) != 2 || goal(f.heap, f.set[1]) < 120<<20 {
-		t.Errorf("GOGC set %v after live grew by half; want a second value that keeps the goal near the floor", f.set)
+	n := len(f.set)
+	g.tick(true) // nothing moved
+	g.release()  // the server stopped
+	if len(f.set) != n+1 || f.set[n] != 100 {
+		t.Errorf("GOGC set %v; want nothing for an unchanged heap, then 100 on release", f.set[n:])
 	}
 }
 

@@ -14,8 +14,9 @@ import (
 type pinger struct {
 	tick time.Duration
 	// onTick, when set before run, is called after every visit (the
-	// memory history expires old messages then).
-	onTick func()
+	// memory history expires old messages then, and the memory tuning
+	// of trim.go and gctune.go runs); onStop once run ends.
+	onTick, onStop func()
 
 	mu    sync.Mutex
 	slots [][]*Client
@@ -49,6 +50,9 @@ func (p *pinger) add(c *Client) {
 // run visits a slot per tick until close.
 func (p *pinger) run() {
 	defer close(p.done)
+	if p.onStop != nil {
+		defer p.onStop()
+	}
 	t := time.NewTicker(p.tick)
 	defer t.Stop()
 	for {

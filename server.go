@@ -103,6 +103,9 @@ func newServer(cfg Config, log *slog.Logger, msgLog message.Logger) (*Server, er
 			floor.tick(busy)
 		}
 	}
+	if floor != nil {
+		s.hub.pinger.onStop = floor.release // GOGC is the process's
+	}
 	return s, nil
 }
 

@@ -242,10 +242,31 @@ func TestStdoutLoggerRegularFile(t *testing.T) {
 	if len(seen) != callers*each {
 		t.Errorf("file has %d lines; want %d", len(seen), callers*each)
 	}
+	if l.inPlace.Load() == 0 {
+		t.Error("no Log call wrote its line itself")
+	}
 
-	f.Close() // now every write fails, in place or not
+	if err := l.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	if err := l.Log(context.Background(), Log{ID: "late", UIDs: []string{"u"}, Message: "m"}); err == nil {
-		t.Error("Log on a closed file succeeded")
+		t.Error("Log after Close succeeded")
+	}
+	if after, _ := os.ReadFile(f.Name()); len(after) != len(data) {
+		t.Errorf("Log after Close wrote %q", after[len(data):])
+	}
+}
+
+// A write error on the file reaches the call that wrote in place.
+func TestStdoutLoggerRegularFileWriteError(t *testing.T) {
+	f, err := os.CreateTemp(t.TempDir(), "messages")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := newTestStdoutLogger(t, f, 5*time.Second)
+	f.Close()
+	if err := l.Log(context.Background(), Log{ID: "a", UIDs: []string{"u"}, Message: "m"}); err == nil || l.inPlace.Load() != 1 {
+		t.Errorf("Log on a closed file = %v after %d writes in place; want the write error from one", err, l.inPlace.Load())
 	}
 }
 

@@ -27,7 +27,14 @@ type keepAliveConn struct {
 	conn    net.Conn
 	br      *bufio.Reader
 	buf     []byte
+	idle    time.Time // when the last answer was read
 }
+
+// maxIdle is how long a connection may rest before a post dials a new
+// one: a server closes idle keep-alive connections (go-pusher after 2
+// minutes, nginx after 75 s), and a request written into one that is
+// closing fails. A sender at a low -rate waits this long between posts.
+const maxIdle = 15 * time.Second
 
 // newKeepAliveConn returns a connection for sendURL, not dialled yet, or
 // nil when sendURL is not http://.
@@ -63,17 +70,21 @@ func (k *keepAliveConn) post(ctx context.Context, contentType string, body []byt
 }
 
 func (k *keepAliveConn) roundTrip(ctx context.Context, contentType string, body []byte) (int, error) {
+	now := time.Now()
+	deadline := now.Add(k.timeout) // the whole request, dial included
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	if k.conn != nil && now.Sub(k.idle) > maxIdle {
+		k.close()
+	}
 	if k.conn == nil {
-		d := net.Dialer{Timeout: k.timeout}
+		d := net.Dialer{Deadline: deadline}
 		c, err := d.DialContext(ctx, "tcp", k.addr)
 		if err != nil {
 			return 0, err
 		}
 		k.conn, k.br = c, bufio.NewReader(c)
-	}
-	deadline := time.Now().Add(k.timeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
 	}
 	if err := k.conn.SetDeadline(deadline); err != nil {
 		return 0, err
@@ -94,6 +105,9 @@ func (k *keepAliveConn) roundTrip(ctx context.Context, contentType string, body 
 		return 0, err
 	}
 	resp, err := http.ReadResponse(k.br, nil)
+	for err == nil && resp.StatusCode/100 == 1 { // 100 Continue, 103 Early Hints: the answer follows
+		resp, err = http.ReadResponse(k.br, nil)
+	}
 	if err != nil {
 		return 0, err
 	}
@@ -107,6 +121,7 @@ func (k *keepAliveConn) roundTrip(ctx context.Context, contentType string, body 
 	if resp.Close || n == maxAnswer {
 		k.close()
 	}
+	k.idle = time.Now()
 	return resp.StatusCode, nil
 }
 

@@ -115,3 +115,43 @@ func TestKeepAliveConnIsOnlyForHTTP(t *testing.T) {
 		t.Errorf("malformed URL gave %v, %v; want an error", k, err)
 	}
 }
+
+// An informational answer (103 Early Hints) comes before the real one:
+// the real one is the answer, and nothing is left for the next request.
+func TestKeepAliveConnSkipsInformationalAnswers(t *testing.T) {
+	srv, conns := keepAliveServer(t, func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.Header().Set("Link", "</x>; rel=preload")
+		w.WriteHeader(http.StatusEarlyHints)
+		w.WriteHeader(http.StatusAccepted)
+	})
+	k, _ := newKeepAliveConn(srv.URL+"/send", "k", 5*time.Second)
+	defer k.close()
+	for i := range 3 {
+		if code, err := k.post(context.Background(), "application/json", []byte("{}")); err != nil || code != http.StatusAccepted {
+			t.Fatalf("post %d = %d, %v; want 202", i, code, err)
+		}
+	}
+	if n := conns.Load(); n != 1 {
+		t.Errorf("connections = %d; want 1", n)
+	}
+}
+
+// A connection that rested longer than maxIdle is not trusted: the
+// server may be closing it.
+func TestKeepAliveConnRedialsAfterRest(t *testing.T) {
+	srv, conns := keepAliveServer(t, echoLength(t))
+	k, _ := newKeepAliveConn(srv.URL+"/send", "k", 5*time.Second)
+	defer k.close()
+	for i := range 3 {
+		if i == 2 {
+			k.idle = k.idle.Add(-maxIdle - time.Second)
+		}
+		if code, err := k.post(context.Background(), "application/json", []byte("x")); err != nil || code != 201 {
+			t.Fatalf("post %d = %d, %v; want 201", i, code, err)
+		}
+	}
+	if n := conns.Load(); n != 2 {
+		t.Errorf("connections = %d; want 2 (a new one after the rest)", n)
+	}
+}
