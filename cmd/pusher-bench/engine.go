@@ -284,7 +284,7 @@ type runner struct {
 	users  []string // uid of each user
 	tokens []string // token of each slot's user
 	probe  *probe
-	http   *http.Client // /send; one keep-alive connection per sender and node
+	http   *http.Client // /send to https:// nodes (http:// ones: keepalive.go)
 	sendTo []string     // /send URL of each node
 	nodes  []string     // public base URL of each node
 
