@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -44,4 +45,13 @@ func redactURL(u *url.URL) string {
 	r := *u
 	r.RawQuery = q.Encode()
 	return r.String()
+}
+
+// redisLogger takes go-redis's own log lines (a pool that failed to dial,
+// for one) into the server's log as one structured record each, instead
+// of go-redis's plain lines on stderr.
+type redisLogger struct{ log *slog.Logger }
+
+func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	l.log.WarnContext(ctx, "go-redis: "+strings.TrimPrefix(fmt.Sprintf(format, v...), "redis: "), "source", "go-redis")
 }

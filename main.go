@@ -14,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // version is set at link time: go build -ldflags "-X main.version=v1.2.3".
@@ -49,6 +51,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return nil
 	}
 	log := newLogger(cfg.LogFormat, cfg.LogLevel, stderr)
+	if cfg.RedisURL != "" {
+		// go-redis logs through one logger per process; run is the
+		// program, so it is ours to set.
+		redis.SetLogger(redisLogger{log})
+	}
 	if len(cfg.JWTSecret) < 32 {
 		log.Warn("JWT_SECRET is shorter than 32 bytes: tokens signed with a short secret can be forged by brute force")
 	}

@@ -269,3 +269,34 @@ func (g *gapPair) restore() {
 	waitFor(g.t, "alice on both nodes again", g.both)
 	waitReady(g.t, g.a)
 }
+
+// Every line the binary writes to stderr is one structured record, go-redis's
+// own complaints about a lost Redis included (go-redis prints plain lines
+// through a logger of its own unless it is given ours).
+func TestBinaryLogsRedisOutageStructured(t *testing.T) {
+	u, prefix := testRedis(t), testPrefix(t)
+	proxy := testutil.StartProxy(t, u.Host)
+	p := startBinary(t, buildBinary(t), nil, "PUSHER_REDIS_URL="+redisVia(u, proxy.Addr()), "PUSHER_REDIS_PREFIX="+prefix, "PUSHER_MESSAGE_LOG=none")
+	tok, _ := IssueToken(testSecret, "u1", time.Hour, time.Now())
+	conn, _, err := websocket.DefaultDialer.Dial("ws://"+p.addr+"/ws?token="+tok, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+
+	proxy.Stop() // Redis refuses connections: go-redis's dialler gives up and says so
+	t.Cleanup(func() { t.Logf("stderr:\n%s", p.stderr.String()) })
+	waitFor(t, "go-redis's line about failed dials", func() bool {
+		req, _ := http.NewRequest(http.MethodPost, "http://"+p.addr+"/send", strings.NewReader(`{"uid":"u1","message":"x"}`))
+		req.Header.Set("Authorization", "Bearer "+testAPIKey)
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+		}
+		return strings.Contains(p.stderr.String(), "failed to dial")
+	})
+	for _, line := range strings.Split(strings.TrimSpace(p.stderr.String()), "\n") {
+		if !strings.HasPrefix(line, "time=") || !strings.Contains(line, " level=") {
+			t.Errorf("stderr line is not a structured record: %q", line)
+		}
+	}
+}

@@ -62,11 +62,18 @@ func (p *Proxy) SetMode(m ProxyMode) {
 	}
 }
 
+// Stop closes the proxy's listener and every connection: from now on a
+// dial is refused, as when the dependency is down.
+func (p *Proxy) Stop() {
+	p.ln.Close()
+	p.SetMode(Cut)
+}
+
 func (p *Proxy) accept() {
 	for {
 		c, err := p.ln.Accept()
 		if err != nil {
-			return // closed at cleanup
+			return // closed by Stop or at cleanup
 		}
 		p.mu.Lock()
 		mode := p.mode
