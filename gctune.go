@@ -10,15 +10,16 @@ import (
 // runs each time the heap has grown by what was live after the last
 // collection. A push server's live heap (its connections and history:
 // about 25 MiB at 1,000 users with 100 messages each) is small next to
-// what it turns into garbage (about 3 KiB per /send, most of it
-// net/http's request), so under load it collected several times a
-// second, and each collection marks the whole history again. Each
+// what it turns into garbage (2-3 KB per /send, most of it net/http's
+// request), so under load it collected several times a second, and
+// each collection marks the whole history again. Each
 // pinger tick of a busy spell the floor sets GOGC so that the next goal
 // is at least the floor; a heap whose own goal is above it is left
 // alone. The cost is memory while busy, up to the floor: on the first
 // quiet tick the process gets its own GOGC back, and the trimmer
-// returns the room. GOMEMLIMIT still wins: near the limit the runtime
-// collects earlier.
+// returns the room (less of it where history written during the spell
+// is spread over the larger heap). GOMEMLIMIT still wins: near the
+// limit the runtime collects earlier.
 type gcFloor struct {
 	floor uint64
 	base  int             // the process's GOGC (100 unless the environment says)

@@ -35,9 +35,9 @@ import (
 // call that finds no write under way writes its line itself instead of
 // handing it to the writer goroutine: a file has no reader to stall it,
 // and the handoff (a wakeup each way) cost 4-9% of the unicast
-// deliveries per server CPU-second. Lines appended during that write go to the writer
-// goroutine as before. Only the writing call itself waits as long as
-// the disk takes; the others keep the timeout.
+// deliveries per server CPU-second. Lines appended during that write go
+// to the writer goroutine as before. Only the writing call itself waits
+// as long as the disk takes; the others keep the timeout.
 type StdoutLogger struct {
 	w       io.Writer
 	timeout time.Duration
