@@ -51,6 +51,7 @@ type Config struct {
 	HistoryTTL      time.Duration
 	HistoryBytes    int64
 	GCHeapFloor     int64  // smallest heap goal the collector is held to (0: GOGC alone)
+	FastSend        bool   // plain POST /send answered by the fast lane, not net/http
 	LogFormat       string // text or json
 	LogLevel        string // debug, info, warn or error
 	Console         bool
@@ -92,6 +93,7 @@ func newFlagSet(cfg *Config, origins *string) *flag.FlagSet {
 	fs.DurationVar(&cfg.HistoryTTL, "history-ttl", 5*time.Minute, "how long they are kept")
 	fs.Int64Var(&cfg.HistoryBytes, "history-bytes", 64<<20, "most bytes of history a node keeps in memory, all uids together (oldest go first)")
 	fs.Int64Var(&cfg.GCHeapFloor, "gc-heap-floor", 128<<20, "while busy, the garbage collector lets the heap grow to at least this many bytes before it runs (0: GOGC alone)")
+	fs.BoolVar(&cfg.FastSend, "fast-send", true, "answer plain POST /send requests on a lean HTTP/1.1 path; anything else goes to net/http")
 	fs.StringVar(&cfg.LogFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.BoolVar(&cfg.Console, "console", true, "serve the console page at /")

@@ -44,6 +44,7 @@ type Server struct {
 
 	servers   []*http.Server
 	listeners []net.Listener
+	lane      *fastLane // in front of the listener of /send; nil with -fast-send=false
 }
 
 // newServer builds a server; msgLog is closed by Serve's shutdown.
@@ -149,8 +150,19 @@ func (s *Server) Listen() error {
 			return err
 		}
 	}
+	if s.cfg.FastSend && laneSupported {
+		// In front of the listener that serves /send: the internal one
+		// if any. Serve starts it.
+		s.lane = newFastLane(s, s.listeners[len(s.listeners)-1], laneLimitsOf(s))
+	}
 	return nil
 }
+
+// The HTTP listeners' limits (the fast lane's too).
+const (
+	readHeaderTimeout = 10 * time.Second
+	idleTimeout       = 2 * time.Minute
+)
 
 func (s *Server) listen(flagName, addr string, h http.Handler) error {
 	ln, err := net.Listen("tcp", addr)
@@ -160,8 +172,8 @@ func (s *Server) listen(flagName, addr string, h http.Handler) error {
 	s.listeners = append(s.listeners, ln)
 	s.servers = append(s.servers, &http.Server{
 		Handler:           h,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
+		ReadHeaderTimeout: readHeaderTimeout,
+		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	})
@@ -197,6 +209,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	errc := make(chan error, len(s.servers))
 	for i, srv := range s.servers {
 		ln := s.listeners[i]
+		if i == len(s.servers)-1 && s.lane != nil {
+			s.lane.start()
+			ln = s.lane
+		}
 		go func() { errc <- srv.Serve(ln) }()
 	}
 	s.log.Info("listening", "addr", s.Addr(), "internal_addr", s.InternalAddr(), "message_log", s.cfg.MessageLog, "cluster", s.cfg.RedisURL != "")
@@ -242,6 +258,9 @@ func (s *Server) shutdown(ctx context.Context) {
 			// Requests still running past the deadline are cut.
 			_ = srv.Close()
 		}
+	}
+	if s.lane != nil {
+		s.lane.wait(ctx) // closed by its server's Shutdown
 	}
 	if err := s.msgLog.Close(ctx); err != nil {
 		s.log.Error("message log flush failed", "err", err)

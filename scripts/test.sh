@@ -27,4 +27,5 @@ fuzz . FuzzParseSendRequest
 fuzz . FuzzSendJSONDiff
 fuzz . FuzzSendFormDiff
 fuzz . FuzzParseToken
+fuzz . FuzzLaneHead
 fuzz ./message FuzzAppendLine

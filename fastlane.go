@@ -1,0 +1,387 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// fastLane serves plain POST /send requests itself and hands every other
+// connection to net/http. Behind it net/http costs about a third of the
+// server's CPU per unicast /send (its request parsing into maps, a
+// context and a background read goroutine per request, the header
+// clone of every answer), more than the handler. The lane takes only
+// the common case, and only when it is sure: a connection whose first
+// bytes (peeked, not read: MSG_PEEK) are not "POST /send" goes to
+// net/http untouched, and a request the lane does not fully understand
+// (another path or version, Transfer-Encoding, Expect, a header it
+// cannot vouch for, no Content-Length, a head over laneHeadMax bytes)
+// goes to net/http with the bytes read so far, before any of it is
+// consumed: net/http then answers it, refusals included, as it always
+// did. The lane calls the same handler (handleSend) with a request built
+// from the parsed head, so every answer and metric is the same.
+type fastLane struct {
+	s       *Server
+	ln      net.Listener
+	handoff chan net.Conn // to net/http's Accept
+	failed  chan error    // the listener's last error
+	closed  chan struct{}
+	once    sync.Once
+
+	laneLimits
+
+	// ctx is every request's context; cancel ends it when shutdown runs
+	// out of time, as net/http's ends when it closes the connections.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	served atomic.Uint64 // requests the lane answered
+
+	mu    sync.Mutex
+	conns map[net.Conn]bool // true while waiting for a request
+	wg    sync.WaitGroup    // the accept loop and every serving goroutine
+	date  laneDate
+}
+
+// laneHeadMax bounds the request head the lane reads; a longer one
+// (large cookies, say) goes to net/http, which allows MaxHeaderBytes.
+const laneHeadMax = 4096
+
+// laneDiscardMax is the most of an unread body (a refused /send) the
+// lane reads past to keep the connection, as net/http does (256 KiB).
+const laneDiscardMax = 256 << 10
+
+// laneBodyTimeout bounds reading a /send body the lane answers.
+const laneBodyTimeout = 30 * time.Second
+
+// laneLimits bound a lane connection, as net/http's limits do on the
+// same listener.
+type laneLimits struct {
+	headerTimeout time.Duration // from the first byte of a request to its blank line
+	bodyTimeout   time.Duration // reading the body
+	idleTimeout   time.Duration // between requests
+	writeTimeout  time.Duration // the answer
+	maxBody       int64         // a longer Content-Length goes to net/http (413)
+}
+
+// laneLimitsOf returns the lane's limits for s.
+func laneLimitsOf(s *Server) laneLimits {
+	return laneLimits{headerTimeout: readHeaderTimeout, bodyTimeout: laneBodyTimeout, idleTimeout: idleTimeout,
+		writeTimeout: s.cfg.WriteTimeout, maxBody: s.limits.maxBody()}
+}
+
+// newFastLane returns a lane for ln; start serves it until Close, and
+// wait waits for its goroutines.
+func newFastLane(s *Server, ln net.Listener, lim laneLimits) *fastLane {
+	f := &fastLane{s: s, ln: ln, handoff: make(chan net.Conn), failed: make(chan error, 1), closed: make(chan struct{}),
+		laneLimits: lim, conns: map[net.Conn]bool{}}
+	f.ctx, f.cancel = context.WithCancel(context.Background())
+	return f
+}
+
+// start accepts connections until Close.
+func (f *fastLane) start() {
+	f.wg.Add(1)
+	go f.acceptLoop()
+}
+
+// acceptLoop accepts until the listener is closed, retrying temporary
+// failures (too many open files) as net/http does.
+func (f *fastLane) acceptLoop() {
+	defer f.wg.Done()
+	var delay time.Duration
+	for {
+		c, err := f.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				f.failed <- err
+				return
+			}
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			f.s.log.Warn("accept failed; retrying", "err", err, "retry_in", delay)
+			select {
+			case <-time.After(delay):
+				continue
+			case <-f.closed:
+				f.failed <- net.ErrClosed
+				return
+			}
+		}
+		delay = 0
+		if !f.track(c) {
+			c.Close()
+			continue
+		}
+		f.wg.Add(1)
+		go f.serve(c)
+	}
+}
+
+// Accept gives net/http the connections the lane hands over.
+func (f *fastLane) Accept() (net.Conn, error) {
+	select {
+	case c := <-f.handoff:
+		return c, nil
+	case err := <-f.failed:
+		f.failed <- err // for the next call
+		return nil, err
+	}
+}
+
+// Close stops accepting and closes the lane's connections that wait for
+// a request; one in the middle of a request closes after its answer.
+func (f *fastLane) Close() error {
+	f.once.Do(func() {
+		close(f.closed)
+		f.mu.Lock()
+		for c, idle := range f.conns {
+			if idle {
+				c.Close()
+			}
+		}
+		f.mu.Unlock()
+	})
+	return f.ln.Close()
+}
+
+func (f *fastLane) Addr() net.Addr { return f.ln.Addr() }
+
+// wait waits for the lane's goroutines after Close, closing every
+// connection when ctx ends first.
+func (f *fastLane) wait(ctx context.Context) {
+	done := make(chan struct{})
+	go func() { f.wg.Wait(); close(done) }()
+	defer f.cancel()
+	select {
+	case <-done:
+		return
+	case <-ctx.Done():
+	}
+	f.cancel()
+	f.mu.Lock()
+	for c := range f.conns {
+		c.Close()
+	}
+	f.mu.Unlock()
+	<-done
+}
+
+// track adds c as waiting for a request, unless the lane is closed.
+func (f *fastLane) track(c net.Conn) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	select {
+	case <-f.closed:
+		return false
+	default:
+	}
+	f.conns[c] = true
+	return true
+}
+
+// setIdle marks c as waiting (true) or busy; false when the lane closed
+// meanwhile and c should close.
+func (f *fastLane) setIdle(c net.Conn, idle bool) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	select {
+	case <-f.closed:
+		return false
+	default:
+	}
+	f.conns[c] = idle
+	return true
+}
+
+// isClosed reports whether Close was called: answers say Connection:
+// close, as net/http's do during a shutdown.
+func (f *fastLane) isClosed() bool {
+	select {
+	case <-f.closed:
+		return true
+	default:
+		return false
+	}
+}
+
+// open returns the number of connections the lane holds.
+func (f *fastLane) open() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.conns)
+}
+
+func (f *fastLane) untrack(c net.Conn) {
+	f.mu.Lock()
+	delete(f.conns, c)
+	f.mu.Unlock()
+}
+
+// serve answers the plain POST /send requests of c until it closes or
+// sends something else, which goes to net/http.
+func (f *fastLane) serve(c net.Conn) {
+	defer f.wg.Done()
+	_ = c.SetReadDeadline(time.Now().Add(f.headerTimeout))
+	switch peekSend(c) {
+	case laneHandOver:
+		f.handOver(c, nil)
+		return
+	case laneDrop:
+		f.untrack(c)
+		c.Close()
+		return
+	}
+	br := bufio.NewReaderSize(c, laneHeadMax)
+	var out []byte
+	for first := true; ; first = false {
+		if !first {
+			_ = c.SetReadDeadline(time.Now().Add(f.idleTimeout))
+			if _, err := br.Peek(1); err != nil {
+				break
+			}
+			_ = c.SetReadDeadline(time.Now().Add(f.headerTimeout))
+		}
+		if !f.setIdle(c, false) {
+			break
+		}
+		head, verdict := readHead(br)
+		if verdict == laneServe && head.contentLength > f.maxBody {
+			verdict = laneHandOver // net/http answers 413 as before
+		}
+		if verdict == laneHandOver {
+			f.handOver(c, br)
+			return
+		}
+		if verdict == laneDrop {
+			break
+		}
+		_, _ = br.Discard(head.size)
+		_ = c.SetReadDeadline(time.Now().Add(f.bodyTimeout))
+		body := &io.LimitedReader{R: br, N: head.contentLength}
+		out, head.close = f.answer(out[:0], &head, body)
+		f.served.Add(1)
+		_ = c.SetWriteDeadline(time.Now().Add(f.writeTimeout))
+		if _, err := c.Write(out); err != nil || head.close {
+			break
+		}
+		if !f.setIdle(c, true) {
+			break
+		}
+	}
+	f.untrack(c)
+	c.Close()
+}
+
+// handOver gives c to net/http, with what br read of it ahead.
+func (f *fastLane) handOver(c net.Conn, br *bufio.Reader) {
+	f.untrack(c)
+	_ = c.SetDeadline(time.Time{}) // net/http sets its own
+	if br != nil && br.Buffered() > 0 {
+		c = &prefixConn{Conn: c, r: br}
+	}
+	select {
+	case f.handoff <- c:
+	case <-f.closed:
+		c.Close()
+	}
+}
+
+// answer runs the handler on the request and appends its response. It
+// reports whether the connection closes after it: asked for, or a body
+// the handler left unread (more than laneDiscardMax, or cut short).
+func (f *fastLane) answer(out []byte, head *laneHead, body *io.LimitedReader) ([]byte, bool) {
+	h := make(http.Header, 2)
+	if head.contentType != "" {
+		h["Content-Type"] = []string{head.contentType}
+	}
+	if head.authorization != "" {
+		h["Authorization"] = []string{head.authorization}
+	}
+	r := &http.Request{Method: http.MethodPost, URL: &url.URL{Path: "/send", RawQuery: head.query},
+		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Header: h, Body: io.NopCloser(body),
+		ContentLength: head.contentLength, Host: head.host, RequestURI: head.target, Close: head.close}
+	w := laneWriter{h: make(http.Header, 2)}
+	f.s.handleSend(&w, r.WithContext(f.ctx))
+	if w.code == 0 {
+		w.code = http.StatusOK
+	}
+	closing := head.close || !discardBody(body, laneDiscardMax) || f.isClosed()
+	out = append(out, "HTTP/1.1 "...)
+	out = strconv.AppendInt(out, int64(w.code), 10)
+	out = append(out, ' ')
+	out = append(out, http.StatusText(w.code)...)
+	out = append(out, "\r\n"...)
+	for k, vs := range w.h {
+		for _, v := range vs {
+			out = append(append(append(append(out, k...), ": "...), v...), "\r\n"...)
+		}
+	}
+	if closing {
+		out = append(out, "Connection: close\r\n"...)
+	}
+	out = append(out, "Date: "...)
+	out = append(out, f.date.get()...)
+	out = append(out, "\r\nContent-Length: "...)
+	out = strconv.AppendInt(out, int64(len(w.body)), 10)
+	out = append(out, "\r\n\r\n"...)
+	return append(out, w.body...), closing
+}
+
+// laneWriter collects the handler's answer.
+type laneWriter struct {
+	h    http.Header
+	code int
+	body []byte
+}
+
+func (w *laneWriter) Header() http.Header { return w.h }
+
+func (w *laneWriter) WriteHeader(code int) {
+	if w.code == 0 {
+		w.code = code
+	}
+}
+
+func (w *laneWriter) Write(b []byte) (int, error) {
+	w.WriteHeader(http.StatusOK)
+	w.body = append(w.body, b...)
+	return len(b), nil
+}
+
+// prefixConn is a connection whose first bytes were read ahead into r.
+type prefixConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (p *prefixConn) Read(b []byte) (int, error) {
+	if p.r.Buffered() > 0 {
+		return p.r.Read(b)
+	}
+	return p.Conn.Read(b)
+}
+
+// laneDate is the Date header's value, formatted once a second.
+type laneDate struct {
+	mu  sync.Mutex
+	sec int64
+	s   string
+}
+
+func (d *laneDate) get() string {
+	now := time.Now()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if now.Unix() != d.sec {
+		d.sec, d.s = now.Unix(), now.UTC().Format(http.TimeFormat)
+	}
+	return d.s
+}
