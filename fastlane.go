@@ -8,9 +8,11 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"runtime/debug"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -59,7 +61,12 @@ const laneHeadMax = 4096
 // lane reads past to keep the connection, as net/http does (256 KiB).
 const laneDiscardMax = 256 << 10
 
-// laneBodyTimeout bounds reading a /send body the lane answers.
+// laneKeepOut bounds the answer buffer a connection keeps between
+// requests.
+const laneKeepOut = 64 << 10
+
+// laneBodyTimeout bounds reading a /send body the lane answers
+// (net/http, with no ReadTimeout set, waits as long as the client).
 const laneBodyTimeout = 30 * time.Second
 
 // laneLimits bound a lane connection, as net/http's limits do on the
@@ -101,8 +108,9 @@ func (f *fastLane) acceptLoop() {
 	for {
 		c, err := f.ln.Accept()
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				f.failed <- err
+			var ne net.Error
+			if !errors.As(err, &ne) || !ne.Temporary() { //nolint:staticcheck // as net/http's Serve
+				f.failed <- err // net/http's Serve returns it: the server stops
 				return
 			}
 			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
@@ -129,10 +137,17 @@ func (f *fastLane) acceptLoop() {
 func (f *fastLane) Accept() (net.Conn, error) {
 	select {
 	case c := <-f.handoff:
+		if f.isClosed() {
+			// Shutdown has looked at net/http's connections already.
+			c.Close()
+			return nil, net.ErrClosed
+		}
 		return c, nil
 	case err := <-f.failed:
 		f.failed <- err // for the next call
 		return nil, err
+	case <-f.closed:
+		return nil, net.ErrClosed
 	}
 }
 
@@ -157,6 +172,7 @@ func (f *fastLane) Addr() net.Addr { return f.ln.Addr() }
 // wait waits for the lane's goroutines after Close, closing every
 // connection when ctx ends first.
 func (f *fastLane) wait(ctx context.Context) {
+	_ = f.Close() // if net/http's Shutdown has not (its Serve had not started)
 	done := make(chan struct{})
 	go func() { f.wg.Wait(); close(done) }()
 	defer f.cancel()
@@ -229,14 +245,24 @@ func (f *fastLane) untrack(c net.Conn) {
 // sends something else, which goes to net/http.
 func (f *fastLane) serve(c net.Conn) {
 	defer f.wg.Done()
+	handedOver := false
+	defer func() {
+		if v := recover(); v != nil && v != http.ErrAbortHandler {
+			// As net/http: the connection closes, the server goes on.
+			f.s.log.Error("panic serving /send", "panic", v, "stack", string(debug.Stack()))
+		}
+		if !handedOver {
+			f.untrack(c)
+			c.Close()
+		}
+	}()
 	_ = c.SetReadDeadline(time.Now().Add(f.headerTimeout))
 	switch peekSend(c) {
 	case laneHandOver:
+		handedOver = true
 		f.handOver(c, nil)
 		return
 	case laneDrop:
-		f.untrack(c)
-		c.Close()
 		return
 	}
 	br := bufio.NewReaderSize(c, laneHeadMax)
@@ -245,39 +271,40 @@ func (f *fastLane) serve(c net.Conn) {
 		if !first {
 			_ = c.SetReadDeadline(time.Now().Add(f.idleTimeout))
 			if _, err := br.Peek(1); err != nil {
-				break
+				return
 			}
 			_ = c.SetReadDeadline(time.Now().Add(f.headerTimeout))
 		}
 		if !f.setIdle(c, false) {
-			break
+			return
 		}
+		// A head handed over after a slow start gets net/http's own
+		// header timeout afresh: at most twice readHeaderTimeout in all.
 		head, verdict := readHead(br)
 		if verdict == laneServe && head.contentLength > f.maxBody {
 			verdict = laneHandOver // net/http answers 413 as before
 		}
-		if verdict == laneHandOver {
+		switch verdict {
+		case laneHandOver:
+			handedOver = true
 			f.handOver(c, br)
 			return
-		}
-		if verdict == laneDrop {
-			break
+		case laneDrop:
+			return
 		}
 		_, _ = br.Discard(head.size)
 		_ = c.SetReadDeadline(time.Now().Add(f.bodyTimeout))
 		body := &io.LimitedReader{R: br, N: head.contentLength}
+		if cap(out) > laneKeepOut {
+			out = nil // a large multicast answer's buffer is not kept while idle
+		}
 		out, head.close = f.answer(out[:0], &head, body)
 		f.served.Add(1)
 		_ = c.SetWriteDeadline(time.Now().Add(f.writeTimeout))
-		if _, err := c.Write(out); err != nil || head.close {
-			break
-		}
-		if !f.setIdle(c, true) {
-			break
+		if _, err := c.Write(out); err != nil || head.close || !f.setIdle(c, true) {
+			return
 		}
 	}
-	f.untrack(c)
-	c.Close()
 }
 
 // handOver gives c to net/http, with what br read of it ahead.
@@ -363,10 +390,32 @@ type prefixConn struct {
 }
 
 func (p *prefixConn) Read(b []byte) (int, error) {
-	if p.r.Buffered() > 0 {
-		return p.r.Read(b)
+	if p.r != nil {
+		if p.r.Buffered() > 0 {
+			return p.r.Read(b)
+		}
+		p.r = nil // drained: let its buffer go
 	}
 	return p.Conn.Read(b)
+}
+
+// CloseWrite lets net/http send its FIN before closing, as on a TCPConn.
+func (p *prefixConn) CloseWrite() error {
+	if cw, ok := p.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+// SyscallConn gives the socket for writes in place (a /ws upgrade after
+// a /send on one connection); its reads would skip r, and nothing reads
+// through it.
+func (p *prefixConn) SyscallConn() (syscall.RawConn, error) {
+	sc, ok := p.Conn.(syscall.Conn)
+	if !ok {
+		return nil, errors.ErrUnsupported
+	}
+	return sc.SyscallConn()
 }
 
 // laneDate is the Date header's value, formatted once a second.

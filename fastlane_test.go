@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -13,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"go-pusher/message"
 )
 
 // rawExchange writes req on a new connection to addr, half-closes it and
@@ -43,6 +46,9 @@ func rawExchange(t *testing.T, addr, req string) []string {
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		resp.Header.Del("Date")
+		// net/http chunks an answer over 2 KiB; the lane sends its length.
+		resp.Header.Del("Content-Length")
+		resp.Header.Del("Transfer-Encoding")
 		var keys []string
 		for k, vs := range resp.Header {
 			keys = append(keys, k+": "+strings.Join(vs, ","))
@@ -84,6 +90,9 @@ func TestFastLaneAnswersAsNetHTTP(t *testing.T) {
 		{"query only", "POST /send?uid=u1&message=hi HTTP/1.1\r\nHost: h\r\n" + key + "Content-Length: 0\r\n\r\n", 1},
 		{"lower-case names", "POST /send HTTP/1.1\r\nhost: h\r\nauthorization: Bearer " + testAPIKey + "\r\ncontent-type: application/json\r\ncontent-length: 27\r\n\r\n" + `{"uid":"u1","message":"hi"}`, 1},
 		{"multicast", post(key+"Content-Type: application/json\r\n", `{"uids":["u1","nobody"],"message":"hi"}`), 1},
+		{"large answer", post(key+"Content-Type: application/json\r\n", `{"uids":["u1"`+strings.Repeat(`,"nobody-with-a-long-name"`, 200)+`],"message":"hi"}`), 1},
+		{"unread body under 256 KiB", post("Content-Type: application/json\r\n", strings.Repeat("x", 256<<10-1)) + post(key+"Content-Type: application/json\r\n", `{"uid":"u1","message":"hi"}`), 2},
+		{"unread body of 256 KiB", post("Content-Type: application/json\r\n", strings.Repeat("x", 256<<10)) + post(key+"Content-Type: application/json\r\n", `{"uid":"u1","message":"hi"}`), 1},
 		{"offline", post(key+"Content-Type: application/json\r\n", `{"uid":"nobody","message":"hi"}`), 1},
 		{"bad json", post(key+"Content-Type: application/json\r\n", `{"uid":`), 1},
 		{"bad type", post(key+"Content-Type: text/xml\r\n", `<x/>`), 1},
@@ -133,6 +142,58 @@ func TestFastLaneAnswersAsNetHTTP(t *testing.T) {
 
 // opsAddr is the address of /send.
 func (ts *testServer) opsAddr() string { return strings.TrimPrefix(ts.opsURL(), "http://") }
+
+// A head that arrives in pieces is read whole before it is answered.
+func TestFastLaneHeadInPieces(t *testing.T) {
+	ts := startServer(t, testConfig(t))
+	conn := ts.dial("u1")
+	ts.sendOK("u1", "first")
+	readText(t, conn)
+	c, err := net.Dial("tcp", ts.opsAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	body := `{"uid":"u1","message":"pieces"}`
+	req := "POST /send HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer " + testAPIKey + "\r\nContent-Type: application/json\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body
+	for i := range len(req) { // one write per byte: however TCP groups them
+		if _, err := c.Write([]byte{req[i]}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("answer %v, %v; want 200", resp, err)
+	}
+	if got := readText(t, conn); got != "pieces" {
+		t.Errorf("pushed %q; want %q", got, "pieces")
+	}
+	if ts.lane.served.Load() == 0 {
+		t.Error("the lane answered nothing")
+	}
+}
+
+// panickyLog panics on Log, as a bug in a logger would.
+type panickyLog struct{ message.NoneLogger }
+
+func (panickyLog) Log(context.Context, message.Log) error { panic("logger bug") }
+
+// A panic in the handler closes that connection and is logged; the
+// server goes on, as with net/http.
+func TestFastLaneSurvivesAPanic(t *testing.T) {
+	ts := startServerLog(t, testConfig(t), panickyLog{})
+	ts.dial("u1")
+	req := "POST /send HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer " + testAPIKey + "\r\nContent-Type: application/json\r\nContent-Length: 27\r\n\r\n" + `{"uid":"u1","message":"hi"}`
+	waitFor(t, "the panic logged", func() bool {
+		if got := rawExchange(t, ts.opsAddr(), req); len(got) > 0 && !strings.HasPrefix(got[0], "404 ") {
+			t.Fatalf("answers %q; want none (the connection closes)", got)
+		}
+		return strings.Contains(ts.logBuf.String(), "panic serving /send")
+	})
+	if code, _ := ts.get("/healthz"); code != 200 {
+		t.Errorf("/healthz after the panic = %d; want 200", code)
+	}
+}
 
 // With -internal-addr, /send is only on the internal listener, and so is
 // the lane: the public one answers 404 as before.
@@ -260,9 +321,14 @@ func FuzzLaneHead(f *testing.F) {
 		if verdict != laneServe {
 			return
 		}
-		r, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(b)))
+		const next = "GET /next HTTP/1.1\r\nHost: n\r\n\r\n"
+		br := bufio.NewReader(io.MultiReader(bytes.NewReader(b), strings.NewReader(next)))
+		r, err := http.ReadRequest(br)
 		if err != nil {
 			t.Fatalf("lane serves %q; net/http refuses it: %v", b, err)
+		}
+		if rest, _ := io.ReadAll(br); string(rest) != next {
+			t.Fatalf("head %q: net/http's ends elsewhere, before %q", b, rest)
 		}
 		want := laneHead{size: len(b), target: r.RequestURI, query: r.URL.RawQuery, host: r.Host,
 			contentType: r.Header.Get("Content-Type"), authorization: r.Header.Get("Authorization"),

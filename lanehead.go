@@ -213,10 +213,11 @@ func asciiEqualFold(b []byte, s string) bool {
 	return true
 }
 
-// discardBody reads what the handler left of a body, up to max bytes;
-// false when more is left, and the connection must close.
+// discardBody reads what the handler left of a body, if less than max
+// bytes; false when max or more is left (net/http's rule), and the
+// connection must close.
 func discardBody(r *io.LimitedReader, max int64) bool {
-	if r.N > max {
+	if r.N >= max {
 		return false
 	}
 	_, err := io.Copy(io.Discard, r)
