@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"io"
 	"net"
 	"net/http"
 	"runtime/debug"
@@ -264,6 +263,7 @@ func (f *fastLane) serve(c net.Conn) {
 		return
 	}
 	br := bufio.NewReaderSize(c, laneHeadMax)
+	lr := f.newLaneRequest(br)
 	var out []byte
 	for first := true; ; first = false {
 		if !first {
@@ -292,11 +292,11 @@ func (f *fastLane) serve(c net.Conn) {
 		}
 		_, _ = br.Discard(head.size)
 		_ = c.SetReadDeadline(time.Now().Add(f.bodyTimeout))
-		body := &io.LimitedReader{R: br, N: head.contentLength}
 		if cap(out) > laneKeepOut {
-			out = nil // a large multicast answer's buffer is not kept while idle
+			out = nil // a large multicast answer's buffers are not kept while idle
+			lr.w.body = nil
 		}
-		out, head.close = f.answer(out[:0], &head, body)
+		out, head.close = f.answer(out[:0], &head, lr)
 		f.served.Add(1)
 		_ = c.SetWriteDeadline(time.Now().Add(f.writeTimeout))
 		if _, err := c.Write(out); err != nil || head.close || !f.setIdle(c, true) {

@@ -9,27 +9,59 @@ import (
 	"time"
 )
 
-// answer runs the handler on the request and appends its response. It
-// reports whether the connection closes after it: asked for, a body the
-// handler left unread (laneDiscardMax or more, or cut short), or the lane
-// closing (a shutdown).
-func (f *fastLane) answer(out []byte, head *laneHead, body *io.LimitedReader) ([]byte, bool) {
-	h := make(http.Header, 2)
+// laneRequest is a connection's request and answer, reused from one
+// /send to the next: the lane's requests allocate next to nothing of
+// their own.
+type laneRequest struct {
+	tmpl, r  *http.Request // tmpl carries the lane's context; r is reset from it
+	u        url.URL
+	h        http.Header
+	ct, auth [1]string
+	body     io.LimitedReader
+	w        laneWriter
+}
+
+func (f *fastLane) newLaneRequest(br io.Reader) *laneRequest {
+	lr := &laneRequest{tmpl: (&http.Request{}).WithContext(f.ctx), r: new(http.Request), h: make(http.Header, 2)}
+	lr.body.R = br
+	lr.w.h = make(http.Header, 2)
+	return lr
+}
+
+// Read and Close make lr.body the request's Body without a wrapper.
+func (lr *laneRequest) Read(p []byte) (int, error) { return lr.body.Read(p) }
+func (lr *laneRequest) Close() error               { return nil }
+
+// answer runs the handler on the request of head, whose body is next
+// in lr's reader, and appends its response to out. It reports whether
+// the connection closes after it: asked for, a body the handler left
+// unread (laneDiscardMax or more, or cut short), or the lane closing (a
+// shutdown).
+func (f *fastLane) answer(out []byte, head *laneHead, lr *laneRequest) ([]byte, bool) {
+	clear(lr.h)
 	if head.contentType != "" {
-		h["Content-Type"] = []string{head.contentType}
+		lr.ct[0] = head.contentType
+		lr.h["Content-Type"] = lr.ct[:]
 	}
 	if head.authorization != "" {
-		h["Authorization"] = []string{head.authorization}
+		lr.auth[0] = head.authorization
+		lr.h["Authorization"] = lr.auth[:]
 	}
-	r := &http.Request{Method: http.MethodPost, URL: &url.URL{Path: "/send", RawQuery: head.query},
-		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Header: h, Body: io.NopCloser(body),
-		ContentLength: head.contentLength, Host: head.host, RequestURI: head.target, Close: head.close}
-	w := laneWriter{h: make(http.Header, 2)}
-	f.s.handleSend(&w, r.WithContext(f.ctx))
+	lr.u = url.URL{Path: "/send", RawQuery: head.query}
+	lr.body.N = head.contentLength
+	r := lr.r
+	*r = *lr.tmpl // every field afresh, the context kept
+	r.Method, r.URL, r.Proto, r.ProtoMajor, r.ProtoMinor = http.MethodPost, &lr.u, "HTTP/1.1", 1, 1
+	r.Header, r.Body, r.ContentLength = lr.h, lr, head.contentLength
+	r.Host, r.RequestURI, r.Close = head.host, head.target, head.close
+	w := &lr.w
+	clear(w.h)
+	w.code, w.body = 0, w.body[:0]
+	f.s.handleSend(w, r)
 	if w.code == 0 {
 		w.code = http.StatusOK
 	}
-	closing := head.close || !discardBody(body, laneDiscardMax) || f.isClosed()
+	closing := head.close || !discardBody(&lr.body, laneDiscardMax) || f.isClosed()
 	out = append(out, "HTTP/1.1 "...)
 	out = strconv.AppendInt(out, int64(w.code), 10)
 	out = append(out, ' ')
