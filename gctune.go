@@ -10,8 +10,8 @@ import (
 // runs each time the heap has grown by what was live after the last
 // collection. A push server's live heap (its connections and history:
 // about 25 MiB at 1,000 users with 100 messages each) is small next to
-// what it turns into garbage (2-3 KB per /send, most of it net/http's
-// request), so under load it collected several times a second, and
+// what it turns into garbage (2-3 KB per /send behind net/http, a few
+// hundred bytes on the fast lane), so under load it collects often, and
 // each collection marks the whole history again. Each
 // pinger tick of a busy spell the floor sets GOGC so that the next goal
 // is at least the floor; a heap whose own goal is above it is left
