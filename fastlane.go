@@ -14,10 +14,11 @@ import (
 )
 
 // fastLane serves plain POST /send requests itself and hands every other
-// connection to net/http. Behind it net/http costs about a third of the
-// server's CPU per unicast /send (its request parsing into maps, a
-// context and a background read goroutine per request, the header
-// clone of every answer), more than the handler. The lane takes only
+// connection to net/http. Behind net/http a unicast /send cost a third
+// more CPU (its request parsing into maps, a context and a background
+// read goroutine per request, the header clone of every answer; 2.8 KB
+// and 41 allocations a request, against about 340 bytes and 5 here).
+// The lane takes only
 // the common case, and only when it is sure: a connection whose first
 // bytes (peeked, not read: MSG_PEEK) are not "POST /send" goes to
 // net/http untouched, and a request the lane does not fully understand
