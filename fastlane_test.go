@@ -101,6 +101,10 @@ func TestFastLaneAnswersAsNetHTTP(t *testing.T) {
 		{"two keys", post(key+key+"Content-Type: application/json\r\n", `{"uid":"u1","message":"hi"}`), 0},
 		{"connection close", post(key+"Connection: close\r\nContent-Type: application/json\r\n", `{"uid":"u1","message":"hi"}`), 1},
 		{"pipelined", strings.Repeat(post(key+"Content-Type: application/json\r\n", `{"uid":"u1","message":"hi"}`), 3), 3},
+		{"key, then none", post(key+"Content-Type: application/json\r\n", `{"uid":"u1","message":"hi"}`) + post("Content-Type: application/json\r\n", `{"uid":"u1","message":"hi"}`), 2},
+		{"form, then another", post(key+"Content-Type: application/x-www-form-urlencoded\r\n", "uid=u1&message=one") + post(key+"Content-Type: application/x-www-form-urlencoded\r\n", "uid=nobody&message=two"), 2},
+		{"query, then body", "POST /send?uid=u1&message=q HTTP/1.1\r\nHost: h\r\n" + key + "Content-Length: 0\r\n\r\n" + post(key+"Content-Type: application/json\r\n", `{"uid":"nobody","message":"hi"}`), 2},
+		{"multipart, then json", post(key+"Content-Type: multipart/form-data; boundary=b\r\n", "--b\r\nContent-Disposition: form-data; name=\"uid\"\r\n\r\nu1\r\n--b\r\nContent-Disposition: form-data; name=\"message\"\r\n\r\nmp\r\n--b--\r\n") + post(key+"Content-Type: application/json\r\n", `{"uid":"nobody","message":"hi"}`), 2},
 		{"then other paths", post(key+"Content-Type: application/json\r\n", `{"uid":"u1","message":"hi"}`) + "GET /healthz HTTP/1.1\r\nHost: h\r\n\r\n", 1},
 		{"body longer than told", "POST /send HTTP/1.1\r\nHost: h\r\n" + key + "Content-Type: application/json\r\nContent-Length: 10\r\n\r\n" + `{"uid":"u1","message":"hi"}`, 1},
 		{"get", "GET /send HTTP/1.1\r\nHost: h\r\n" + key + "\r\n", 0},
@@ -231,7 +235,7 @@ func TestFastLaneLeavesWebSocketsAlone(t *testing.T) {
 // Shutdown closes the lane's kept-alive connections that wait for a
 // request, and Serve returns (goleak checks that no goroutine is left).
 func TestFastLaneShutdownClosesIdleConnections(t *testing.T) {
-	ts := startServer(t, testConfig(t))
+	ts := startServer(t, testConfig(t, "-shutdown-timeout", "30s")) // far above the 5 s this allows
 	ts.dial("u1")
 	c, err := net.Dial("tcp", ts.opsAddr())
 	if err != nil {
@@ -275,31 +279,39 @@ func TestFastLaneTimeouts(t *testing.T) {
 	}
 	f := newFastLane(ts.Server, ln, laneLimits{headerTimeout: 100 * time.Millisecond, bodyTimeout: 100 * time.Millisecond,
 		idleTimeout: 100 * time.Millisecond, writeTimeout: time.Second, maxBody: 1 << 20})
-	f.start()
 	defer func() {
 		f.Close()
 		f.wait(t.Context())
 	}()
-	for _, tc := range []struct{ name, req, answer string }{
+	cases := []struct{ name, req, answer string }{
 		{"first byte", "", ""},
 		{"head", "POST /send HTTP/1.1\r\nHost: h\r\n", ""},
 		{"idle after a request", "POST /send HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer " + testAPIKey + "\r\nContent-Length: 0\r\n\r\n", "HTTP/1.1 400 Bad Request"},
 		// The handler's read of the body fails: it answers, and the
 		// connection closes (what is left of the body cannot be skipped).
 		{"body", "POST /send HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer " + testAPIKey + "\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n{", "HTTP/1.1 400 Bad Request"},
-	} {
+	}
+	// Every request is written before the lane accepts: each timeout
+	// starts with the bytes there already, however slow this test runs.
+	conns := make([]net.Conn, len(cases))
+	for i, tc := range cases {
 		c, err := net.Dial("tcp", ln.Addr().String())
 		if err != nil {
 			t.Fatal(err)
 		}
+		defer c.Close()
 		io.WriteString(c, tc.req)
+		conns[i] = c
+	}
+	start := time.Now()
+	f.start()
+	for i, tc := range cases {
+		c := conns[i]
 		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		start := time.Now()
 		got, err := io.ReadAll(c)
 		if !strings.HasPrefix(string(got), tc.answer) || err != nil && !isReset(err) || time.Since(start) > 4*time.Second {
 			t.Errorf("%s: read %q, %v after %s; want %q and the connection closed after 100 ms", tc.name, got, err, time.Since(start), tc.answer)
 		}
-		c.Close()
 	}
 }
 

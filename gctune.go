@@ -34,10 +34,12 @@ type heapRoot struct {
 	live, stacks, globals uint64
 }
 
-// maxTunedGOGC bounds the percent set for a nearly empty heap (a node
-// that has just started, before its first collection): its goal is then
-// below the floor, 100 times what is live and on the stacks.
-const maxTunedGOGC = 10000
+// maxTunedGOGC bounds the percent set. The percent follows the live
+// heap once a tick, so a live heap that jumps between ticks (a connect
+// storm) meets a goal of up to 11 times itself before the next tick; and
+// a nearly empty heap (a node that has just started) gets a goal below
+// the floor rather than a huge percent.
+const maxTunedGOGC = 1000
 
 // newGCFloor returns nil when there is nothing to do: no floor, or the
 // collector turned off by GOGC=off. gogc is the GOGC environment

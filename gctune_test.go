@@ -32,7 +32,7 @@ func goal(h heapRoot, p int) uint64 {
 func TestGCFloorHoldsTheGoalAtTheFloorWhileBusy(t *testing.T) {
 	const floor = 128 << 20
 	g, f := newFakeFloor(t, floor, "")
-	f.heap = heapRoot{live: 8 << 20, stacks: 1 << 20, globals: 64 << 10}
+	f.heap = heapRoot{live: 16 << 20, stacks: 2 << 20, globals: 64 << 10}
 	g.tick(true)
 	if len(f.set) != 1 {
 		t.Fatalf("busy tick set GOGC %v times, want once", f.set)
