@@ -123,7 +123,7 @@ func (f *fastLane) acceptLoop() {
 			}
 		}
 		delay = 0
-		if !f.track(c) {
+		if !f.setIdle(c, true) {
 			c.Close()
 			continue
 		}
@@ -200,28 +200,13 @@ func (f *fastLane) wait(ctx context.Context) {
 // their context at the shutdown deadline.
 const laneStragglerWait = time.Second
 
-// track adds c as waiting for a request, unless the lane is closed.
-func (f *fastLane) track(c net.Conn) bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	select {
-	case <-f.closed:
-		return false
-	default:
-	}
-	f.conns[c] = true
-	return true
-}
-
-// setIdle marks c as waiting (true) or busy; false when the lane closed
-// meanwhile and c should close.
+// setIdle marks c as waiting for a request (true) or busy, adding it
+// if new; false when the lane is closed and c should close.
 func (f *fastLane) setIdle(c net.Conn, idle bool) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	select {
-	case <-f.closed:
+	if f.isClosed() {
 		return false
-	default:
 	}
 	f.conns[c] = idle
 	return true

@@ -209,7 +209,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	errc := make(chan error, len(s.servers))
 	for i, srv := range s.servers {
 		ln := s.listeners[i]
-		if i == len(s.servers)-1 && s.lane != nil {
+		if s.lane != nil && ln == s.lane.ln {
 			s.lane.start()
 			ln = s.lane
 		}
