@@ -6,9 +6,10 @@ import (
 	"net/http"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/golang-jwt/jwt/v5"
+
+	"go-pusher/internal/stream"
 )
 
 // Authenticator decides who a /ws request is (the article's interface).
@@ -80,7 +81,7 @@ type claims struct {
 func (a *JWTAuthenticator) Authenticate(r *http.Request) (Identity, error) {
 	token := r.URL.Query().Get("token")
 	if token == "" {
-		token = bearerToken(r)
+		token = bearer(r.Header.Get("Authorization"))
 	}
 	if token == "" {
 		return Identity{}, &authError{authMissingToken, "token is missing"}
@@ -109,7 +110,7 @@ func (a *JWTAuthenticator) ParseToken(token string) (Identity, error) {
 	if !ok {
 		return Identity{}, &authError{authInvalidToken, "token has no string uid claim"}
 	}
-	if err := checkUID(uid); err != nil {
+	if err := stream.CheckUID(uid); err != nil {
 		return Identity{}, &authError{authInvalidToken, "token uid claim " + err.Error()}
 	}
 	id := Identity{UID: uid}
@@ -119,22 +120,9 @@ func (a *JWTAuthenticator) ParseToken(token string) (Identity, error) {
 	return id, nil
 }
 
-// checkUID is the rule for a uid, in a token or in a /send body.
-func checkUID(uid string) error {
-	switch {
-	case uid == "":
-		return errors.New("is empty")
-	case len(uid) > maxUIDLen:
-		return fmt.Errorf("is longer than %d bytes", maxUIDLen)
-	case !utf8.ValidString(uid):
-		return errors.New("is not valid UTF-8")
-	}
-	return nil
-}
-
-// bearerToken returns the credential of "Authorization: Bearer <x>".
-func bearerToken(r *http.Request) string {
-	h := r.Header.Get("Authorization")
+// bearer returns the credential of an Authorization header value
+// "Bearer <x>", or "".
+func bearer(h string) string {
 	if len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
 		return strings.TrimSpace(h[7:])
 	}
@@ -143,7 +131,7 @@ func bearerToken(r *http.Request) string {
 
 // IssueToken returns an HS256 token for uid, expiring after ttl (0: never).
 func IssueToken(secret, uid string, ttl time.Duration, now time.Time) (string, error) {
-	if err := checkUID(uid); err != nil {
+	if err := stream.CheckUID(uid); err != nil {
 		return "", fmt.Errorf("uid %w", err)
 	}
 	c := claims{UID: uid, RegisteredClaims: jwt.RegisteredClaims{IssuedAt: jwt.NewNumericDate(now)}}

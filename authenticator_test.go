@@ -2,8 +2,8 @@ package main
 
 import (
 	"errors"
+	"go-pusher/internal/stream"
 	"net/http/httptest"
-	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -106,24 +106,21 @@ func FuzzParseToken(f *testing.F) {
 			}
 			return
 		}
-		if err := checkUID(id.UID); err != nil {
+		if err := stream.CheckUID(id.UID); err != nil {
 			t.Fatalf("ParseToken(%q) accepted uid %q: %v", tok, id.UID, err)
 		}
 	})
 }
 
-func TestRedactURL(t *testing.T) {
-	for _, tt := range []struct{ in, want string }{
-		{"/ws", "/ws"},
-		{"/ws?token=abc.def.ghi", "/ws?token=REDACTED"},
-		{"/ws?format=json&Token=x&since=1:2", "/ws?Token=REDACTED&format=json&since=1%3A2"},
-	} {
-		u, err := url.Parse(tt.in)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := redactURL(u); got != tt.want {
-			t.Errorf("redactURL(%q) = %q, want %q", tt.in, got, tt.want)
+// TestTokenUIDWithControlCharacters: a uid with a control character in
+// a token is refused like a bad token (it would end up in log lines and
+// Redis keys as something else).
+func TestTokenUIDWithControlCharacters(t *testing.T) {
+	a := NewJWTAuthenticator(testSecret, time.Now)
+	for _, uid := range []string{"a\nb", "\x1b[31mred", "tab\there", "del\x7f", "c1\u0085"} {
+		tok := signed(t, jwt.SigningMethodHS256, []byte(testSecret), jwt.MapClaims{"uid": uid})
+		if _, err := a.ParseToken(tok); err == nil || !strings.Contains(err.Error(), "control character") {
+			t.Errorf("ParseToken(uid %q) = %v, want a refusal naming the control character", uid, err)
 		}
 	}
 }

@@ -2,13 +2,10 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"net/url"
-	"os"
 	"strings"
 	"sync"
 	"syscall"
@@ -20,40 +17,6 @@ import (
 
 	"go-pusher/internal/testutil"
 )
-
-// testRedis returns the Redis URL for tests (PUSHER_TEST_REDIS_URL, or
-// redis://127.0.0.1:6379/0), skipping or, under CI=true, failing when
-// Redis does not answer.
-func testRedis(t *testing.T) *url.URL {
-	t.Helper()
-	raw := os.Getenv("PUSHER_TEST_REDIS_URL")
-	if raw == "" {
-		raw = "redis://127.0.0.1:6379/0"
-	}
-	u, err := url.Parse(raw)
-	if err != nil {
-		t.Fatalf("PUSHER_TEST_REDIS_URL: %v", err)
-	}
-	if !dialable(u.Host) {
-		skipOrFail(t, "Redis is not running at %s (make test starts it)", u.Host)
-	}
-	return u
-}
-
-// redisVia returns u with its host replaced by hostport.
-func redisVia(u *url.URL, hostport string) string {
-	v := *u
-	v.Host = hostport
-	return v.String()
-}
-
-// testPrefix is a Redis prefix of the test's own, so that tests sharing a
-// Redis never see each other's messages.
-func testPrefix(t *testing.T) string {
-	b := make([]byte, 6)
-	rand.Read(b)
-	return "t" + hex.EncodeToString(b)
-}
 
 // startNode starts one in-process cluster node.
 // sendWhenOnline sends msg to uid as soon as this node sees uid online
@@ -77,7 +40,7 @@ func startNode(t *testing.T, redisURL, prefix string, args ...string) *testServe
 // startCluster starts n nodes on one Redis and waits until they are ready.
 func startCluster(t *testing.T, n int) []*testServer {
 	t.Helper()
-	u, prefix := testRedis(t), testPrefix(t)
+	u, prefix := testutil.Redis(t), testutil.Prefix(t)
 	var nodes []*testServer
 	for range n {
 		nodes = append(nodes, startNode(t, u.String(), prefix))
@@ -90,7 +53,7 @@ func startCluster(t *testing.T, n int) []*testServer {
 
 func waitReady(t *testing.T, ts *testServer) {
 	t.Helper()
-	waitFor(t, "node ready", func() bool { code, _ := ts.get("/readyz"); return code == http.StatusOK })
+	waitFor(t, "node ready", func() bool { code, _ := ts.readyz(); return code == http.StatusOK })
 }
 
 // dialSubscribed connects uid to ts and waits until ts and the other
@@ -132,10 +95,10 @@ func TestClusterCrossNodeDelivery(t *testing.T) {
 			t.Errorf("send to an offline uid = %d %q, want 404", code, body)
 		}
 	}
-	if got := counterValue(t, b.broker.(*RedisBroker).published); got < 2 {
+	if got := b.metric("pusher_redis_published_total"); got < 2 {
 		t.Errorf("pusher_redis_published_total on b = %v, want at least 2", got)
 	}
-	if got := counterValue(t, a.broker.(*RedisBroker).received); got < 2 {
+	if got := a.metric("pusher_redis_received_total"); got < 2 {
 		t.Errorf("pusher_redis_received_total on a = %v, want at least 2", got)
 	}
 }
@@ -201,10 +164,10 @@ func TestClusterRedisOutage(t *testing.T) {
 }
 
 func testClusterRedisOutage(t *testing.T, mode testutil.ProxyMode) {
-	u, prefix := testRedis(t), testPrefix(t)
+	u, prefix := testutil.Redis(t), testutil.Prefix(t)
 	proxy := testutil.StartProxy(t, u.Host)
-	a := startNode(t, redisVia(u, proxy.Addr()), prefix)
-	b := startNode(t, redisVia(u, proxy.Addr()), prefix)
+	a := startNode(t, testutil.Via(u, proxy.Addr()), prefix)
+	b := startNode(t, testutil.Via(u, proxy.Addr()), prefix)
 	waitReady(t, a)
 	waitReady(t, b)
 	conn := dialSubscribed(t, a, "alice", b)
@@ -216,8 +179,8 @@ func testClusterRedisOutage(t *testing.T, mode testutil.ProxyMode) {
 	proxy.SetMode(mode)
 	for _, ts := range []*testServer{a, b} {
 		waitFor(t, "/readyz 503 during the outage", func() bool {
-			code, body := ts.get("/readyz")
-			return code == http.StatusServiceUnavailable && strings.HasPrefix(body, "cluster: ")
+			code, _ := ts.readyz()
+			return code == http.StatusServiceUnavailable && strings.Contains(ts.logBuf.String(), `msg="not ready" reason="cluster: `)
 		})
 		start := time.Now()
 		code, body := ts.send("application/x-www-form-urlencoded", "uid=alice&message=during")
@@ -245,7 +208,7 @@ func testClusterRedisOutage(t *testing.T, mode testutil.ProxyMode) {
 	if got := readText(t, conn); got != "after" {
 		t.Fatalf("got %q after the outage, want %q (nothing from during it)", got, "after")
 	}
-	if got := counterValue(t, a.broker.(*RedisBroker).reconnects); got < 1 {
+	if got := a.metric("pusher_redis_reconnects_total"); got < 1 {
 		t.Errorf("pusher_redis_reconnects_total = %v, want at least 1", got)
 	}
 }
@@ -277,7 +240,7 @@ func TestClusterRedisUnreachableAtStart(t *testing.T) {
 // TestClusterNodeKilled: three processes; one is killed with SIGKILL while
 // the others go on. Redis drops its subscriptions with its connection.
 func TestClusterNodeKilled(t *testing.T) {
-	u, prefix := testRedis(t), testPrefix(t)
+	u, prefix := testutil.Redis(t), testutil.Prefix(t)
 	bin := buildBinary(t)
 	env := []string{"PUSHER_REDIS_URL=" + u.String(), "PUSHER_REDIS_PREFIX=" + prefix, "PUSHER_MESSAGE_LOG=none"}
 	var procs []*process
@@ -382,7 +345,7 @@ func TestClusterPublishAfterScriptFlush(t *testing.T) {
 	a, b := nodes[0], nodes[1]
 	c1 := dialSubscribed(t, a, "f1", b)
 	c2 := dialSubscribed(t, a, "f2", b)
-	rdb := redis.NewClient(&redis.Options{Addr: testRedis(t).Host})
+	rdb := redis.NewClient(&redis.Options{Addr: testutil.Redis(t).Host})
 	defer rdb.Close()
 	if err := rdb.ScriptFlush(context.Background()).Err(); err != nil {
 		t.Fatal(err)
@@ -396,5 +359,39 @@ func TestClusterPublishAfterScriptFlush(t *testing.T) {
 			t.Fatalf("got %q", got)
 		}
 		assertNothingPushed(t, a, c, map[*websocket.Conn]string{c1: "f1", c2: "f2"}[c])
+	}
+}
+
+// Every line the binary writes to stderr is one structured record, go-redis's
+// own complaints about a lost Redis included (go-redis prints plain lines
+// through a logger of its own unless it is given ours).
+func TestBinaryLogsRedisOutageStructured(t *testing.T) {
+	u, prefix := testutil.Redis(t), testutil.Prefix(t)
+	proxy := testutil.StartProxy(t, u.Host)
+	p := startBinary(t, buildBinary(t), nil, "PUSHER_REDIS_URL="+testutil.Via(u, proxy.Addr()), "PUSHER_REDIS_PREFIX="+prefix, "PUSHER_MESSAGE_LOG=none")
+	tok, _ := IssueToken(testSecret, "u1", time.Hour, time.Now())
+	conn, _, err := websocket.DefaultDialer.Dial("ws://"+p.addr+"/ws?token="+tok, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+
+	proxy.Stop() // Redis refuses connections: go-redis's dialler gives up and says so
+	t.Cleanup(func() { t.Logf("stderr:\n%s", p.stderr.String()) })
+	waitFor(t, "go-redis's line about failed dials", func() bool {
+		req, _ := http.NewRequest(http.MethodPost, "http://"+p.addr+"/send", strings.NewReader(`{"uid":"u1","message":"x"}`))
+		req.Header.Set("Authorization", "Bearer "+testAPIKey)
+		req.Header.Set("Content-Type", "application/json") // so that it asks Redis who is online
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+		}
+		// go-redis's words (v9.23), plain or in our record.
+		out := p.stderr.String()
+		return strings.Contains(out, "failed to dial") || strings.Contains(out, "source=go-redis")
+	})
+	for _, line := range strings.Split(strings.TrimSpace(p.stderr.String()), "\n") {
+		if !strings.HasPrefix(line, "time=") || !strings.Contains(line, " level=") {
+			t.Errorf("stderr line is not a structured record: %q", line)
+		}
 	}
 }

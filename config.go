@@ -10,8 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
+	"go-pusher/internal/cluster"
 	"go-pusher/message"
 )
 
@@ -50,20 +49,12 @@ type Config struct {
 	HistorySize     int
 	HistoryTTL      time.Duration
 	HistoryBytes    int64
-	GCHeapFloor     int64  // smallest heap goal the collector is held to (0: GOGC alone)
-	FastSend        bool   // plain POST /send answered by the fast lane, not net/http
 	LogFormat       string // text or json
 	LogLevel        string // debug, info, warn or error
 	Console         bool
 	Pprof           bool
 	ShowVersion     bool
 }
-
-// maxGCHeapFloor bounds -gc-heap-floor (gcFloor multiplies it by 100).
-const maxGCHeapFloor = 1 << 40
-
-// maxUIDLen is the longest uid, in bytes, in a token or a /send body.
-const maxUIDLen = 128
 
 // maxMessageSizeLimit bounds -max-message-size: the MySQL log stores
 // messages in a MEDIUMTEXT column.
@@ -92,8 +83,6 @@ func newFlagSet(cfg *Config, origins *string) *flag.FlagSet {
 	fs.IntVar(&cfg.HistorySize, "history-size", 100, "messages kept per uid for recovery (0: off)")
 	fs.DurationVar(&cfg.HistoryTTL, "history-ttl", 5*time.Minute, "how long they are kept")
 	fs.Int64Var(&cfg.HistoryBytes, "history-bytes", 64<<20, "most bytes of history a node keeps in memory, all uids together (oldest go first)")
-	fs.Int64Var(&cfg.GCHeapFloor, "gc-heap-floor", 128<<20, "while busy, the garbage collector lets the heap grow to at least this many bytes before it runs (0: GOGC alone)")
-	fs.BoolVar(&cfg.FastSend, "fast-send", true, "answer plain POST /send requests on a lean HTTP/1.1 path; anything else goes to net/http")
 	fs.StringVar(&cfg.LogFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.BoolVar(&cfg.Console, "console", true, "serve the console page at /")
@@ -210,9 +199,8 @@ func (c *Config) validate() []error {
 		bad("invalid -message-log %q: want stdout, mysql or none", c.MessageLog)
 	}
 	if c.RedisURL != "" {
-		// redis.ParseURL's errors may quote the URL, password included.
-		if _, err := redis.ParseURL(c.RedisURL); err != nil {
-			bad("invalid PUSHER_REDIS_URL: want redis://[user:password@]host:port[/db] or rediss://...")
+		if err := cluster.CheckURL(c.RedisURL); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if c.RedisPrefix == "" || strings.ContainsAny(c.RedisPrefix, " \t\r\n") {
@@ -244,9 +232,6 @@ func (c *Config) validate() []error {
 	}
 	if c.HistoryBytes < 0 {
 		bad("invalid -history-bytes %d: must not be negative", c.HistoryBytes)
-	}
-	if c.GCHeapFloor < 0 || c.GCHeapFloor > maxGCHeapFloor {
-		bad("invalid -gc-heap-floor %d: want 0 to %d (1 TiB)", c.GCHeapFloor, int64(maxGCHeapFloor))
 	}
 	durations := []struct {
 		name string

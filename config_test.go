@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bytes"
-	"context"
 	"flag"
 	"os"
 	"regexp"
@@ -102,8 +100,6 @@ func TestConfigErrorsNameTheSetting(t *testing.T) {
 		{"negative shutdown", []string{"-shutdown-timeout", "-1s"}, nil, "invalid -shutdown-timeout -1s"},
 		{"negative history", []string{"-history-size", "-1"}, nil, "invalid -history-size -1"},
 		{"zero history ttl", []string{"-history-ttl", "0s"}, nil, "invalid -history-ttl 0s"},
-		{"negative gc floor", nil, map[string]string{"PUSHER_GC_HEAP_FLOOR": "-1"}, "invalid -gc-heap-floor -1"},
-		{"huge gc floor", []string{"-gc-heap-floor", "1099511627777"}, nil, "invalid -gc-heap-floor 1099511627777"},
 		{"bad log format", []string{"-log-format", "xml"}, nil, `invalid -log-format "xml"`},
 		{"bad log level", []string{"-log-level", "loud"}, nil, `invalid -log-level "loud"`},
 		{"bad addr", []string{"-addr", "8181"}, nil, `invalid -addr "8181"`},
@@ -144,91 +140,6 @@ func TestConfigNeverLogsSecrets(t *testing.T) {
 	_, err = parseConfig(nil, testEnv(map[string]string{"PUSHER_REDIS_URL": "http://user:hunter2@host"}))
 	if err == nil || strings.Contains(err.Error(), "hunter2") {
 		t.Fatalf("error %v shows the Redis password", err)
-	}
-}
-
-func TestRunVersionNeedsNoSecrets(t *testing.T) {
-	var out bytes.Buffer
-	if err := run(context.Background(), []string{"-version"}, func(string) string { return "" }, &out, &out); err != nil {
-		t.Fatal(err)
-	}
-	if !strings.HasPrefix(out.String(), "go-pusher ") {
-		t.Errorf("-version printed %q", out.String())
-	}
-}
-
-func TestRunHelp(t *testing.T) {
-	var out bytes.Buffer
-	if err := run(context.Background(), []string{"-h"}, func(string) string { return "" }, &out, &out); err != nil {
-		t.Fatal(err)
-	}
-	for _, want := range []string{"Usage: go-pusher", "-send-buffer", "token -uid"} {
-		if !strings.Contains(out.String(), want) {
-			t.Errorf("help lacks %q:\n%s", want, out.String())
-		}
-	}
-}
-
-func TestRunTokenCommand(t *testing.T) {
-	var out bytes.Buffer
-	env := testEnv(nil)
-	if err := run(context.Background(), []string{"token", "-uid", "alice", "-ttl", "2h"}, env, &out, &out); err != nil {
-		t.Fatal(err)
-	}
-	id, err := NewJWTAuthenticator(testSecret, time.Now).ParseToken(strings.TrimSpace(out.String()))
-	if err != nil {
-		t.Fatalf("printed token does not verify: %v", err)
-	}
-	if id.UID != "alice" || time.Until(id.ExpiresAt) < 119*time.Minute || time.Until(id.ExpiresAt) > 121*time.Minute {
-		t.Errorf("token identity = %+v, want alice expiring in 2h", id)
-	}
-	out.Reset()
-	if err := run(context.Background(), []string{"token", "-uid", "bob", "-ttl", "0"}, env, &out, &out); err != nil {
-		t.Fatal(err)
-	}
-	if id, err := NewJWTAuthenticator(testSecret, time.Now).ParseToken(strings.TrimSpace(out.String())); err != nil || !id.ExpiresAt.IsZero() {
-		t.Errorf("-ttl 0 token = %+v, %v; want no expiry", id, err)
-	}
-	for _, tt := range []struct {
-		args []string
-		env  func(string) string
-		want string
-	}{
-		{[]string{"token"}, env, "-uid is required"},
-		{[]string{"token", "-uid", "a", "-ttl", "-1h"}, env, "invalid -ttl"},
-		{[]string{"token", "-uid", "a"}, func(string) string { return "" }, "JWT_SECRET is required"},
-		{[]string{"token", "-uid", strings.Repeat("a", 129)}, env, "uid is longer than 128 bytes"},
-	} {
-		err := run(context.Background(), tt.args, tt.env, &out, &out)
-		if err == nil || !strings.Contains(err.Error(), tt.want) {
-			t.Errorf("run(%q) = %v, want an error naming %q", tt.args, err, tt.want)
-		}
-	}
-}
-
-func TestRunPortInUse(t *testing.T) {
-	ts := startServer(t, testConfig(t))
-	env := testEnv(nil)
-	err := run(context.Background(), []string{"-addr", ts.Addr(), "-message-log", "none"}, env, &bytes.Buffer{}, &bytes.Buffer{})
-	if err == nil || !strings.Contains(err.Error(), "-addr "+ts.Addr()) {
-		t.Fatalf("run on a used port = %v, want an error naming -addr", err)
-	}
-}
-
-func TestRunServesUntilContextEnds(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	var stderr syncBuffer
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, []string{"-addr", "127.0.0.1:0", "-log-format", "json"}, testEnv(nil), &bytes.Buffer{}, &stderr)
-	}()
-	waitFor(t, "listening log line", func() bool { return strings.Contains(stderr.String(), `"msg":"listening"`) })
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("run() = %v, want nil after the context ends", err)
-	}
-	if strings.Contains(stderr.String(), testSecret) || strings.Contains(stderr.String(), testAPIKey) {
-		t.Errorf("logs contain a secret:\n%s", stderr.String())
 	}
 }
 

@@ -1,12 +1,18 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -15,6 +21,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"go-pusher/message"
 )
@@ -354,4 +362,140 @@ func hammer(n int, f func(w, i int) bool) (stop func()) {
 		close(done)
 		wg.Wait()
 	}
+}
+
+// metric scrapes /metrics and returns the value of the sample of name
+// (counter, gauge, or a histogram's count) whose labels include every
+// "key=value" of labels; it fails the test when there is none.
+func (ts *testServer) metric(name string, labels ...string) float64 {
+	ts.t.Helper()
+	code, body := ts.get("/metrics")
+	if code != http.StatusOK {
+		ts.t.Fatalf("/metrics = %d", code)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(strings.NewReader(body))
+	if err != nil {
+		ts.t.Fatalf("parse /metrics: %v", err)
+	}
+	f, ok := families[name]
+	if !ok {
+		ts.t.Fatalf("/metrics lacks %s", name)
+	}
+next:
+	for _, m := range f.GetMetric() {
+		have := map[string]string{}
+		for _, l := range m.GetLabel() {
+			have[l.GetName()] = l.GetValue()
+		}
+		for _, kv := range labels {
+			k, v, _ := strings.Cut(kv, "=")
+			if have[k] != v {
+				continue next
+			}
+		}
+		switch {
+		case m.Counter != nil:
+			return m.GetCounter().GetValue()
+		case m.Gauge != nil:
+			return m.GetGauge().GetValue()
+		case m.Histogram != nil:
+			return float64(m.GetHistogram().GetSampleCount())
+		}
+	}
+	ts.t.Fatalf("/metrics has no %s%v", name, labels)
+	return 0
+}
+
+// rawWS is a minimal client that sees every frame the server writes.
+type rawWS struct {
+	c  net.Conn
+	br *bufio.Reader
+}
+
+func dialRawWS(t *testing.T, addr, path string) *rawWS {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var k [16]byte
+	rand.Read(k[:])
+	fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n",
+		path, addr, base64.StdEncoding.EncodeToString(k[:]))
+	br := bufio.NewReaderSize(c, 1<<16)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("handshake: %v %v", resp, err)
+	}
+	return &rawWS{c, br}
+}
+
+func (r *rawWS) readFrame() (op byte, payload []byte, err error) {
+	var h [2]byte
+	if _, err = io.ReadFull(r.br, h[:]); err != nil {
+		return
+	}
+	op = h[0] & 0x0f
+	n := uint64(h[1] & 0x7f)
+	switch n {
+	case 126:
+		var b [2]byte
+		if _, err = io.ReadFull(r.br, b[:]); err != nil {
+			return
+		}
+		n = uint64(binary.BigEndian.Uint16(b[:]))
+	case 127:
+		var b [8]byte
+		if _, err = io.ReadFull(r.br, b[:]); err != nil {
+			return
+		}
+		n = binary.BigEndian.Uint64(b[:])
+	}
+	payload = make([]byte, n)
+	_, err = io.ReadFull(r.br, payload)
+	return
+}
+
+// closeReply writes a masked close frame with code 1000, as a client
+// answers the server's close.
+func (r *rawWS) closeReply() {
+	mask := [4]byte{1, 2, 3, 4}
+	payload := []byte{0x03 ^ mask[0], 0xe8 ^ mask[1]}
+	r.c.Write(append([]byte{0x88, 0x80 | 2, mask[0], mask[1], mask[2], mask[3]}, payload...))
+}
+
+// readyz asks /readyz after dropping the server's cached answer, so that a
+// test waiting for readiness to change sees the change at once.
+func (ts *testServer) readyz() (int, string) {
+	ts.t.Helper()
+	ts.ready.mu.Lock()
+	ts.ready.checked = time.Time{}
+	ts.ready.mu.Unlock()
+	return ts.get("/readyz")
+}
+
+// startServerWith is startServerLog with a hook that may change the
+// server before it listens.
+func startServerWith(t *testing.T, cfg Config, hook func(*Server)) *testServer {
+	t.Helper()
+	logBuf := &syncBuffer{}
+	msgLog := newRecordingLogger()
+	srv, err := newServer(cfg, slog.New(slog.NewTextHandler(logBuf, &slog.HandlerOptions{Level: slog.LevelDebug})), msgLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hook(srv)
+	if err := srv.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ts := &testServer{Server: srv, t: t, msgLog: msgLog, logBuf: logBuf, cancel: cancel, done: make(chan error, 1),
+		client: &http.Client{Transport: &http.Transport{}, Timeout: 10 * time.Second}}
+	go func() { ts.done <- srv.Serve(ctx) }()
+	t.Cleanup(func() {
+		ts.stop()
+		ts.client.CloseIdleConnections()
+	})
+	return ts
 }

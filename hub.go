@@ -12,6 +12,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"go-pusher/internal/stream"
 	"go-pusher/message"
 )
 
@@ -30,18 +31,27 @@ type hubConfig struct {
 	WriteTimeout    time.Duration
 }
 
-// hubEvents hears when a uid gains its first local connection and loses
-// its last one (cluster mode subscribes and unsubscribes on them). The
-// calls come from the hub goroutine and must not block.
+// hubEvents hears when a uid gains its first open connection here and
+// loses its last one (history marks the uid idle; cluster mode subscribes
+// and unsubscribes). The calls come from the hub goroutine and must not
+// block.
 type hubEvents interface {
 	UserOnline(uid string)
 	UserOffline(uid string)
 }
 
-// Hub owns the uid → connections map. Its run goroutine is the only code
-// that changes the map (register, unregister), under mu; /send reads it
-// under mu.RLock. The per-uid slices are copy-on-write: a reader may keep
-// one after RUnlock, because nobody changes a slice once it is in the map.
+// Hub owns the uid → connections map (the article's userClients). Its run
+// goroutine is the only code that changes the map (register, unregister),
+// under mu; /send reads it under mu.RLock. The per-uid slices are
+// copy-on-write: a reader may keep one after RUnlock, because nobody
+// changes a slice once it is in the map.
+//
+// A connection leaves the map as soon as its close is decided (a slow
+// consumer, an expired token, shutdown), not when its close frame is
+// written: from then on it takes no message, and a uid whose connections
+// are all closing is offline. The map therefore holds the open
+// connections; the pinger's wheel holds every connection until it is torn
+// down.
 type Hub struct {
 	cfg     hubConfig
 	log     *slog.Logger
@@ -56,30 +66,33 @@ type Hub struct {
 	quit       chan struct{} // closed by Shutdown to stop run
 	done       chan struct{} // closed when run returns
 
+	// leaving holds the connections whose close was decided, for run to
+	// take out of the map; the deciding goroutine (a /send, a timer)
+	// must not wait for run, so it appends here and kicks.
+	leaveMu sync.Mutex
+	leaving []*Client
+	kick    chan struct{} // capacity 1
+
 	mu          sync.RWMutex
 	userClients map[string][]*Client
 	connections int
 
-	// pending counts messages queued on connections and not yet written.
+	// pending counts messages queued on connections and not yet written
+	// (the article's gauge).
 	pending atomic.Int64
 
 	// The frames {"recovered": true} and {"recovered": false}.
-	recoveredTrue, recoveredFalse *Message
+	recoveredTrue, recoveredFalse *stream.Message
 
-	// frames holds *[]byte for the writers' JSON frames.
-	frames sync.Pool
-	// outboxes holds *outbox for the deliveries left to their callers,
-	// nowFrames *nowFrame for their writes.
-	outboxes, nowFrames sync.Pool
-
-	// iovs holds *net.Buffers for the writers' writev, so that a write
-	// allocates nothing and an idle connection holds no buffer list.
-	iovs sync.Pool
+	// frames holds *[]byte for the JSON frames writePumps encode, and
+	// iovs *net.Buffers for their writev, so that a write allocates
+	// nothing and an idle connection holds no buffer.
+	frames, iovs sync.Pool
 
 	// wg counts the goroutines of connections: readPumps (added when the
-	// hub registers the client), writers and pings (added under the
-	// client's lock while its readPump's count is held, so the counter is
-	// never zero when they add).
+	// hub registers the client) and writePumps (added under the client's
+	// lock while its readPump's count is held, so the counter is never
+	// zero when they add).
 	wg sync.WaitGroup
 }
 
@@ -88,25 +101,24 @@ type registration struct {
 	result chan error
 }
 
-func newHub(cfg hubConfig, log *slog.Logger, msgLog message.Logger, events hubEvents) *Hub {
+func newHub(cfg hubConfig, log *slog.Logger, m *metrics, msgLog message.Logger) *Hub {
 	return &Hub{
 		cfg:            cfg,
 		log:            log,
+		metrics:        m,
 		msgLog:         msgLog,
-		events:         events,
 		pinger:         newPinger(cfg.PingInterval),
 		register:       make(chan registration),
 		unregister:     make(chan *Client),
 		shutdown:       make(chan chan []*Client),
 		quit:           make(chan struct{}),
 		done:           make(chan struct{}),
+		kick:           make(chan struct{}, 1),
 		userClients:    make(map[string][]*Client),
-		iovs:           sync.Pool{New: func() any { return new(net.Buffers) }},
 		frames:         sync.Pool{New: func() any { return new([]byte) }},
-		outboxes:       sync.Pool{New: func() any { return new(outbox) }},
-		nowFrames:      sync.Pool{New: newNowFrame},
-		recoveredTrue:  &Message{Data: []byte(`{"recovered":true}`)},
-		recoveredFalse: &Message{Data: []byte(`{"recovered":false}`)},
+		iovs:           sync.Pool{New: func() any { return new(net.Buffers) }},
+		recoveredTrue:  stream.NewMessage("", []byte(`{"recovered":true}`), time.Time{}),
+		recoveredFalse: stream.NewMessage("", []byte(`{"recovered":false}`), time.Time{}),
 	}
 }
 
@@ -128,6 +140,14 @@ func (h *Hub) run() {
 			r.result <- h.add(r.c)
 		case c := <-h.unregister:
 			h.remove(c)
+		case <-h.kick:
+			h.leaveMu.Lock()
+			cs := h.leaving
+			h.leaving = nil
+			h.leaveMu.Unlock()
+			for _, c := range cs {
+				h.remove(c)
+			}
 		case reply := <-h.shutdown:
 			closing = true
 			reply <- h.all()
@@ -150,11 +170,23 @@ func (h *Hub) Register(c *Client) error {
 }
 
 // Unregister removes c from the map; it is a no-op for a client that is
-// not there.
+// not there. It waits for run.
 func (h *Hub) Unregister(c *Client) {
 	select {
 	case h.unregister <- c:
 	case <-h.done:
+	}
+}
+
+// leave has run take c out of the map soon, without waiting for it: c's
+// close was decided.
+func (h *Hub) leave(c *Client) {
+	h.leaveMu.Lock()
+	h.leaving = append(h.leaving, c)
+	h.leaveMu.Unlock()
+	select {
+	case h.kick <- struct{}{}:
+	default: // run is kicked already and will see c
 	}
 }
 
@@ -212,7 +244,8 @@ func (h *Hub) all() []*Client {
 	return out
 }
 
-// clients returns the connections of uid. The slice must not be changed.
+// clients returns the connections of uid in the map. The slice must not
+// be changed.
 func (h *Hub) clients(uid string) []*Client {
 	h.mu.RLock()
 	cs := h.userClients[uid]
@@ -220,31 +253,52 @@ func (h *Hub) clients(uid string) []*Client {
 	return cs
 }
 
-// deliver queues it on each of cs, the connections of uid, or leaves it
-// in out for an idle connection. It never blocks: a connection whose queue
-// is full is closed as a slow consumer instead. It returns how many
-// connections took it.
-func (h *Hub) deliver(uid string, cs []*Client, it qitem, out *outbox) int {
+// Open reports whether uid has a connection here that takes messages.
+// (A connection whose close was decided leaves the map soon after; until
+// then its state says it.)
+func (h *Hub) Open(uid string) bool {
+	for _, c := range h.clients(uid) {
+		if c.state.Load() == stateOpen {
+			return true
+		}
+	}
+	return false
+}
+
+// Deliver queues it on each connection of uid. It never blocks: a
+// connection whose queue is full is closed as a slow consumer instead. A
+// message no connection of uid took is logged as failed for uid.
+func (h *Hub) Deliver(uid string, it stream.Item) {
 	n := 0
-	for _, c := range cs {
-		if c.enqueue(it, out) {
+	for _, c := range h.clients(uid) {
+		if c.enqueue(it) {
 			n++
 		}
 	}
 	if n == 0 {
-		h.msgLog.Update(it.m.ID, uid, message.StatusFailed)
+		h.msgLog.Update(it.M.ID, uid, message.StatusFailed)
 	}
-	return n
 }
 
-// Connections returns the number of registered connections.
+// Resync closes uid's format=json connections with 1012: cluster mode
+// could not replay what they missed during a Redis outage, and they learn
+// it by coming back with since=.
+func (h *Hub) Resync(uid string) {
+	for _, c := range h.clients(uid) {
+		if c.json {
+			c.close(websocket.CloseServiceRestart, "missed messages: reconnect with since", failClosed, false)
+		}
+	}
+}
+
+// Connections returns the number of open registered connections.
 func (h *Hub) Connections() int {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	return h.connections
 }
 
-// Users returns the number of uids with at least one connection.
+// Users returns the number of uids with at least one open connection.
 func (h *Hub) Users() int {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
@@ -266,8 +320,7 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 	case <-h.done:
 		return nil
 	}
-	clients := <-reply
-	for _, c := range clients {
+	for _, c := range <-reply {
 		c.close(websocket.CloseGoingAway, "server shutting down", failClosed, true)
 	}
 
@@ -281,9 +334,9 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 	case <-waited:
 	case <-ctx.Done():
 		err = ctx.Err()
-		for _, c := range clients {
-			c.abort()
-		}
+		// Every connection not torn down yet is in the pinger's wheel,
+		// those that were closing before shutdown included.
+		h.pinger.each((*Client).abort)
 		<-waited
 	}
 	close(h.quit)
@@ -293,7 +346,7 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 
 // delivered records that m was written to a connection of uid at now. A
 // replayed message is not timed: its age is the client's absence.
-func (h *Hub) delivered(m *Message, uid string, now time.Time, replay bool) {
+func (h *Hub) delivered(m *stream.Message, uid string, now time.Time, replay bool) {
 	h.metrics.sent.Inc()
 	if !replay {
 		h.metrics.deliveryDuration.Observe(now.Sub(m.Accepted).Seconds())
@@ -302,11 +355,11 @@ func (h *Hub) delivered(m *Message, uid string, now time.Time, replay bool) {
 }
 
 // failed records that items were not written to a connection of uid.
-func (h *Hub) failed(items []qitem, uid, reason string) {
+func (h *Hub) failed(items []stream.Item, uid, reason string) {
 	n := 0
 	for _, it := range items {
-		if !it.ctl {
-			h.msgLog.Update(it.m.ID, uid, message.StatusFailed)
+		if !it.Ctl {
+			h.msgLog.Update(it.M.ID, uid, message.StatusFailed)
 			n++
 		}
 	}
@@ -316,7 +369,7 @@ func (h *Hub) failed(items []qitem, uid, reason string) {
 }
 
 // recoveredFrame is the frame that ends a since= replay.
-func (h *Hub) recoveredFrame(ok bool) *Message {
+func (h *Hub) recoveredFrame(ok bool) *stream.Message {
 	if ok {
 		return h.recoveredTrue
 	}

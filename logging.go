@@ -31,9 +31,11 @@ func newLogger(format, level string, w io.Writer) *slog.Logger {
 }
 
 // redactURL returns u as a string with the value of every token parameter
-// replaced, so that a logged URL never carries a credential.
+// replaced, so that a logged URL never carries a credential. The query is
+// decoded first: "%74oken" is a token parameter too. A pair the decoder
+// refuses is left out.
 func redactURL(u *url.URL) string {
-	if u.RawQuery == "" || !strings.Contains(strings.ToLower(u.RawQuery), "token") {
+	if u.RawQuery == "" {
 		return u.String()
 	}
 	q := u.Query()

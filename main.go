@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"strings"
@@ -56,12 +57,6 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		// program, so it is ours to set.
 		redis.SetLogger(redisLogger{log})
 	}
-	if len(cfg.JWTSecret) < 32 {
-		log.Warn("JWT_SECRET is shorter than 32 bytes: tokens signed with a short secret can be forged by brute force")
-	}
-	if cfg.Pprof && cfg.InternalAddr == "" {
-		log.Warn("-pprof without -internal-addr: profiles are served on the public listener")
-	}
 	msgLog, err := openMessageLog(ctx, cfg, stdout, log)
 	if err != nil {
 		return err
@@ -75,7 +70,25 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		_ = msgLog.Close(ctx)
 		return err
 	}
+	warnExposure(cfg, log)
 	return srv.Serve(ctx)
+}
+
+// warnExposure logs the settings that work but expose the server: after
+// Listen, so that a bad setting is still the only line on stderr.
+func warnExposure(cfg Config, log *slog.Logger) {
+	if len(cfg.JWTSecret) < 32 {
+		log.Warn("JWT_SECRET is shorter than 32 bytes: tokens signed with a short secret can be forged by brute force")
+	}
+	if len(cfg.APIKey) < 32 {
+		log.Warn("PUSHER_API_KEY is shorter than 32 bytes: a short key can be guessed; use 32 random bytes or more")
+	}
+	if cfg.InternalAddr == "" {
+		log.Warn("/send and /metrics are served on the public listener: set -internal-addr to keep them off the network browsers reach")
+		if cfg.Pprof {
+			log.Warn("-pprof without -internal-addr: profiles are served on the public listener")
+		}
+	}
 }
 
 func printUsage(w io.Writer) {

@@ -15,9 +15,9 @@ const (
 	failClosed       = "closed"
 )
 
-// metrics are the server's Prometheus metrics, on a registry of its own.
-// Counters on the delivery path are bound once so that counting a message
-// is one atomic add.
+// metrics are the server's Prometheus metrics, on a registry of its own
+// (the subsystems register theirs on it too). Counters on the delivery
+// path are bound once so that counting a message is one atomic add.
 type metrics struct {
 	reg *prometheus.Registry
 
@@ -29,20 +29,12 @@ type metrics struct {
 	sendOK           prometheus.Counter // sendRequests{code="200"}, looked up once
 	authFailures     *prometheus.CounterVec
 	slowConsumers    prometheus.Counter
-	memoryTrims      prometheus.Counter
-	memoryTrimmed    prometheus.Counter
+	recoveries       *prometheus.CounterVec
 	sendDuration     prometheus.Histogram
 	deliveryDuration prometheus.Histogram
 }
 
-// gauges reads the live state the gauges report.
-type gauges interface {
-	Connections() int
-	Users() int
-	Pending() int64
-}
-
-func newMetrics(g gauges) *metrics {
+func newMetrics() *metrics {
 	reg := prometheus.NewRegistry()
 	failed := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "pusher_messages_failed_total",
@@ -69,14 +61,10 @@ func newMetrics(g gauges) *metrics {
 			Name: "pusher_slow_consumers_total",
 			Help: "Connections closed with 1013 because their queue was full.",
 		}),
-		memoryTrims: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "pusher_memory_trims_total",
-			Help: "Times the server returned free heap to the system after a busy spell ended.",
-		}),
-		memoryTrimmed: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "pusher_memory_trimmed_bytes_total",
-			Help: "Heap bytes those trims returned.",
-		}),
+		recoveries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pusher_recoveries_total",
+			Help: "Reconnections with ?since=, by result: recovered (replayed without a gap) or failed ({\"recovered\": false}).",
+		}, []string{"result"}),
 		sendDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "pusher_send_duration_seconds",
 			Help:    "/send handling time.",
@@ -94,8 +82,30 @@ func newMetrics(g gauges) *metrics {
 	for _, code := range []int{200, 400, 401, 404, 405, 413, 415, 503} {
 		m.sendRequests.WithLabelValues(strconv.Itoa(code))
 	}
+	for _, r := range []string{"recovered", "failed"} {
+		m.recoveries.WithLabelValues(r)
+	}
 	m.sendOK = m.sendRequests.WithLabelValues("200")
 	reg.MustRegister(
+		m.sent, failed, m.sendRequests, m.authFailures, m.slowConsumers, m.recoveries,
+		m.sendDuration, m.deliveryDuration,
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	return m
+}
+
+// gauges reads the live state the gauges report.
+type gauges interface {
+	Connections() int
+	Users() int
+	Pending() int64
+}
+
+// registerGauges adds the gauges that read g: the article's connections
+// and pending, and pusher_users.
+func (m *metrics) registerGauges(g gauges) {
+	m.reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "connections",
 			Help: "Open registered WebSocket connections (the article's gauge).",
@@ -106,14 +116,18 @@ func newMetrics(g gauges) *metrics {
 		}, func() float64 { return float64(g.Pending()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "pusher_users",
-			Help: "Distinct uids with at least one connection.",
+			Help: "Distinct uids with at least one open connection.",
 		}, func() float64 { return float64(g.Users()) }),
-		m.sent, failed, m.sendRequests, m.authFailures, m.slowConsumers, m.memoryTrims, m.memoryTrimmed,
-		m.sendDuration, m.deliveryDuration,
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
-	return m
+}
+
+// recovered counts a since= reconnection.
+func (m *metrics) recovered(ok bool) {
+	result := "recovered"
+	if !ok {
+		result = "failed"
+	}
+	m.recoveries.WithLabelValues(result).Inc()
 }
 
 // sendCounter returns the counter of /send requests answered with code.

@@ -191,9 +191,12 @@ func TestMySQLOutageSend(t *testing.T) {
 					t.Errorf("send took %v to answer 503, timeout %v", took, timeout)
 				}
 			}
-			code, body := ts.get("/readyz")
-			if code != http.StatusServiceUnavailable || !strings.Contains(body, "message log") {
-				t.Errorf("/readyz during the outage = %d %q, want 503 naming the message log", code, body)
+			code, body := ts.readyz()
+			if code != http.StatusServiceUnavailable {
+				t.Errorf("/readyz during the outage = %d %q, want 503", code, body)
+			}
+			if !strings.Contains(ts.logBuf.String(), `msg="not ready" reason="message log: `) {
+				t.Errorf("the log does not say why the server is not ready:\n%s", ts.logBuf.String())
 			}
 			if n := ts.hub.Connections(); n != 1 {
 				t.Errorf("%d connections during the outage, want 1", n)
@@ -216,7 +219,7 @@ func TestMySQLOutageSend(t *testing.T) {
 			}
 			d.waitStatus(t, id, "alice", message.StatusDelivered)
 			waitFor(t, "/readyz after the outage", func() bool {
-				code, _ := ts.get("/readyz")
+				code, _ := ts.readyz()
 				return code == http.StatusOK
 			})
 			// A refused message left no row that looks queued.

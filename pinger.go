@@ -9,14 +9,12 @@ import (
 // one goroutine for all of them: a timer per connection would cost each
 // idle connection a few hundred bytes. Connections sit in a wheel of
 // slots, one visited per tick; a connection joins the slot visited last,
-// so its first ping comes one interval after it registered. A closed
-// connection leaves its slot when the slot is next visited.
+// so its first ping comes one interval after it registered. A torn-down
+// connection leaves its slot when the slot is next visited, so the wheel
+// holds every connection that is not torn down yet (each uses it at
+// shutdown).
 type pinger struct {
 	tick time.Duration
-	// onTick, when set before run, is called after every visit (the
-	// memory history expires old messages then, and the memory tuning
-	// of trim.go and gctune.go runs); onStop once run ends.
-	onTick, onStop func()
 
 	mu    sync.Mutex
 	slots [][]*Client
@@ -47,12 +45,20 @@ func (p *pinger) add(c *Client) {
 	p.mu.Unlock()
 }
 
+// each calls f for every connection in the wheel. f must not block.
+func (p *pinger) each(f func(*Client)) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, slot := range p.slots {
+		for _, c := range slot {
+			f(c)
+		}
+	}
+}
+
 // run visits a slot per tick until close.
 func (p *pinger) run() {
 	defer close(p.done)
-	if p.onStop != nil {
-		defer p.onStop()
-	}
 	t := time.NewTicker(p.tick)
 	defer t.Stop()
 	for {
@@ -61,15 +67,12 @@ func (p *pinger) run() {
 			return
 		case <-t.C:
 			p.visit()
-			if p.onTick != nil {
-				p.onTick()
-			}
 		}
 	}
 }
 
 // visit asks every open connection of the current slot for a ping and
-// drops the closed ones. requestPing never blocks.
+// drops the torn-down ones. requestPing never blocks.
 func (p *pinger) visit() {
 	p.mu.Lock()
 	defer p.mu.Unlock()

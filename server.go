@@ -9,19 +9,24 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
-	"os"
-	"runtime/debug"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"go-pusher/internal/cluster"
+	"go-pusher/internal/history"
+	"go-pusher/internal/memtune"
+	"go-pusher/internal/sendreq"
+	"go-pusher/internal/stream"
 	"go-pusher/message"
 )
 
-// Server is one go-pusher node: its hub, its HTTP listeners and the
-// message log. Listen, then Serve; Serve returns after a graceful shutdown.
+// Server is one go-pusher node: its hub, its HTTP listeners, the broker
+// and the message log. Listen, then Serve; Serve returns after a graceful
+// shutdown.
 type Server struct {
 	cfg      Config
 	log      *slog.Logger
@@ -29,11 +34,12 @@ type Server struct {
 	auth     Authenticator
 	msgLog   message.Logger
 	broker   Broker
+	trimmer  *memtune.Trimmer
 	metrics  *metrics
-	ids      *idGenerator
+	ids      *stream.IDGenerator
 	upgrader *websocket.Upgrader
 	apiKey   [sha256.Size]byte // hashed, so comparing takes the same time whatever the key's length
-	limits   sendLimits
+	limits   sendreq.Limits
 
 	// draining is set when shutdown begins; inflight counts the /send
 	// requests and /ws handshakes under way, so that shutdown can let them
@@ -42,27 +48,31 @@ type Server struct {
 	inflight atomic.Int64
 	idle     chan struct{} // signalled when inflight drops to 0 while draining
 
+	ready readiness
+
 	servers   []*http.Server
 	listeners []net.Listener
-	lane      *fastLane // in front of the listener of /send; nil with -fast-send=false
 }
 
 // newServer builds a server; msgLog is closed by Serve's shutdown.
 func newServer(cfg Config, log *slog.Logger, msgLog message.Logger) (*Server, error) {
-	ids, err := newIDGenerator()
+	ids, err := stream.NewIDGenerator()
 	if err != nil {
 		return nil, err
 	}
+	m := newMetrics()
 	s := &Server{
 		cfg:      cfg,
 		log:      log,
 		auth:     NewJWTAuthenticator(cfg.JWTSecret, time.Now),
 		msgLog:   msgLog,
+		metrics:  m,
 		ids:      ids,
 		upgrader: newUpgrader(),
 		apiKey:   sha256.Sum256([]byte(cfg.APIKey)),
-		limits:   sendLimits{MaxMessageSize: cfg.MaxMessageSize, MaxMulticast: cfg.MaxMulticast},
+		limits:   sendreq.Limits{MaxMessageSize: cfg.MaxMessageSize, MaxMulticast: cfg.MaxMulticast},
 		idle:     make(chan struct{}, 1),
+		trimmer:  memtune.New(log, m.reg),
 	}
 	s.hub = newHub(hubConfig{
 		MaxConnsPerUser: cfg.MaxConnsPerUser,
@@ -70,43 +80,29 @@ func newServer(cfg Config, log *slog.Logger, msgLog message.Logger) (*Server, er
 		PingInterval:    cfg.PingInterval,
 		PongWait:        cfg.PongWait,
 		WriteTimeout:    cfg.WriteTimeout,
-	}, log, msgLog, nil)
-	s.metrics = newMetrics(s.hub)
-	s.hub.metrics = s.metrics
+	}, log, m, msgLog)
+	m.registerGauges(s.hub)
 	if ml, ok := msgLog.(*message.MySQLLogger); ok {
-		s.metrics.reg.MustRegister(newMySQLCollector(ml))
+		m.reg.MustRegister(newMySQLCollector(ml))
 	}
-	var sweep func()
-	hist := historyLimits{Size: cfg.HistorySize, TTL: cfg.HistoryTTL, MaxBytes: cfg.HistoryBytes}
 	if cfg.RedisURL != "" {
-		rb, err := newRedisBroker(context.Background(), cfg.RedisURL, cfg.RedisPrefix, hist, cfg.MessageLogTimeout, s.hub, log, s.metrics.reg)
+		cb, err := cluster.New(context.Background(), cluster.Config{
+			URL:         cfg.RedisURL,
+			Prefix:      cfg.RedisPrefix,
+			HistorySize: cfg.HistorySize,
+			HistoryTTL:  cfg.HistoryTTL,
+			OpTimeout:   cfg.MessageLogTimeout,
+		}, s.hub, log.With("component", "cluster"), m.reg)
 		if err != nil {
 			return nil, err
 		}
-		s.broker, s.hub.events = rb, rb
+		s.broker = cb
 	} else {
-		lb := localBroker{hub: s.hub, hist: newMemHistory(hist, time.Now, s.metrics.reg)}
-		s.broker, s.hub.events = lb, lb
-		sweep = lb.hist.sweep
+		hist := history.New(history.Limits{Size: cfg.HistorySize, TTL: cfg.HistoryTTL, MaxBytes: cfg.HistoryBytes},
+			s.hub, log.With("component", "history"), m.reg)
+		s.broker = localBroker{hub: s.hub, hist: hist}
 	}
-	trim := newTrimmer(debug.FreeOSMemory, func(freed uint64) {
-		s.metrics.memoryTrims.Inc()
-		s.metrics.memoryTrimmed.Add(float64(freed))
-		log.Info("returned free memory to the system", "bytes", freed)
-	})
-	floor := newGCFloor(uint64(cfg.GCHeapFloor), os.Getenv("GOGC"), debug.SetGCPercent)
-	s.hub.pinger.onTick = func() {
-		if sweep != nil {
-			sweep()
-		}
-		busy := trim.tick()
-		if floor != nil {
-			floor.tick(busy)
-		}
-	}
-	if floor != nil {
-		s.hub.pinger.onStop = floor.release // GOGC is the process's
-	}
+	s.hub.events = s.broker
 	return s, nil
 }
 
@@ -150,15 +146,10 @@ func (s *Server) Listen() error {
 			return err
 		}
 	}
-	if s.cfg.FastSend && laneSupported {
-		// In front of the listener that serves /send: the internal one
-		// if any. Serve starts it.
-		s.lane = newFastLane(s, s.listeners[len(s.listeners)-1], laneLimitsOf(s))
-	}
 	return nil
 }
 
-// The HTTP listeners' limits (the fast lane's too).
+// The HTTP listeners' limits.
 const (
 	readHeaderTimeout = 10 * time.Second
 	idleTimeout       = 2 * time.Minute
@@ -202,18 +193,12 @@ func (s *Server) InternalAddr() string {
 // down gracefully within -shutdown-timeout. It returns the listener's
 // failure, or nil.
 func (s *Server) Serve(ctx context.Context) error {
-	go s.hub.run() // stopped by hub.Shutdown in shutdown
-	if rb, ok := s.broker.(*RedisBroker); ok {
-		rb.Start() // stopped by broker.Close in shutdown
-	}
+	go s.hub.run()    // stopped by hub.Shutdown in shutdown
+	s.broker.Start()  // stopped by broker.Close in shutdown
+	s.trimmer.Start() // stopped by trimmer.Close in shutdown
 	errc := make(chan error, len(s.servers))
 	for i, srv := range s.servers {
-		ln := s.listeners[i]
-		if s.lane != nil && ln == s.lane.ln {
-			s.lane.start()
-			ln = s.lane
-		}
-		go func() { errc <- srv.Serve(ln) }()
+		go func() { errc <- srv.Serve(s.listeners[i]) }()
 	}
 	s.log.Info("listening", "addr", s.Addr(), "internal_addr", s.InternalAddr(), "message_log", s.cfg.MessageLog, "cluster", s.cfg.RedisURL != "")
 
@@ -259,9 +244,7 @@ func (s *Server) shutdown(ctx context.Context) {
 			_ = srv.Close()
 		}
 	}
-	if s.lane != nil {
-		s.lane.wait(ctx) // closed by its server's Shutdown
-	}
+	s.trimmer.Close()
 	if err := s.msgLog.Close(ctx); err != nil {
 		s.log.Error("message log flush failed", "err", err)
 	}
@@ -311,30 +294,68 @@ func (s *Server) handleHealthz(w http.ResponseWriter, _ *http.Request) {
 	replyText(w, http.StatusOK, "ok")
 }
 
+// readinessTTL is how long /readyz answers from its last check: a load
+// balancer or an attacker polling it does not cost a MySQL and a Redis
+// round trip per request.
+const readinessTTL = time.Second
+
+// readiness is the cached outcome of asking every dependency.
+type readiness struct {
+	mu      sync.Mutex
+	checked time.Time
+	err     error
+}
+
 // handleReadyz is 200 while every dependency answers and the server is not
-// shutting down, 503 with the reason otherwise.
+// shutting down, 503 with the reason otherwise. On the public listener
+// (no -internal-addr) the reason is generic and the details go to the
+// log: they name hosts and errors that are nobody else's business.
 func (s *Server) handleReadyz(w http.ResponseWriter, r *http.Request) {
 	if s.draining.Load() {
 		replyText(w, http.StatusServiceUnavailable, "shutting down")
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-	defer cancel()
-	if err := s.msgLog.Ready(ctx); err != nil {
-		replyText(w, http.StatusServiceUnavailable, "message log: "+err.Error())
-		return
-	}
-	if err := s.broker.Ready(ctx); err != nil {
-		replyText(w, http.StatusServiceUnavailable, "cluster: "+err.Error())
+	if err := s.checkReady(r.Context()); err != nil {
+		reason := err.Error()
+		if s.cfg.InternalAddr == "" {
+			reason = "not ready: a dependency does not answer (the server log says which)"
+		}
+		replyText(w, http.StatusServiceUnavailable, reason)
 		return
 	}
 	replyText(w, http.StatusOK, "ready")
 }
 
-// checkAPIKey reports whether r carries "Authorization: Bearer <key>",
-// comparing in constant time.
-func (s *Server) checkAPIKey(r *http.Request) bool {
-	got := sha256.Sum256([]byte(bearerToken(r)))
+// checkReady asks the message log and the broker, at most once per
+// readinessTTL, and logs a change of outcome.
+func (s *Server) checkReady(ctx context.Context) error {
+	s.ready.mu.Lock()
+	defer s.ready.mu.Unlock()
+	if time.Since(s.ready.checked) < readinessTTL {
+		return s.ready.err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	var err error
+	if e := s.msgLog.Ready(ctx); e != nil {
+		err = fmt.Errorf("message log: %w", e)
+	} else if e := s.broker.Ready(ctx); e != nil {
+		err = fmt.Errorf("cluster: %w", e)
+	}
+	switch {
+	case err != nil && (s.ready.err == nil || s.ready.err.Error() != err.Error()):
+		s.log.Warn("not ready", "reason", err.Error())
+	case err == nil && s.ready.err != nil:
+		s.log.Info("ready again")
+	}
+	s.ready.checked, s.ready.err = time.Now(), err
+	return err
+}
+
+// checkAPIKey reports whether authorization is "Bearer <key>", comparing
+// in constant time.
+func (s *Server) checkAPIKey(authorization string) bool {
+	got := sha256.Sum256([]byte(bearer(authorization)))
 	return subtle.ConstantTimeCompare(got[:], s.apiKey[:]) == 1
 }
 

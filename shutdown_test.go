@@ -1,9 +1,15 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"go-pusher/internal/stream"
+	"go-pusher/message"
+	"io"
 	"net/http"
+	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -115,5 +121,90 @@ func TestShutdownWithIdleConnections(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("shutdown waited for idle connections")
+	}
+}
+
+// gatedBroker holds Replay until gate is closed, as a slow Redis would.
+type gatedBroker struct {
+	Broker
+	entered chan struct{}
+	gate    chan struct{}
+	once    sync.Once
+}
+
+func (g *gatedBroker) Replay(ctx context.Context, uid string, since stream.Position) ([]stream.Item, bool) {
+	g.once.Do(func() { close(g.entered) })
+	<-g.gate
+	return g.Broker.Replay(ctx, uid, since)
+}
+
+// A graceful shutdown during a since= replay must not write the live
+// messages queued meanwhile without the replay: the client's last offset
+// would jump over the gap. They are dropped (history has them) and the
+// client gets 1001, then recovers everything with since=.
+func TestShutdownDuringReplayLeavesNoGap(t *testing.T) {
+	gb := &gatedBroker{entered: make(chan struct{}), gate: make(chan struct{})}
+	ts := startServerWith(t, testConfig(t, "-shutdown-timeout", "3s"), func(s *Server) { gb.Broker = s.broker; s.broker = gb })
+	a := ts.dialStream("u", "format=json")
+	var epoch string
+	for i := 1; i <= 3; i++ {
+		ts.sendOK("u", fmt.Sprintf("m%d", i))
+		epoch = readFrame(t, a).pos(t).Epoch
+	}
+	// b saw m1 and reconnects with since=E:1; its replay (m2, m3) is slow.
+	b := ts.dialRaw("/ws?token="+url.QueryEscape(ts.token("u", time.Hour))+"&since="+epoch+":1", nil)
+	<-gb.entered
+	ts.sendOK("u", "m4") // queued on b, held
+	ts.sendOK("u", "m5")
+
+	stopped := make(chan error, 1)
+	go func() { stopped <- ts.stop() }()
+	b.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for {
+		_, data, err := b.ReadMessage()
+		if err != nil {
+			if !websocket.IsCloseError(err, websocket.CloseGoingAway) {
+				t.Errorf("read: %v, want close 1001", err)
+			}
+			break
+		}
+		t.Errorf("got %s before the close: the live messages of a held connection went out without its replay", data)
+	}
+	close(gb.gate)
+	if err := <-stopped; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A /send stuck in the message log (stdout is a pipe nobody reads) must
+// not keep the process from exiting within -shutdown-timeout.
+func TestStuckStdoutDoesNotBlockShutdown(t *testing.T) {
+	pr, pw := io.Pipe()
+	defer pr.Close() // unsticks the writer, whatever happens
+	ts := startServerLog(t, testConfig(t, "-shutdown-timeout", "1s"), message.NewStdoutLogger(pw, 0))
+	c := ts.dial("u")
+	defer c.Close()
+	var sender sync.WaitGroup
+	defer sender.Wait()
+	sender.Go(func() {
+		req, _ := http.NewRequest(http.MethodPost, ts.opsURL()+"/send", strings.NewReader("uid=u&message=x"))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Authorization", "Bearer "+testAPIKey)
+		if resp, err := ts.client.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	})
+	waitFor(t, "the /send stuck in the log", func() bool { return ts.inflight.Load() == 1 })
+	stopped := make(chan error, 1)
+	go func() { stopped <- ts.stop() }()
+	select {
+	case err := <-stopped:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		pr.Close()
+		<-stopped
+		t.Fatal("Serve has not returned 5 s after the signal with -shutdown-timeout 1s")
 	}
 }

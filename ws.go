@@ -1,16 +1,21 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"go-pusher/internal/stream"
 )
 
 // readBufferSize is each connection's read buffer. Clients have nothing to
@@ -25,9 +30,10 @@ const refuseWait = time.Second
 
 // newUpgrader returns the /ws upgrader. The origin is checked before
 // Upgrade (so a refused origin is a plain 403), hence CheckOrigin allows
-// all. Data frames are written by the Client itself, straight from the
-// message; gorilla writes only control frames and the refusal text,
-// borrowing a pooled buffer, so an idle connection holds no write buffer.
+// all. Every frame of a registered connection is written by its
+// writePump, straight from the message; gorilla writes only the handshake
+// and a refusal, borrowing a pooled buffer, so an idle connection holds
+// no write buffer.
 func newUpgrader() *websocket.Upgrader {
 	return &websocket.Upgrader{
 		HandshakeTimeout: 10 * time.Second,
@@ -82,7 +88,8 @@ func (s *Server) serveWs(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id, authErr := s.auth.Authenticate(r)
-	conn, err := s.upgrader.Upgrade(w, r, nil)
+	guard := new(guardConn)
+	conn, err := s.upgrader.Upgrade(&hijacker{w, guard}, r, nil)
 	if err != nil {
 		// Upgrade has answered with an HTTP error already.
 		s.log.Debug("upgrade failed", "url", redactURL(r.URL), "remote", r.RemoteAddr, "err", err)
@@ -99,7 +106,8 @@ func (s *Server) serveWs(w http.ResponseWriter, r *http.Request) {
 		refuse(conn, "authenticate error: "+reason, websocket.ClosePolicyViolation, reason)
 		return
 	}
-	c := newClient(s.hub, conn, id, opt)
+	s.broker.Expect(r.Context(), id.UID)
+	c := newClient(s.hub, conn, guard.Conn, id, opt)
 	if err := s.hub.Register(c); err != nil {
 		code := websocket.CloseGoingAway
 		if errors.Is(err, errConnLimit) {
@@ -109,6 +117,8 @@ func (s *Server) serveWs(w http.ResponseWriter, r *http.Request) {
 		refuse(conn, "", code, err.Error())
 		return
 	}
+	// From here on writePump is the connection's only writer.
+	guard.sealed.Store(true)
 	if s.log.Enabled(context.Background(), slog.LevelDebug) {
 		s.log.Debug("connection opened", "uid", id.UID, "remote", r.RemoteAddr)
 	}
@@ -116,14 +126,55 @@ func (s *Server) serveWs(w http.ResponseWriter, r *http.Request) {
 		// Registered and held: what is published from now on waits in
 		// the queue while history is read.
 		replay, ok := s.broker.Replay(r.Context(), id.UID, since)
+		s.metrics.recovered(ok)
 		c.release(replay, ok, since)
 	}
 	c.start()
 }
 
+// guardConn is the socket as gorilla sees it. gorilla writes on its own
+// only before registration (the handshake, a refusal) and when its reader
+// meets a frame that breaks RFC 6455: then it writes a 1002 close frame
+// from readPump's goroutine, with a write deadline of its own. Once the
+// connection is registered writePump is its only writer, so those writes
+// are dropped here; readPump has writePump send the 1002 instead.
+type guardConn struct {
+	net.Conn
+	sealed atomic.Bool
+}
+
+func (g *guardConn) Write(p []byte) (int, error) {
+	if g.sealed.Load() {
+		return len(p), nil
+	}
+	return g.Conn.Write(p)
+}
+
+func (g *guardConn) SetWriteDeadline(t time.Time) error {
+	if g.sealed.Load() {
+		return nil
+	}
+	return g.Conn.SetWriteDeadline(t)
+}
+
+// hijacker hands gorilla's Upgrade the hijacked socket inside guard.
+type hijacker struct {
+	http.ResponseWriter
+	guard *guardConn
+}
+
+func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := http.NewResponseController(h.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	h.guard.Conn = conn
+	return h.guard, brw, nil
+}
+
 // parseStreamOptions reads ?format= and ?since= of a /ws request. since
 // implies format=json.
-func parseStreamOptions(r *http.Request) (clientOptions, position, error) {
+func parseStreamOptions(r *http.Request) (clientOptions, stream.Position, error) {
 	q := r.URL.Query()
 	var opt clientOptions
 	switch f := q.Get("format"); f {
@@ -131,13 +182,13 @@ func parseStreamOptions(r *http.Request) (clientOptions, position, error) {
 	case "json":
 		opt.json = true
 	default:
-		return opt, position{}, fmt.Errorf("unknown format %q: want json, or none for the message alone", f)
+		return opt, stream.Position{}, fmt.Errorf("unknown format %q: want json, or none for the message alone", f)
 	}
-	var since position
+	var since stream.Position
 	if v := q.Get("since"); v != "" || q.Has("since") {
-		p, err := parsePosition(v)
+		p, err := stream.ParsePosition(v)
 		if err != nil {
-			return opt, position{}, fmt.Errorf("malformed since %q: %v", v, err)
+			return opt, stream.Position{}, fmt.Errorf("malformed since %q: %v", v, err)
 		}
 		since, opt.json, opt.hold = p, true, true
 	}
@@ -154,7 +205,7 @@ func refuse(conn *websocket.Conn, text string, code int, reason string) {
 	if text != "" {
 		_ = conn.WriteMessage(websocket.TextMessage, []byte(text))
 	}
-	_ = conn.WriteControl(websocket.CloseMessage, closeMessage(code, reason), deadline)
+	_ = conn.WriteControl(websocket.CloseMessage, stream.AppendClosePayload(nil, code, reason), deadline)
 	_ = conn.SetReadDeadline(deadline)
 	for {
 		if _, _, err := conn.NextReader(); err != nil {
@@ -162,17 +213,4 @@ func refuse(conn *websocket.Conn, text string, code int, reason string) {
 		}
 	}
 	_ = conn.Close()
-}
-
-// maxCloseReason is the most a close frame's reason may hold: a control
-// frame carries 125 bytes, two of which are the code.
-const maxCloseReason = 123
-
-// closeMessage is the payload of a close frame, its reason cut to fit on a
-// rune boundary.
-func closeMessage(code int, reason string) []byte {
-	if len(reason) > maxCloseReason {
-		reason = strings.ToValidUTF8(reason[:maxCloseReason], "")
-	}
-	return websocket.FormatCloseMessage(code, reason)
 }

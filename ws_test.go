@@ -15,6 +15,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/gorilla/websocket"
 
+	"go-pusher/internal/stream"
 	"go-pusher/message"
 )
 
@@ -66,7 +67,7 @@ func TestBadTokensRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := time.Now()
-	long := strings.Repeat("x", maxUIDLen+1)
+	long := strings.Repeat("x", stream.MaxUIDLen+1)
 	tests := []struct {
 		name, query, reason, metric string
 	}{
@@ -79,7 +80,7 @@ func TestBadTokensRefused(t *testing.T) {
 		{"no uid", "token=" + signed(t, jwt.SigningMethodHS256, secret, jwt.MapClaims{"sub": "u"}), "token has no string uid claim", authInvalidToken},
 		{"numeric uid", "token=" + signed(t, jwt.SigningMethodHS256, secret, jwt.MapClaims{"uid": 42}), "token has no string uid claim", authInvalidToken},
 		{"empty uid", "token=" + signed(t, jwt.SigningMethodHS256, secret, jwt.MapClaims{"uid": ""}), "token uid claim is empty", authInvalidToken},
-		{"long uid", "token=" + signed(t, jwt.SigningMethodHS256, secret, jwt.MapClaims{"uid": long}), fmt.Sprintf("token uid claim is longer than %d bytes", maxUIDLen), authInvalidToken},
+		{"long uid", "token=" + signed(t, jwt.SigningMethodHS256, secret, jwt.MapClaims{"uid": long}), fmt.Sprintf("token uid claim is longer than %d bytes", stream.MaxUIDLen), authInvalidToken},
 		{"expired", "token=" + signed(t, jwt.SigningMethodHS256, secret, jwt.MapClaims{"uid": "u", "exp": now.Add(-time.Minute).Unix()}), "token is expired", authTokenExpired},
 		{"not yet valid", "token=" + signed(t, jwt.SigningMethodHS512, secret, jwt.MapClaims{"uid": "u", "nbf": now.Add(time.Hour).Unix()}), "token is not valid yet", authInvalidToken},
 	}

@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"go-pusher/internal/stream"
 	"io"
 	"os"
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 )
 
 // StdoutLogger writes the article's line for every accepted message:
@@ -275,67 +275,21 @@ func (l *StdoutLogger) Close(ctx context.Context) error {
 // AppendLine appends m's log line, ending in a newline, to b.
 func AppendLine(b []byte, m Log) []byte {
 	b = append(b, `send message: {"id":`...)
-	b = AppendJSONString(b, m.ID)
+	b = stream.AppendJSONString(b, m.ID)
 	if len(m.UIDs) == 1 {
 		b = append(b, `,"uid":`...)
-		b = AppendJSONString(b, m.UIDs[0])
+		b = stream.AppendJSONString(b, m.UIDs[0])
 	} else {
 		b = append(b, `,"uids":[`...)
 		for i, uid := range m.UIDs {
 			if i > 0 {
 				b = append(b, ',')
 			}
-			b = AppendJSONString(b, uid)
+			b = stream.AppendJSONString(b, uid)
 		}
 		b = append(b, ']')
 	}
 	b = append(b, `,"message":`...)
-	b = AppendJSONString(b, m.Message)
+	b = stream.AppendJSONString(b, m.Message)
 	return append(b, "}\n"...)
-}
-
-const hexDigits = "0123456789abcdef"
-
-// appendJSONString appends s as a JSON string. Invalid UTF-8 (which /send
-// refuses before it gets here) would be written as U+FFFD, so the line is
-// always valid JSON.
-func AppendJSONString(b []byte, s string) []byte {
-	b = append(b, '"')
-	start := 0
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c < utf8.RuneSelf {
-			if c >= 0x20 && c != '"' && c != '\\' {
-				i++
-				continue
-			}
-			b = append(b, s[start:i]...)
-			switch c {
-			case '"', '\\':
-				b = append(b, '\\', c)
-			case '\n':
-				b = append(b, '\\', 'n')
-			case '\r':
-				b = append(b, '\\', 'r')
-			case '\t':
-				b = append(b, '\\', 't')
-			default:
-				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
-			}
-			i++
-			start = i
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
-			b = append(b, s[start:i]...)
-			b = append(b, `\ufffd`...)
-			i++
-			start = i
-			continue
-		}
-		i += size
-	}
-	b = append(b, s[start:]...)
-	return append(b, '"')
 }

@@ -286,3 +286,17 @@ func TestStdoutLoggerWritesInPlaceOnlyToRegularFiles(t *testing.T) {
 		}
 	}
 }
+
+func BenchmarkStdoutLogger(b *testing.B) {
+	l := NewStdoutLogger(io.Discard, 0)
+	defer l.Close(context.Background())
+	m := Log{ID: "06a1r3k6c7l2q0e9f1s8", UIDs: []string{"user-42"}, Message: `{"type":"notice","text":"hello"}`, Time: time.Now()}
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if err := l.Log(context.Background(), m); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

@@ -23,9 +23,6 @@ go test -race -count=1 ./...
 # with a bare "context deadline exceeded" when a duration runs out
 # (go.dev/issue/75804, fixed in Go 1.27).
 fuzz() { go test -run '^$' -fuzz "^$2\$" -fuzztime "${FUZZTIME:-20000x}" "$1"; }
-fuzz . FuzzParseSendRequest
-fuzz . FuzzSendJSONDiff
-fuzz . FuzzSendFormDiff
+fuzz ./internal/sendreq FuzzParse
 fuzz . FuzzParseToken
-fuzz . FuzzLaneHead
 fuzz ./message FuzzAppendLine

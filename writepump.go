@@ -1,22 +1,21 @@
 package main
 
 import (
-	"errors"
 	"net"
 	"time"
 
-	"github.com/gorilla/websocket"
+	"go-pusher/internal/stream"
 )
 
-// This file is the writing half of a Client: the writer goroutine, which
-// runs only while there is something to write, and the control frames.
-
-// writeLoop is the writer goroutine: it writes queued messages (and a
-// ping the pinger asked for) until there is nothing left, then exits, or
-// writes the close frame when the client is closing.
-func (c *Client) writeLoop() {
+// writePump writes the connection's frames, and is the only code that
+// does: the queued messages in order, a pong for the peer's latest ping,
+// a ping the pinger asked for, and at the end the close frame. It starts
+// when there is something to write and returns when there is nothing
+// left, so an idle connection has no writePump; after the close frame it
+// never starts again. Messages queued together go out in one writev.
+func (c *Client) writePump() {
 	defer c.hub.wg.Done()
-	var batch []qitem
+	var batch []stream.Item
 	for {
 		c.mu.Lock()
 		if batch != nil && cap(batch) <= maxSpare {
@@ -25,26 +24,31 @@ func (c *Client) writeLoop() {
 		}
 		batch = c.queue
 		c.queue, c.spare = c.spare, nil
-		ping := c.pingDue
-		c.pingDue = false
-		if len(batch) == 0 && !ping {
-			st := c.state.Load()
+		st := c.state.Load()
+		ping := c.pingDue && st == stateOpen
+		pong, pongDue := c.pong, c.pongDue && st < stateClosingNow
+		c.pingDue, c.pongDue, c.pong = false, false, ""
+		if len(batch) == 0 && !ping && !pongDue {
 			if st == stateOpen || st == stateClosed {
 				c.writing = false
 				c.mu.Unlock()
 				return
 			}
-			// Closing: writing stays true so no writer starts again.
+			// Closing: writing stays true, so no writePump starts again.
 			code, text := c.closeCode, c.closeText
 			c.mu.Unlock()
 			c.writeClose(code, text)
 			return
 		}
 		c.mu.Unlock()
+		if pongDue && !c.writeControl(stream.OpPong, pong) {
+			c.failAll(batch)
+			return
+		}
 		if len(batch) > 0 && !c.writeBatch(batch) {
 			return
 		}
-		if ping && !c.writePing() {
+		if ping && !c.writeControl(stream.OpPing, "") {
 			return
 		}
 	}
@@ -55,15 +59,13 @@ func (c *Client) writeLoop() {
 // queued (a burst, or a multicast under load) pays one system call for
 // many of them. It returns false when the socket failed; it was then
 // closed, and readPump tears the connection down.
-func (c *Client) writeBatch(batch []qitem) bool {
+func (c *Client) writeBatch(batch []stream.Item) bool {
 	for len(batch) > 0 {
 		n, ok := c.writeSome(batch)
 		if !ok {
 			// The socket failed in an early chunk: the rest was never
 			// written either.
-			rest := batch[n:]
-			c.uncount(rest)
-			c.hub.failed(rest, c.uid, failClosed)
+			c.failAll(batch[n:])
 			return false
 		}
 		batch = batch[n:]
@@ -71,14 +73,18 @@ func (c *Client) writeBatch(batch []qitem) bool {
 	return true
 }
 
+// failAll counts items the writePump took and will not write.
+func (c *Client) failAll(items []stream.Item) {
+	c.uncount(items)
+	c.hub.failed(items, c.uid, failClosed)
+}
+
 // writeSome writes the first items of batch in one write and returns how
 // many it took. Raw frames are written from the messages themselves
 // (writev), all of them; JSON frames are encoded into a pooled buffer, up
 // to maxFrameBytes.
-func (c *Client) writeSome(batch []qitem) (int, bool) {
-	c.wmu.Lock()
+func (c *Client) writeSome(batch []stream.Item) (int, bool) {
 	if c.state.Load() >= stateClosingNow {
-		c.wmu.Unlock()
 		c.dropBatch(batch)
 		return len(batch), true
 	}
@@ -92,11 +98,10 @@ func (c *Client) writeSome(batch []qitem) (int, bool) {
 	} else {
 		n, err = c.writeRaw(batch)
 	}
-	c.wmu.Unlock()
 
 	written := 0 // items whose whole frame went out
 	for i, it := range batch {
-		size := it.m.frameLen()
+		size := it.M.FrameLen()
 		if sizes != nil {
 			size = sizes[i]
 		}
@@ -109,8 +114,8 @@ func (c *Client) writeSome(batch []qitem) (int, bool) {
 	c.uncount(batch)
 	now := time.Now()
 	for _, it := range batch[:written] {
-		if !it.ctl {
-			c.hub.delivered(it.m, c.uid, now, it.replay)
+		if !it.Ctl {
+			c.hub.delivered(it.M, c.uid, now, it.Replay)
 		}
 	}
 	if err != nil {
@@ -118,21 +123,21 @@ func (c *Client) writeSome(batch []qitem) (int, bool) {
 			c.hub.failed(batch[written:written+1], c.uid, failWriteError)
 			c.hub.failed(batch[written+1:], c.uid, failClosed)
 		}
-		c.hub.log.Debug("write failed", "uid", c.uid, "remote", c.conn.RemoteAddr().String(), "err", err)
+		c.hub.log.Debug("write failed", "uid", c.uid, "remote", c.sock.RemoteAddr().String(), "err", err)
 		c.abort()
 		return len(batch), false
 	}
 	return len(batch), true
 }
 
-func (c *Client) writeRaw(batch []qitem) (int64, error) {
+func (c *Client) writeRaw(batch []stream.Item) (int64, error) {
 	iov := c.hub.iovs.Get().(*net.Buffers)
 	bufs := (*iov)[:0]
 	for _, it := range batch {
-		bufs = append(bufs, it.m.header(), it.m.Data)
+		bufs = append(bufs, it.M.Header(), it.M.Data)
 	}
 	*iov = bufs // WriteTo consumes *iov; bufs keeps the buffers to clear
-	n, err := iov.WriteTo(c.raw)
+	n, err := iov.WriteTo(c.sock)
 	clear(bufs) // let the messages go
 	*iov = bufs[:0]
 	c.hub.iovs.Put(iov)
@@ -143,9 +148,13 @@ func (c *Client) writeRaw(batch []qitem) (int64, error) {
 // written in several, not encoded into one huge buffer.
 const maxFrameBytes = 256 << 10
 
+// maxPooledFrames bounds the JSON frame buffers kept for reuse (a single
+// large message may need more than maxFrameBytes).
+const maxPooledFrames = 2 * maxFrameBytes
+
 // writeJSON encodes the first items of batch, up to maxFrameBytes (at
 // least one), and writes them; sizes holds each frame's length.
-func (c *Client) writeJSON(batch []qitem) (sizes []int64, n int64, err error) {
+func (c *Client) writeJSON(batch []stream.Item) (sizes []int64, n int64, err error) {
 	bp := c.hub.frames.Get().(*[]byte)
 	b := (*bp)[:0]
 	for _, it := range batch {
@@ -153,10 +162,10 @@ func (c *Client) writeJSON(batch []qitem) (sizes []int64, n int64, err error) {
 			break
 		}
 		before := len(b)
-		b = appendJSONFrame(b, it)
+		b = stream.AppendJSONFrame(b, it)
 		sizes = append(sizes, int64(len(b)-before))
 	}
-	w, err := c.raw.Write(b)
+	w, err := c.sock.Write(b)
 	if cap(b) <= maxPooledFrames {
 		*bp = b[:0]
 		c.hub.frames.Put(bp)
@@ -164,24 +173,9 @@ func (c *Client) writeJSON(batch []qitem) (sizes []int64, n int64, err error) {
 	return sizes, int64(w), err
 }
 
-// maxPooledFrames bounds the JSON frame buffers kept for reuse (a single
-// large message may need more than maxFrameBytes).
-const maxPooledFrames = 2 * maxFrameBytes
-
-// uncount takes written or dropped items off the queue counters.
-func (c *Client) uncount(items []qitem) {
-	live := 0
-	for _, it := range items {
-		if !it.replay && !it.ctl {
-			live++
-		}
-	}
-	c.queued.Add(-int32(live))
-	c.hub.pending.Add(-int64(len(items)))
-}
-
-// dropBatch uncounts items the writer took but will not write.
-func (c *Client) dropBatch(items []qitem) {
+// dropBatch counts items writePump took but will not write: the close
+// decided since dropped the queue.
+func (c *Client) dropBatch(items []stream.Item) {
 	if len(items) == 0 {
 		return
 	}
@@ -199,10 +193,6 @@ func (c *Client) dropBatch(items []qitem) {
 // -write-timeout. Setting a socket deadline re-arms a runtime timer under
 // a lock (a tenth of a multicast's CPU when done for every frame), so it
 // moves only when half the timeout has passed.
-//
-// gorilla sets the same socket's write deadline for control frames; every
-// one of those it sends while data may follow (pings, pongs) has a
-// deadline -write-timeout away, never earlier than this one.
 func (c *Client) setWriteDeadline(now time.Time) {
 	timeout := c.hub.cfg.WriteTimeout
 	if c.writeDeadline.Sub(now) >= timeout/2 {
@@ -211,60 +201,44 @@ func (c *Client) setWriteDeadline(now time.Time) {
 	c.writeDeadline = now.Add(timeout)
 	// On a TCP socket it fails only once the socket is closed, which the
 	// write that follows reports.
-	_ = c.raw.SetWriteDeadline(c.writeDeadline)
+	_ = c.sock.SetWriteDeadline(c.writeDeadline)
 }
 
-// onPing answers a client's ping. gorilla's own handler would give the
-// pong a one-second deadline, which would then cut short the writer's
-// next frames (see setWriteDeadline). Under wmu: a frame writeNow could
-// only half write is finished by writeRest, and the pong must not land in
-// the middle of it.
-func (c *Client) onPing(data string) error {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	err := c.conn.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(c.hub.cfg.WriteTimeout))
-	if err != nil && !errors.Is(err, websocket.ErrCloseSent) {
-		return err
+// writeControl writes a ping or pong frame. It returns false when the
+// socket failed; it was then closed.
+func (c *Client) writeControl(op byte, payload string) bool {
+	var buf [2 + stream.MaxControlPayload]byte
+	c.setWriteDeadline(time.Now())
+	if _, err := c.sock.Write(stream.AppendControlFrame(buf[:0], op, payload)); err != nil {
+		c.abort()
+		return false
 	}
-	return nil
-}
-
-// onClose is the close handler: the peer sent a close frame. No data
-// frame may follow the close frame sent back, so the writer is stopped
-// first (under wmu) and the queue is left to teardown.
-func (c *Client) onClose(code int, _ string) error {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	c.mu.Lock()
-	c.state.Store(stateClosed)
-	c.mu.Unlock()
-	if code == websocket.CloseNoStatusReceived {
-		code = websocket.CloseNormalClosure
-	}
-	// ErrCloseSent when the server closed first; either way it is done.
-	_ = c.conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, ""), time.Now().Add(closeGrace))
-	return nil
+	return true
 }
 
 // writeClose writes the close frame, then gives the peer closeGrace to
-// answer before readPump gives up on it.
+// answer before readPump gives up on it, and lets a readPump waiting for
+// the frame go on.
 func (c *Client) writeClose(code int, text string) {
-	msg := closeMessage(code, text)
-	if err := c.conn.WriteControl(websocket.CloseMessage, msg, time.Now().Add(c.hub.cfg.WriteTimeout)); err != nil {
+	var buf [2 + stream.MaxControlPayload]byte
+	frame := stream.AppendCloseFrame(buf[:0], code, text)
+	c.writeDeadline = time.Now().Add(c.hub.cfg.WriteTimeout)
+	_ = c.sock.SetWriteDeadline(c.writeDeadline) // as in setWriteDeadline
+	_, err := c.sock.Write(frame)
+	c.mu.Lock()
+	c.closeSent.Store(true)
+	if c.closeDone != nil {
+		close(c.closeDone)
+	}
+	c.mu.Unlock()
+	if err != nil {
 		c.abort()
 		return
 	}
-	c.closeSent.Store(true)
 	c.graceDeadline()
 }
 
-func (c *Client) graceDeadline() {
-	// net.Conn deadlines are safe to set from any goroutine and cannot fail
-	// on an open TCP socket; on a closed one readPump is ending anyway.
-	_ = c.conn.SetReadDeadline(time.Now().Add(closeGrace))
-}
-
-// requestPing has the writer send a ping; the pinger calls it once per
+// requestPing has writePump send a ping; the pinger calls it once per
 // -ping-interval. It reports whether the connection is still there (the
 // pinger forgets it otherwise), and never blocks.
 func (c *Client) requestPing() bool {
@@ -278,20 +252,7 @@ func (c *Client) requestPing() bool {
 	start := !c.held && c.startWriterLocked()
 	c.mu.Unlock()
 	if start {
-		go c.writeLoop()
-	}
-	return true
-}
-
-// writePing writes a ping after the frames queued before it. It returns
-// false when the socket failed; it was then closed.
-func (c *Client) writePing() bool {
-	if c.state.Load() != stateOpen {
-		return true
-	}
-	if err := c.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(c.hub.cfg.WriteTimeout)); err != nil {
-		c.abort()
-		return false
+		go c.writePump()
 	}
 	return true
 }

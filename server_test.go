@@ -2,15 +2,24 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"mime/multipart"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/gorilla/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
 
 // assertNothingPushed checks that conn got nothing before a marker sent
@@ -119,9 +128,13 @@ func TestSendBadInput(t *testing.T) {
 		{"message too large", form, "uid=u1&message=" + strings.Repeat("a", 11), 413, "message too large: 11 bytes, at most 10"},
 		{"message too large multibyte", js, `{"uid":"u1","message":"ééééé世"}`, 413, "message too large: 13 bytes, at most 10"},
 		{"malformed json", js, `{"uid":"u1",`, 400, "malformed JSON: unexpected EOF"},
-		{"json not object", js, `["u1"]`, 400, "malformed JSON: json: cannot unmarshal array into Go value of type main.sendJSON"},
-		{"json wrong type", js, `{"uid":1,"message":"hi"}`, 400, "malformed JSON: json: cannot unmarshal number into Go struct field sendJSON.uid of type string"},
-		{"json unknown field", js, `{"uid":"u1","msg":"hi"}`, 400, `malformed JSON: json: unknown field "msg"`},
+		{"json not object", js, `["u1"]`, 400, "malformed JSON: want an object, not an array"},
+		{"json wrong type", js, `{"uid":1,"message":"hi"}`, 400, "malformed JSON: uid must be a string, not a number"},
+		{"json uids not strings", js, `{"uids":["a",2],"message":"hi"}`, 400, "malformed JSON: uids must be an array of strings"},
+		{"json unknown field", js, `{"uid":"u1","msg":"hi"}`, 400, `malformed JSON: unknown field "msg"`},
+		{"uid with a newline", js, `{"uid":"a\nb","message":"hi"}`, 400, "uid contains a control character"},
+		{"uids with an escape", js, `{"uids":["a","\u001b[31m"],"message":"hi"}`, 400, "uids[1] contains a control character"},
+		{"malformed form", form, "uid=u1&message=%zz", 400, `malformed form: invalid URL escape "%zz"`},
 		{"json trailing", js, `{"uid":"u1","message":"hi"} {}`, 400, "malformed JSON: data after the object"},
 		{"uid and uids", js, `{"uid":"u1","uids":["u1"],"message":"hi"}`, 400, "give uid or uids, not both"},
 		{"uids empty", js, `{"uids":[],"message":"hi"}`, 400, "uids is empty"},
@@ -210,7 +223,7 @@ func TestSendMulticast(t *testing.T) {
 
 // TestSendLogFailureSendsNothing: a message is never pushed unlogged.
 func TestSendLogFailureSendsNothing(t *testing.T) {
-	ts := startServer(t, testConfig(t))
+	ts := startServer(t, testConfig(t, "-internal-addr", "127.0.0.1:0"))
 	conn := ts.dial("u1")
 	ts.msgLog.setErr(errors.New("database on fire"))
 	code, body := ts.send("application/x-www-form-urlencoded", "uid=u1&message=unlogged")
@@ -221,7 +234,7 @@ func TestSendLogFailureSendsNothing(t *testing.T) {
 		t.Errorf("reply %q leaks the log's internal error", body)
 	}
 	if code, body := ts.get("/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "database on fire") {
-		t.Errorf("/readyz = %d %q, want 503 naming the log's error", code, body)
+		t.Errorf("/readyz on the internal listener = %d %q, want 503 naming the log's error", code, body)
 	}
 	ts.msgLog.setErr(nil)
 	assertNothingPushed(t, ts, conn, "u1")
@@ -295,4 +308,151 @@ func TestSendParsesFormFieldsNotFiles(t *testing.T) {
 		t.Fatalf("send with message as a file = %d %q, want 400 message is required", code, body)
 	}
 	assertNothingPushed(t, ts, conn, "u1")
+}
+
+// counterValue reads a counter's current value.
+func counterValue(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
+}
+
+// TestMetricsEndpoint: /metrics is text exposition that promtool's linter
+// accepts, with the article's gauges, the pusher_ metrics of the contract
+// and the Go and process collectors.
+func TestMetricsEndpoint(t *testing.T) {
+	ts := startServer(t, testConfig(t))
+	conn := ts.dial("u")
+	ts.sendOK("u", "counted")
+	readText(t, conn)
+	waitFor(t, "sent counted", func() bool { return counterValue(t, ts.metrics.sent) == 1 })
+
+	code, body := ts.get("/metrics")
+	if code != http.StatusOK {
+		t.Fatalf("/metrics = %d", code)
+	}
+	problems, err := promlint.New(strings.NewReader(body)).Lint()
+	if err != nil {
+		t.Fatalf("lint: %v", err)
+	}
+	for _, p := range problems {
+		// The article's gauge names predate the naming conventions; the
+		// contract keeps them.
+		if p.Metric == "connections" || p.Metric == "pending" {
+			continue
+		}
+		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("parse /metrics: %v", err)
+	}
+	want := map[string]dto.MetricType{
+		"connections":                       dto.MetricType_GAUGE,
+		"pending":                           dto.MetricType_GAUGE,
+		"pusher_users":                      dto.MetricType_GAUGE,
+		"pusher_messages_sent_total":        dto.MetricType_COUNTER,
+		"pusher_messages_failed_total":      dto.MetricType_COUNTER,
+		"pusher_send_requests_total":        dto.MetricType_COUNTER,
+		"pusher_auth_failures_total":        dto.MetricType_COUNTER,
+		"pusher_slow_consumers_total":       dto.MetricType_COUNTER,
+		"pusher_memory_trims_total":         dto.MetricType_COUNTER,
+		"pusher_memory_trimmed_bytes_total": dto.MetricType_COUNTER,
+		"pusher_send_duration_seconds":      dto.MetricType_HISTOGRAM,
+		"pusher_delivery_duration_seconds":  dto.MetricType_HISTOGRAM,
+		"go_goroutines":                     dto.MetricType_GAUGE,
+		"process_resident_memory_bytes":     dto.MetricType_GAUGE,
+	}
+	for name, typ := range want {
+		f, ok := families[name]
+		if !ok {
+			t.Errorf("/metrics lacks %s", name)
+			continue
+		}
+		if f.GetType() != typ {
+			t.Errorf("%s is a %v, want %v", name, f.GetType(), typ)
+		}
+	}
+	gauge := func(name string) float64 { return families[name].GetMetric()[0].GetGauge().GetValue() }
+	if gauge("connections") != 1 || gauge("pusher_users") != 1 || gauge("pending") != 0 {
+		t.Errorf("connections %v, pusher_users %v, pending %v; want 1, 1, 0",
+			gauge("connections"), gauge("pusher_users"), gauge("pending"))
+	}
+	if got := families["pusher_messages_sent_total"].GetMetric()[0].GetCounter().GetValue(); got != 1 {
+		t.Errorf("pusher_messages_sent_total = %v, want 1", got)
+	}
+	if got := families["pusher_delivery_duration_seconds"].GetMetric()[0].GetHistogram().GetSampleCount(); got != 1 {
+		t.Errorf("pusher_delivery_duration_seconds count = %v, want 1", got)
+	}
+	var reasons []string
+	for _, m := range families["pusher_messages_failed_total"].GetMetric() {
+		reasons = append(reasons, m.GetLabel()[0].GetValue())
+	}
+	if fmt.Sprint(reasons) != "[closed slow_consumer write_error]" {
+		t.Errorf("pusher_messages_failed_total reasons = %v", reasons)
+	}
+}
+
+func TestPprofOnlyWhenAsked(t *testing.T) {
+	off := startServer(t, testConfig(t))
+	if code, _ := off.get("/debug/pprof/"); code != http.StatusNotFound {
+		t.Errorf("/debug/pprof/ without -pprof = %d, want 404", code)
+	}
+	on := startServer(t, testConfig(t, "-pprof", "-internal-addr", "127.0.0.1:0"))
+	if code, _ := on.get("/debug/pprof/"); code != http.StatusOK {
+		t.Errorf("/debug/pprof/ with -pprof = %d, want 200", code)
+	}
+	resp, err := on.client.Get("http://" + on.Addr() + "/debug/pprof/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("public /debug/pprof/ with -internal-addr = %d, want 404", resp.StatusCode)
+	}
+}
+
+// countingLogger counts the readiness checks that reach the message log.
+type countingLogger struct {
+	*recordingLogger
+	mu     sync.Mutex
+	checks int
+}
+
+func (l *countingLogger) Ready(ctx context.Context) error {
+	l.mu.Lock()
+	l.checks++
+	l.mu.Unlock()
+	return l.recordingLogger.Ready(ctx)
+}
+
+// TestReadyzOnThePublicListener: without -internal-addr /readyz is on the
+// listener browsers reach, so a failure answers a generic reason and the
+// details (hosts, errors) go to the log, once; and a flood of requests
+// asks the dependencies about once a second, not once per request.
+func TestReadyzOnThePublicListener(t *testing.T) {
+	l := &countingLogger{recordingLogger: newRecordingLogger()}
+	l.setErr(errors.New("dial tcp 10.1.2.3:3306: connection refused"))
+	ts := startServerLog(t, testConfig(t), l)
+	start := time.Now()
+	for range 50 {
+		code, body := ts.get("/readyz")
+		if code != http.StatusServiceUnavailable || strings.Contains(body, "10.1.2.3") || !strings.HasPrefix(body, "not ready") {
+			t.Fatalf("/readyz = %d %q, want 503 with a generic reason", code, body)
+		}
+	}
+	l.mu.Lock()
+	checks := l.checks
+	l.mu.Unlock()
+	if most := int(time.Since(start)/readinessTTL) + 1; checks > most {
+		t.Errorf("50 /readyz in %v asked the message log %d times, want at most %d", time.Since(start), checks, most)
+	}
+	logs := ts.logBuf.String()
+	if n := strings.Count(logs, `msg="not ready"`); n != 1 || !strings.Contains(logs, "10.1.2.3") {
+		t.Errorf("the log says why %d times, want once with the details:\n%s", n, logs)
+	}
 }
