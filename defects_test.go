@@ -158,32 +158,34 @@ func TestArticleDefect4SilentPeerIsDropped(t *testing.T) {
 
 // Defect 5: /send accepted any method and needed no credential.
 func TestArticleDefect5SendNeedsPOSTAndAPIKey(t *testing.T) {
-	ts := startServer(t, testConfig(t))
-	conn := ts.dial("u")
-	form := "application/x-www-form-urlencoded"
-	for _, m := range []string{http.MethodGet, http.MethodPut, http.MethodDelete, http.MethodPatch} {
-		req, _ := http.NewRequest(m, ts.opsURL()+"/send?uid=u&message=x", strings.NewReader("uid=u&message=x"))
-		req.Header.Set("Authorization", "Bearer "+testAPIKey)
-		req.Header.Set("Content-Type", form)
-		resp, err := ts.client.Do(req)
-		if err != nil {
-			t.Fatal(err)
+	eachFront(t, func(t *testing.T, front ...string) {
+		ts := startServer(t, testConfig(t, front...))
+		conn := ts.dial("u")
+		form := "application/x-www-form-urlencoded"
+		for _, m := range []string{http.MethodGet, http.MethodPut, http.MethodDelete, http.MethodPatch} {
+			req, _ := http.NewRequest(m, ts.opsURL()+"/send?uid=u&message=x", strings.NewReader("uid=u&message=x"))
+			req.Header.Set("Authorization", "Bearer "+testAPIKey)
+			req.Header.Set("Content-Type", form)
+			resp, err := ts.client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") != "POST" {
+				t.Errorf("%s /send = %d Allow %q, want 405 Allow POST", m, resp.StatusCode, resp.Header.Get("Allow"))
+			}
 		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") != "POST" {
-			t.Errorf("%s /send = %d Allow %q, want 405 Allow POST", m, resp.StatusCode, resp.Header.Get("Allow"))
+		for _, auth := range []string{"", "Bearer", "Bearer ", "Bearer wrong", "Basic " + testAPIKey, "Bearer " + strings.ToUpper(testAPIKey), "Bearer " + testAPIKey + "x"} {
+			code, body := ts.do(http.MethodPost, "/send", form, "uid=u&message=x", auth)
+			if code != http.StatusUnauthorized {
+				t.Errorf("Authorization %q: /send = %d %q, want 401", auth, code, body)
+			}
 		}
-	}
-	for _, auth := range []string{"", "Bearer", "Bearer ", "Bearer wrong", "Basic " + testAPIKey, "Bearer " + strings.ToUpper(testAPIKey), "Bearer " + testAPIKey + "x"} {
-		code, body := ts.do(http.MethodPost, "/send", form, "uid=u&message=x", auth)
-		if code != http.StatusUnauthorized {
-			t.Errorf("Authorization %q: /send = %d %q, want 401", auth, code, body)
+		if logs := ts.msgLog.logged(); len(logs) != 0 {
+			t.Errorf("unauthorized requests logged %+v", logs)
 		}
-	}
-	if logs := ts.msgLog.logged(); len(logs) != 0 {
-		t.Errorf("unauthorized requests logged %+v", logs)
-	}
-	assertNothingPushed(t, ts, conn, "u")
+		assertNothingPushed(t, ts, conn, "u")
+	})
 }
 
 // Defect 6: a message that is not valid UTF-8 was written as a text

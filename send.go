@@ -173,6 +173,9 @@ const maxBodyPrealloc = 64 << 10
 // the announced length, so that a typical body takes one allocation.
 func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, *sendreq.Error) {
 	if r.ContentLength > limit {
+		// Refused unread: the connection closes after the answer, rather
+		// than net/http reading the body to keep it.
+		w.Header().Set("Connection", "close")
 		return nil, sendreq.TooLarge(limit)
 	}
 	n := 512

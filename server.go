@@ -50,8 +50,31 @@ type Server struct {
 
 	ready readiness
 
-	servers   []*http.Server
+	fronts    []front // the public listener's, then the internal one's
 	listeners []net.Listener
+}
+
+// front is the HTTP server of one listener: net/http on the public one,
+// fasthttp on the internal one (internal.go).
+type front interface {
+	Serve(ln net.Listener) error
+	// Shutdown stops accepting and waits for the requests under way; at
+	// ctx's end it closes what is left.
+	Shutdown(ctx context.Context) error
+}
+
+// httpFront is a net/http server as a front.
+type httpFront struct{ srv *http.Server }
+
+func (f httpFront) Serve(ln net.Listener) error { return f.srv.Serve(ln) }
+
+func (f httpFront) Shutdown(ctx context.Context) error {
+	err := f.srv.Shutdown(ctx)
+	if err != nil {
+		// Requests still running past the deadline are cut.
+		_ = f.srv.Close()
+	}
+	return err
 }
 
 // newServer builds a server; msgLog is closed by Serve's shutdown.
@@ -137,11 +160,11 @@ func (s *Server) routes() (public, internal http.Handler) {
 // Listen binds the listeners, so that a port in use is an error at start.
 func (s *Server) Listen() error {
 	public, internal := s.routes()
-	if err := s.listen("-addr", s.cfg.Addr, public); err != nil {
+	if err := s.listen("-addr", s.cfg.Addr, s.newHTTPFront(public)); err != nil {
 		return err
 	}
 	if internal != nil {
-		if err := s.listen("-internal-addr", s.cfg.InternalAddr, internal); err != nil {
+		if err := s.listen("-internal-addr", s.cfg.InternalAddr, s.newFastFront(internal)); err != nil {
 			s.closeListeners()
 			return err
 		}
@@ -155,20 +178,24 @@ const (
 	idleTimeout       = 2 * time.Minute
 )
 
-func (s *Server) listen(flagName, addr string, h http.Handler) error {
+func (s *Server) listen(flagName, addr string, f front) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", flagName, addr, err)
 	}
 	s.listeners = append(s.listeners, ln)
-	s.servers = append(s.servers, &http.Server{
+	s.fronts = append(s.fronts, f)
+	return nil
+}
+
+func (s *Server) newHTTPFront(h http.Handler) httpFront {
+	return httpFront{&http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: readHeaderTimeout,
 		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
-	})
-	return nil
+	}}
 }
 
 func (s *Server) closeListeners() {
@@ -196,14 +223,14 @@ func (s *Server) Serve(ctx context.Context) error {
 	go s.hub.run()    // stopped by hub.Shutdown in shutdown
 	s.broker.Start()  // stopped by broker.Close in shutdown
 	s.trimmer.Start() // stopped by trimmer.Close in shutdown
-	errc := make(chan error, len(s.servers))
-	for i, srv := range s.servers {
-		go func() { errc <- srv.Serve(s.listeners[i]) }()
+	errc := make(chan error, len(s.fronts))
+	for i, f := range s.fronts {
+		go func() { errc <- f.Serve(s.listeners[i]) }()
 	}
 	s.log.Info("listening", "addr", s.Addr(), "internal_addr", s.InternalAddr(), "message_log", s.cfg.MessageLog, "cluster", s.cfg.RedisURL != "")
 
 	var err error
-	running := len(s.servers)
+	running := len(s.fronts)
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
@@ -215,7 +242,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	defer cancel()
 	s.shutdown(sctx)
 	for range running {
-		<-errc // http.ErrServerClosed
+		<-errc // http.ErrServerClosed, or fasthttp's nil
 	}
 	return err
 }
@@ -238,10 +265,9 @@ func (s *Server) shutdown(ctx context.Context) {
 		drained = false
 		s.log.Warn("shutdown timeout: closed the remaining connections", "timeout", s.cfg.ShutdownTimeout)
 	}
-	for _, srv := range s.servers {
-		if err := srv.Shutdown(ctx); err != nil {
-			// Requests still running past the deadline are cut.
-			_ = srv.Close()
+	for _, f := range s.fronts {
+		if err := f.Shutdown(ctx); err != nil {
+			s.log.Warn("listener shutdown cut requests short", "err", err)
 		}
 	}
 	s.trimmer.Close()

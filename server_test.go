@@ -1,13 +1,18 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"go-pusher/internal/sendreq"
+	"io"
 	"mime/multipart"
+	"net"
 	"net/http"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -32,52 +37,69 @@ func assertNothingPushed(t *testing.T, ts *testServer, conn *websocket.Conn, uid
 	}
 }
 
-func TestSendBodies(t *testing.T) {
-	ts := startServer(t, testConfig(t))
-	conn := ts.dial("u1")
-
-	var mp bytes.Buffer
-	mw := multipart.NewWriter(&mp)
-	mw.WriteField("uid", "u1")
-	mw.WriteField("message", "from multipart")
-	mw.Close()
-
-	tests := []struct {
-		name, contentType, body, want string
-	}{
-		{"form", "application/x-www-form-urlencoded", "uid=u1&message=from+form", "from form"},
-		{"json", "application/json", `{"uid":"u1","message":"from json"}`, "from json"},
-		{"json charset", "application/json; charset=utf-8", `{"uid":"u1","message":"with charset"}`, "with charset"},
-		{"json multicast", "application/json", `{"uids":["u1"],"message":"multicast of one"}`, "multicast of one"},
-		{"multipart", mw.FormDataContentType(), mp.String(), "from multipart"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			code, body := ts.send(tt.contentType, tt.body)
-			if code != http.StatusOK {
-				t.Fatalf("send = %d %q, want 200", code, body)
-			}
-			var reply struct{ ID string }
-			if err := json.Unmarshal([]byte(body), &reply); err != nil || len(reply.ID) != 20 {
-				t.Fatalf("reply %q: want JSON with a 20-character id (%v)", body, err)
-			}
-			if got := readText(t, conn); got != tt.want {
-				t.Fatalf("got %q, want %q", got, tt.want)
-			}
-		})
+// eachFront runs test on each listener /send is served on: net/http on
+// the public listener, fasthttp on the internal one (-internal-addr);
+// front is the flags that choose it.
+func eachFront(t *testing.T, test func(t *testing.T, front ...string)) {
+	t.Helper()
+	for _, f := range []struct {
+		name string
+		args []string
+	}{{"public", nil}, {"internal", []string{"-internal-addr", "127.0.0.1:0"}}} {
+		t.Run(f.name, func(t *testing.T) { test(t, f.args...) })
 	}
 }
 
+func TestSendBodies(t *testing.T) {
+	eachFront(t, func(t *testing.T, front ...string) {
+		ts := startServer(t, testConfig(t, front...))
+		conn := ts.dial("u1")
+
+		var mp bytes.Buffer
+		mw := multipart.NewWriter(&mp)
+		mw.WriteField("uid", "u1")
+		mw.WriteField("message", "from multipart")
+		mw.Close()
+
+		tests := []struct {
+			name, contentType, body, want string
+		}{
+			{"form", "application/x-www-form-urlencoded", "uid=u1&message=from+form", "from form"},
+			{"json", "application/json", `{"uid":"u1","message":"from json"}`, "from json"},
+			{"json charset", "application/json; charset=utf-8", `{"uid":"u1","message":"with charset"}`, "with charset"},
+			{"json multicast", "application/json", `{"uids":["u1"],"message":"multicast of one"}`, "multicast of one"},
+			{"multipart", mw.FormDataContentType(), mp.String(), "from multipart"},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				code, body := ts.send(tt.contentType, tt.body)
+				if code != http.StatusOK {
+					t.Fatalf("send = %d %q, want 200", code, body)
+				}
+				var reply struct{ ID string }
+				if err := json.Unmarshal([]byte(body), &reply); err != nil || len(reply.ID) != 20 {
+					t.Fatalf("reply %q: want JSON with a 20-character id (%v)", body, err)
+				}
+				if got := readText(t, conn); got != tt.want {
+					t.Fatalf("got %q, want %q", got, tt.want)
+				}
+			})
+		}
+	})
+}
+
 func TestSendQueryStringWithoutBody(t *testing.T) {
-	ts := startServer(t, testConfig(t))
-	conn := ts.dial("u1")
-	code, body := ts.do(http.MethodPost, "/send?uid=u1&message=from+query", "", "", "Bearer "+testAPIKey)
-	if code != http.StatusOK {
-		t.Fatalf("send = %d %q, want 200", code, body)
-	}
-	if got := readText(t, conn); got != "from query" {
-		t.Fatalf("got %q, want %q", got, "from query")
-	}
+	eachFront(t, func(t *testing.T, front ...string) {
+		ts := startServer(t, testConfig(t, front...))
+		conn := ts.dial("u1")
+		code, body := ts.do(http.MethodPost, "/send?uid=u1&message=from+query", "", "", "Bearer "+testAPIKey)
+		if code != http.StatusOK {
+			t.Fatalf("send = %d %q, want 200", code, body)
+		}
+		if got := readText(t, conn); got != "from query" {
+			t.Fatalf("got %q, want %q", got, "from query")
+		}
+	})
 }
 
 func TestSendReplyIsJSONWithUniqueIDs(t *testing.T) {
@@ -107,55 +129,57 @@ func TestSendReplyIsJSONWithUniqueIDs(t *testing.T) {
 // TestSendBadInput: every bad input gets its status and a one-line
 // reason, and nothing is logged or pushed.
 func TestSendBadInput(t *testing.T) {
-	ts := startServer(t, testConfig(t, "-max-message-size", "10", "-max-multicast", "2"))
-	conn := ts.dial("u1")
-	form := "application/x-www-form-urlencoded"
-	js := "application/json"
-	tests := []struct {
-		name, contentType, body string
-		code                    int
-		reason                  string
-	}{
-		{"no uid form", form, "message=hi", 400, "uid is required"},
-		{"empty uid form", form, "uid=&message=hi", 400, "uid is empty"},
-		{"no uid json", js, `{"message":"hi"}`, 400, "uid is required"},
-		{"uid too long", form, "uid=" + strings.Repeat("u", 129) + "&message=hi", 400, "uid is longer than 128 bytes"},
-		{"uid twice", form, "uid=u1&uid=u2&message=hi", 400, "uid must be given once"},
-		{"no message", form, "uid=u1", 400, "message is required"},
-		{"empty message", js, `{"uid":"u1","message":""}`, 400, "message is required"},
-		{"invalid utf8 form", form, "uid=u1&message=%FF%FE", 400, "message is not valid UTF-8"},
-		{"invalid utf8 json", js, "{\"uid\":\"u1\",\"message\":\"\xff\"}", 400, "body is not valid UTF-8"},
-		{"message too large", form, "uid=u1&message=" + strings.Repeat("a", 11), 413, "message too large: 11 bytes, at most 10"},
-		{"message too large multibyte", js, `{"uid":"u1","message":"ééééé世"}`, 413, "message too large: 13 bytes, at most 10"},
-		{"malformed json", js, `{"uid":"u1",`, 400, "malformed JSON: unexpected EOF"},
-		{"json not object", js, `["u1"]`, 400, "malformed JSON: want an object, not an array"},
-		{"json wrong type", js, `{"uid":1,"message":"hi"}`, 400, "malformed JSON: uid must be a string, not a number"},
-		{"json uids not strings", js, `{"uids":["a",2],"message":"hi"}`, 400, "malformed JSON: uids must be an array of strings"},
-		{"json unknown field", js, `{"uid":"u1","msg":"hi"}`, 400, `malformed JSON: unknown field "msg"`},
-		{"uid with a newline", js, `{"uid":"a\nb","message":"hi"}`, 400, "uid contains a control character"},
-		{"uids with an escape", js, `{"uids":["a","\u001b[31m"],"message":"hi"}`, 400, "uids[1] contains a control character"},
-		{"malformed form", form, "uid=u1&message=%zz", 400, `malformed form: invalid URL escape "%zz"`},
-		{"json trailing", js, `{"uid":"u1","message":"hi"} {}`, 400, "malformed JSON: data after the object"},
-		{"uid and uids", js, `{"uid":"u1","uids":["u1"],"message":"hi"}`, 400, "give uid or uids, not both"},
-		{"uids empty", js, `{"uids":[],"message":"hi"}`, 400, "uids is empty"},
-		{"uids bad member", js, `{"uids":["u1",""],"message":"hi"}`, 400, "uids[1] is empty"},
-		{"too many uids", js, `{"uids":["a","b","c"],"message":"hi"}`, 413, "too many uids: 3, at most 2"},
-		{"unknown content type", "text/plain", "uid=u1&message=hi", 415, `unsupported Content-Type "text/plain": use application/json, application/x-www-form-urlencoded or multipart/form-data`},
-		{"body without content type", "", "uid=u1&message=hi", 415, "Content-Type is required with a body"},
-		{"malformed content type", "application/json; ===", `{}`, 415, "malformed Content-Type"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			code, body := ts.send(tt.contentType, tt.body)
-			if code != tt.code || body != tt.reason+"\n" {
-				t.Errorf("send(%q) = %d %q, want %d %q", tt.body, code, body, tt.code, tt.reason+"\n")
-			}
-		})
-	}
-	if logs := ts.msgLog.logged(); len(logs) != 0 {
-		t.Errorf("refused requests logged %d messages: %+v", len(logs), logs)
-	}
-	assertNothingPushed(t, ts, conn, "u1")
+	eachFront(t, func(t *testing.T, front ...string) {
+		ts := startServer(t, testConfig(t, append(front, "-max-message-size", "10", "-max-multicast", "2")...))
+		conn := ts.dial("u1")
+		form := "application/x-www-form-urlencoded"
+		js := "application/json"
+		tests := []struct {
+			name, contentType, body string
+			code                    int
+			reason                  string
+		}{
+			{"no uid form", form, "message=hi", 400, "uid is required"},
+			{"empty uid form", form, "uid=&message=hi", 400, "uid is empty"},
+			{"no uid json", js, `{"message":"hi"}`, 400, "uid is required"},
+			{"uid too long", form, "uid=" + strings.Repeat("u", 129) + "&message=hi", 400, "uid is longer than 128 bytes"},
+			{"uid twice", form, "uid=u1&uid=u2&message=hi", 400, "uid must be given once"},
+			{"no message", form, "uid=u1", 400, "message is required"},
+			{"empty message", js, `{"uid":"u1","message":""}`, 400, "message is required"},
+			{"invalid utf8 form", form, "uid=u1&message=%FF%FE", 400, "message is not valid UTF-8"},
+			{"invalid utf8 json", js, "{\"uid\":\"u1\",\"message\":\"\xff\"}", 400, "body is not valid UTF-8"},
+			{"message too large", form, "uid=u1&message=" + strings.Repeat("a", 11), 413, "message too large: 11 bytes, at most 10"},
+			{"message too large multibyte", js, `{"uid":"u1","message":"ééééé世"}`, 413, "message too large: 13 bytes, at most 10"},
+			{"malformed json", js, `{"uid":"u1",`, 400, "malformed JSON at byte 12: unexpected EOF"},
+			{"json not object", js, `["u1"]`, 400, "malformed JSON: want an object, not an array"},
+			{"json wrong type", js, `{"uid":1,"message":"hi"}`, 400, "malformed JSON: uid must be a string, not a number"},
+			{"json uids not strings", js, `{"uids":["a",2],"message":"hi"}`, 400, "malformed JSON: uids must be an array of strings"},
+			{"json unknown field", js, `{"uid":"u1","msg":"hi"}`, 400, `malformed JSON: unknown field "msg"`},
+			{"uid with a newline", js, `{"uid":"a\nb","message":"hi"}`, 400, "uid contains a control character"},
+			{"uids with an escape", js, `{"uids":["a","\u001b[31m"],"message":"hi"}`, 400, "uids[1] contains a control character"},
+			{"malformed form", form, "uid=u1&message=%zz", 400, `malformed form: invalid URL escape "%zz"`},
+			{"json trailing", js, `{"uid":"u1","message":"hi"} {}`, 400, "malformed JSON at byte 28: invalid character '{' after top-level value"},
+			{"uid and uids", js, `{"uid":"u1","uids":["u1"],"message":"hi"}`, 400, "give uid or uids, not both"},
+			{"uids empty", js, `{"uids":[],"message":"hi"}`, 400, "uids is empty"},
+			{"uids bad member", js, `{"uids":["u1",""],"message":"hi"}`, 400, "uids[1] is empty"},
+			{"too many uids", js, `{"uids":["a","b","c"],"message":"hi"}`, 413, "too many uids: 3, at most 2"},
+			{"unknown content type", "text/plain", "uid=u1&message=hi", 415, `unsupported Content-Type "text/plain": use application/json, application/x-www-form-urlencoded or multipart/form-data`},
+			{"body without content type", "", "uid=u1&message=hi", 415, "Content-Type is required with a body"},
+			{"malformed content type", "application/json; ===", `{}`, 415, "malformed Content-Type"},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				code, body := ts.send(tt.contentType, tt.body)
+				if code != tt.code || body != tt.reason+"\n" {
+					t.Errorf("send(%q) = %d %q, want %d %q", tt.body, code, body, tt.code, tt.reason+"\n")
+				}
+			})
+		}
+		if logs := ts.msgLog.logged(); len(logs) != 0 {
+			t.Errorf("refused requests logged %d messages: %+v", len(logs), logs)
+		}
+		assertNothingPushed(t, ts, conn, "u1")
+	})
 }
 
 func TestSendDuplicateUIDsCountOnce(t *testing.T) {
@@ -295,19 +319,21 @@ func TestHealthAndReady(t *testing.T) {
 }
 
 func TestSendParsesFormFieldsNotFiles(t *testing.T) {
-	ts := startServer(t, testConfig(t))
-	conn := ts.dial("u1")
-	var mp bytes.Buffer
-	mw := multipart.NewWriter(&mp)
-	mw.WriteField("uid", "u1")
-	fw, _ := mw.CreateFormFile("message", "m.txt")
-	fw.Write([]byte("a file is not the message"))
-	mw.Close()
-	code, body := ts.send(mw.FormDataContentType(), mp.String())
-	if code != http.StatusBadRequest || body != "message is required\n" {
-		t.Fatalf("send with message as a file = %d %q, want 400 message is required", code, body)
-	}
-	assertNothingPushed(t, ts, conn, "u1")
+	eachFront(t, func(t *testing.T, front ...string) {
+		ts := startServer(t, testConfig(t, front...))
+		conn := ts.dial("u1")
+		var mp bytes.Buffer
+		mw := multipart.NewWriter(&mp)
+		mw.WriteField("uid", "u1")
+		fw, _ := mw.CreateFormFile("message", "m.txt")
+		fw.Write([]byte("a file is not the message"))
+		mw.Close()
+		code, body := ts.send(mw.FormDataContentType(), mp.String())
+		if code != http.StatusBadRequest || body != "message is required\n" {
+			t.Fatalf("send with message as a file = %d %q, want 400 message is required", code, body)
+		}
+		assertNothingPushed(t, ts, conn, "u1")
+	})
 }
 
 // counterValue reads a counter's current value.
@@ -454,5 +480,101 @@ func TestReadyzOnThePublicListener(t *testing.T) {
 	logs := ts.logBuf.String()
 	if n := strings.Count(logs, `msg="not ready"`); n != 1 || !strings.Contains(logs, "10.1.2.3") {
 		t.Errorf("the log says why %d times, want once with the details:\n%s", n, logs)
+	}
+}
+
+// TestSendFrontsAgree: the same raw requests, on the public listener
+// (net/http) and on the internal one (fasthttp), get the same status,
+// body and content type: bodies over the limit, chunked bodies, Expect:
+// 100-continue, HTTP/1.0, and requests pipelined on one connection.
+func TestSendFrontsAgree(t *testing.T) {
+	args := []string{"-max-message-size", "8", "-max-multicast", "2"}
+	pub := startServer(t, testConfig(t, args...))
+	in := startServer(t, testConfig(t, append(args, "-internal-addr", "127.0.0.1:0")...))
+	for _, ts := range []*testServer{pub, in} {
+		ts.dial("u")
+	}
+	limit := sendreq.Limits{MaxMessageSize: 8, MaxMulticast: 2}.MaxBody()
+	auth := "Authorization: Bearer " + testAPIKey + "\r\n"
+	form := "Content-Type: application/x-www-form-urlencoded\r\n"
+	post := func(head, body string) string {
+		return "POST /send HTTP/1.1\r\nHost: x\r\n" + head + fmt.Sprintf("Content-Length: %d\r\n\r\n", len(body)) + body
+	}
+	requests := []struct{ name, raw string }{
+		{"plain", post(auth+form, "uid=u&message=hi")},
+		{"offline", post(auth+form, "uid=v&message=hi")},
+		{"too large", post(auth+form, "uid=u&message="+strings.Repeat("a", int(limit)))},
+		{"announced too large", "POST /send HTTP/1.1\r\nHost: x\r\n" + auth + form + fmt.Sprintf("Content-Length: %d\r\n\r\n", limit+1)},
+		{"chunked", "POST /send HTTP/1.1\r\nHost: x\r\n" + auth + form + "Transfer-Encoding: chunked\r\n\r\n6\r\nuid=u&\r\na\r\nmessage=hi\r\n0\r\n\r\n"},
+		{"expect continue", "POST /send HTTP/1.1\r\nHost: x\r\n" + auth + form + "Expect: 100-continue\r\nContent-Length: 16\r\n\r\nuid=u&message=hi"},
+		{"http/1.0", "POST /send HTTP/1.0\r\n" + auth + form + "Content-Length: 16\r\n\r\nuid=u&message=hi"},
+		{"no key", post(form, "uid=u&message=hi")},
+		{"get", "GET /send HTTP/1.1\r\nHost: x\r\n" + auth + "\r\n"},
+		{"json", post(auth+"Content-Type: application/json\r\n", `{"uids":["u","v"],"message":"hi"}`)},
+		{"bad json", post(auth+"Content-Type: application/json\r\n", `{"uid":"u","message":1}`)},
+	}
+	for _, r := range requests {
+		t.Run(r.name, func(t *testing.T) {
+			want := rawSend(t, pub.Addr(), r.raw)
+			got := rawSend(t, in.InternalAddr(), r.raw)
+			// Ids differ from server to server.
+			id := regexp.MustCompile(`"id":"[0-9a-v]{20}"`)
+			want.body, got.body = id.ReplaceAllString(want.body, `"id":""`), id.ReplaceAllString(got.body, `"id":""`)
+			if got != want {
+				t.Errorf("internal (fasthttp): %+v\npublic (net/http):   %+v", got, want)
+			}
+		})
+	}
+	// Pipelined: three requests written at once, three answers in order.
+	c, err := net.Dial("tcp", in.InternalAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte(post(auth+form, "uid=u&message=a") + post(auth+form, "uid=v&message=b") + post(auth+form, "uid=u&message=c")))
+	br := bufio.NewReader(c)
+	for i, want := range []int{200, 404, 200} {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("pipelined answer %d: %v", i, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("pipelined answer %d = %d, want %d", i, resp.StatusCode, want)
+		}
+	}
+}
+
+type rawAnswer struct {
+	status            int
+	contentType, body string
+	allow, challenge  string
+}
+
+// rawSend writes raw to addr and reads the answer (after a 100 Continue).
+func rawSend(t *testing.T, addr, raw string) rawAnswer {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte(raw)); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	for {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("read answer: %v", err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusContinue {
+			continue
+		}
+		return rawAnswer{resp.StatusCode, resp.Header.Get("Content-Type"), string(b), resp.Header.Get("Allow"), resp.Header.Get("WWW-Authenticate")}
 	}
 }

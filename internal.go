@@ -1,0 +1,121 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttpadaptor"
+
+	"go-pusher/internal/sendreq"
+)
+
+// The internal listener (-internal-addr) is where backends post /send at
+// their rate, so its per-request cost matters: it is served by fasthttp,
+// which reads a request into reused buffers where net/http builds a
+// Request, a header map and a goroutine-held bufio pair per request (see
+// docs/performance.md for the pair measured). /send is answered natively,
+// by the same core as on net/http (admitSend, send) fed with the request's
+// plain values; /metrics, /healthz, /readyz and pprof go through
+// fasthttpadaptor to their net/http handlers, which is fine at their rate.
+
+// fastFront serves the internal listener.
+type fastFront struct {
+	srv *fasthttp.Server
+}
+
+func (f fastFront) Serve(ln net.Listener) error { return f.srv.Serve(ln) }
+
+// Shutdown stops accepting and waits for the requests under way; at ctx's
+// end it closes what is left.
+func (f fastFront) Shutdown(ctx context.Context) error {
+	return f.srv.ShutdownWithContext(ctx)
+}
+
+// newFastFront returns the internal listener's server: /send on fasthttp,
+// everything else of ops through the adaptor.
+func (s *Server) newFastFront(ops http.Handler) fastFront {
+	other := fasthttpadaptor.NewFastHTTPHandler(ops)
+	limit := s.limits.MaxBody()
+	return fastFront{&fasthttp.Server{
+		Handler: func(ctx *fasthttp.RequestCtx) {
+			defer s.recoverFast(ctx)
+			if string(ctx.Path()) == "/send" {
+				s.fastSend(ctx)
+				return
+			}
+			other(ctx)
+		},
+		ErrorHandler: func(ctx *fasthttp.RequestCtx, err error) {
+			if errors.Is(err, fasthttp.ErrBodyTooLarge) {
+				tooBig := sendreq.TooLarge(limit)
+				writeFast(ctx, textReply(tooBig.Status, tooBig.Reason))
+				return
+			}
+			writeFast(ctx, textReply(http.StatusBadRequest, "malformed request"))
+		},
+		MaxRequestBodySize:    int(limit),
+		ReadTimeout:           30 * time.Second,
+		WriteTimeout:          s.cfg.WriteTimeout,
+		IdleTimeout:           idleTimeout,
+		ReadBufferSize:        8 << 10,
+		NoDefaultServerHeader: true,
+		Logger:                fastLogger{s.log},
+	}}
+}
+
+// fastSend is POST /send on fasthttp.
+func (s *Server) fastSend(ctx *fasthttp.RequestCtx) {
+	start := time.Now()
+	rep := s.admitSend(BytesToString(ctx.Method()), BytesToString(ctx.Request.Header.Peek("Authorization")))
+	if rep.status == 0 {
+		// The header and body buffers are fasthttp's, reused after this
+		// handler returns; send keeps nothing of them (the parser copies
+		// what it returns).
+		rep = s.send(ctx, start, BytesToString(ctx.Request.Header.ContentType()), BytesToString(ctx.URI().QueryString()), ctx.PostBody())
+	}
+	writeFast(ctx, rep)
+	s.metrics.sendCounter(rep.status).Inc()
+	s.metrics.sendDuration.Observe(time.Since(start).Seconds())
+}
+
+// writeFast writes rep as handleSend writes it on net/http.
+func writeFast(ctx *fasthttp.RequestCtx, rep sendReply) {
+	h := &ctx.Response.Header
+	switch {
+	case rep.allow:
+		h.Set("Allow", http.MethodPost)
+	case rep.challenge:
+		h.Set("WWW-Authenticate", `Bearer realm="go-pusher"`)
+	}
+	if rep.json {
+		h.SetContentType("application/json")
+	} else {
+		h.SetContentType("text/plain; charset=utf-8")
+		h.Set("X-Content-Type-Options", "nosniff")
+	}
+	ctx.SetStatusCode(rep.status)
+	ctx.SetBodyString(rep.body)
+}
+
+// recoverFast answers 500 for a handler that panicked and logs it:
+// fasthttp, unlike net/http, lets a panic end the process.
+func (s *Server) recoverFast(ctx *fasthttp.RequestCtx) {
+	if v := recover(); v != nil {
+		s.log.Error("handler panicked", "path", string(ctx.Path()), "panic", fmt.Sprint(v))
+		ctx.ResetBody()
+		writeFast(ctx, textReply(http.StatusInternalServerError, "internal error"))
+	}
+}
+
+// fastLogger takes fasthttp's own log lines into the server's log.
+type fastLogger struct{ log *slog.Logger }
+
+func (l fastLogger) Printf(format string, args ...any) {
+	l.log.Warn("fasthttp: "+fmt.Sprintf(format, args...), "source", "fasthttp")
+}
