@@ -1,30 +1,19 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"go-pusher/internal/sendreq"
-	"io"
 	"mime/multipart"
-	"net"
 	"net/http"
-	"regexp"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	dto "github.com/prometheus/client_model/go"
-
 	"github.com/gorilla/websocket"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 )
 
 // assertNothingPushed checks that conn got nothing before a marker sent
@@ -336,112 +325,6 @@ func TestSendParsesFormFieldsNotFiles(t *testing.T) {
 	})
 }
 
-// counterValue reads a counter's current value.
-func counterValue(t *testing.T, c prometheus.Counter) float64 {
-	t.Helper()
-	var m dto.Metric
-	if err := c.Write(&m); err != nil {
-		t.Fatal(err)
-	}
-	return m.GetCounter().GetValue()
-}
-
-// TestMetricsEndpoint: /metrics is text exposition that promtool's linter
-// accepts, with the article's gauges, the pusher_ metrics of the contract
-// and the Go and process collectors.
-func TestMetricsEndpoint(t *testing.T) {
-	ts := startServer(t, testConfig(t))
-	conn := ts.dial("u")
-	ts.sendOK("u", "counted")
-	readText(t, conn)
-	waitFor(t, "sent counted", func() bool { return counterValue(t, ts.metrics.sent) == 1 })
-
-	code, body := ts.get("/metrics")
-	if code != http.StatusOK {
-		t.Fatalf("/metrics = %d", code)
-	}
-	problems, err := promlint.New(strings.NewReader(body)).Lint()
-	if err != nil {
-		t.Fatalf("lint: %v", err)
-	}
-	for _, p := range problems {
-		// The article's gauge names predate the naming conventions; the
-		// contract keeps them.
-		if p.Metric == "connections" || p.Metric == "pending" {
-			continue
-		}
-		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
-	}
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(strings.NewReader(body))
-	if err != nil {
-		t.Fatalf("parse /metrics: %v", err)
-	}
-	want := map[string]dto.MetricType{
-		"connections":                       dto.MetricType_GAUGE,
-		"pending":                           dto.MetricType_GAUGE,
-		"pusher_users":                      dto.MetricType_GAUGE,
-		"pusher_messages_sent_total":        dto.MetricType_COUNTER,
-		"pusher_messages_failed_total":      dto.MetricType_COUNTER,
-		"pusher_send_requests_total":        dto.MetricType_COUNTER,
-		"pusher_auth_failures_total":        dto.MetricType_COUNTER,
-		"pusher_slow_consumers_total":       dto.MetricType_COUNTER,
-		"pusher_memory_trims_total":         dto.MetricType_COUNTER,
-		"pusher_memory_trimmed_bytes_total": dto.MetricType_COUNTER,
-		"pusher_send_duration_seconds":      dto.MetricType_HISTOGRAM,
-		"pusher_delivery_duration_seconds":  dto.MetricType_HISTOGRAM,
-		"go_goroutines":                     dto.MetricType_GAUGE,
-		"process_resident_memory_bytes":     dto.MetricType_GAUGE,
-	}
-	for name, typ := range want {
-		f, ok := families[name]
-		if !ok {
-			t.Errorf("/metrics lacks %s", name)
-			continue
-		}
-		if f.GetType() != typ {
-			t.Errorf("%s is a %v, want %v", name, f.GetType(), typ)
-		}
-	}
-	gauge := func(name string) float64 { return families[name].GetMetric()[0].GetGauge().GetValue() }
-	if gauge("connections") != 1 || gauge("pusher_users") != 1 || gauge("pending") != 0 {
-		t.Errorf("connections %v, pusher_users %v, pending %v; want 1, 1, 0",
-			gauge("connections"), gauge("pusher_users"), gauge("pending"))
-	}
-	if got := families["pusher_messages_sent_total"].GetMetric()[0].GetCounter().GetValue(); got != 1 {
-		t.Errorf("pusher_messages_sent_total = %v, want 1", got)
-	}
-	if got := families["pusher_delivery_duration_seconds"].GetMetric()[0].GetHistogram().GetSampleCount(); got != 1 {
-		t.Errorf("pusher_delivery_duration_seconds count = %v, want 1", got)
-	}
-	var reasons []string
-	for _, m := range families["pusher_messages_failed_total"].GetMetric() {
-		reasons = append(reasons, m.GetLabel()[0].GetValue())
-	}
-	if fmt.Sprint(reasons) != "[closed slow_consumer write_error]" {
-		t.Errorf("pusher_messages_failed_total reasons = %v", reasons)
-	}
-}
-
-func TestPprofOnlyWhenAsked(t *testing.T) {
-	off := startServer(t, testConfig(t))
-	if code, _ := off.get("/debug/pprof/"); code != http.StatusNotFound {
-		t.Errorf("/debug/pprof/ without -pprof = %d, want 404", code)
-	}
-	on := startServer(t, testConfig(t, "-pprof", "-internal-addr", "127.0.0.1:0"))
-	if code, _ := on.get("/debug/pprof/"); code != http.StatusOK {
-		t.Errorf("/debug/pprof/ with -pprof = %d, want 200", code)
-	}
-	resp, err := on.client.Get("http://" + on.Addr() + "/debug/pprof/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusNotFound {
-		t.Errorf("public /debug/pprof/ with -internal-addr = %d, want 404", resp.StatusCode)
-	}
-}
-
 // countingLogger counts the readiness checks that reach the message log.
 type countingLogger struct {
 	*recordingLogger
@@ -480,101 +363,5 @@ func TestReadyzOnThePublicListener(t *testing.T) {
 	logs := ts.logBuf.String()
 	if n := strings.Count(logs, `msg="not ready"`); n != 1 || !strings.Contains(logs, "10.1.2.3") {
 		t.Errorf("the log says why %d times, want once with the details:\n%s", n, logs)
-	}
-}
-
-// TestSendFrontsAgree: the same raw requests, on the public listener
-// (net/http) and on the internal one (fasthttp), get the same status,
-// body and content type: bodies over the limit, chunked bodies, Expect:
-// 100-continue, HTTP/1.0, and requests pipelined on one connection.
-func TestSendFrontsAgree(t *testing.T) {
-	args := []string{"-max-message-size", "8", "-max-multicast", "2"}
-	pub := startServer(t, testConfig(t, args...))
-	in := startServer(t, testConfig(t, append(args, "-internal-addr", "127.0.0.1:0")...))
-	for _, ts := range []*testServer{pub, in} {
-		ts.dial("u")
-	}
-	limit := sendreq.Limits{MaxMessageSize: 8, MaxMulticast: 2}.MaxBody()
-	auth := "Authorization: Bearer " + testAPIKey + "\r\n"
-	form := "Content-Type: application/x-www-form-urlencoded\r\n"
-	post := func(head, body string) string {
-		return "POST /send HTTP/1.1\r\nHost: x\r\n" + head + fmt.Sprintf("Content-Length: %d\r\n\r\n", len(body)) + body
-	}
-	requests := []struct{ name, raw string }{
-		{"plain", post(auth+form, "uid=u&message=hi")},
-		{"offline", post(auth+form, "uid=v&message=hi")},
-		{"too large", post(auth+form, "uid=u&message="+strings.Repeat("a", int(limit)))},
-		{"announced too large", "POST /send HTTP/1.1\r\nHost: x\r\n" + auth + form + fmt.Sprintf("Content-Length: %d\r\n\r\n", limit+1)},
-		{"chunked", "POST /send HTTP/1.1\r\nHost: x\r\n" + auth + form + "Transfer-Encoding: chunked\r\n\r\n6\r\nuid=u&\r\na\r\nmessage=hi\r\n0\r\n\r\n"},
-		{"expect continue", "POST /send HTTP/1.1\r\nHost: x\r\n" + auth + form + "Expect: 100-continue\r\nContent-Length: 16\r\n\r\nuid=u&message=hi"},
-		{"http/1.0", "POST /send HTTP/1.0\r\n" + auth + form + "Content-Length: 16\r\n\r\nuid=u&message=hi"},
-		{"no key", post(form, "uid=u&message=hi")},
-		{"get", "GET /send HTTP/1.1\r\nHost: x\r\n" + auth + "\r\n"},
-		{"json", post(auth+"Content-Type: application/json\r\n", `{"uids":["u","v"],"message":"hi"}`)},
-		{"bad json", post(auth+"Content-Type: application/json\r\n", `{"uid":"u","message":1}`)},
-	}
-	for _, r := range requests {
-		t.Run(r.name, func(t *testing.T) {
-			want := rawSend(t, pub.Addr(), r.raw)
-			got := rawSend(t, in.InternalAddr(), r.raw)
-			// Ids differ from server to server.
-			id := regexp.MustCompile(`"id":"[0-9a-v]{20}"`)
-			want.body, got.body = id.ReplaceAllString(want.body, `"id":""`), id.ReplaceAllString(got.body, `"id":""`)
-			if got != want {
-				t.Errorf("internal (fasthttp): %+v\npublic (net/http):   %+v", got, want)
-			}
-		})
-	}
-	// Pipelined: three requests written at once, three answers in order.
-	c, err := net.Dial("tcp", in.InternalAddr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.Write([]byte(post(auth+form, "uid=u&message=a") + post(auth+form, "uid=v&message=b") + post(auth+form, "uid=u&message=c")))
-	br := bufio.NewReader(c)
-	for i, want := range []int{200, 404, 200} {
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil {
-			t.Fatalf("pipelined answer %d: %v", i, err)
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != want {
-			t.Errorf("pipelined answer %d = %d, want %d", i, resp.StatusCode, want)
-		}
-	}
-}
-
-type rawAnswer struct {
-	status            int
-	contentType, body string
-	allow, challenge  string
-}
-
-// rawSend writes raw to addr and reads the answer (after a 100 Continue).
-func rawSend(t *testing.T, addr, raw string) rawAnswer {
-	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := c.Write([]byte(raw)); err != nil {
-		t.Fatal(err)
-	}
-	br := bufio.NewReader(c)
-	for {
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil {
-			t.Fatalf("read answer: %v", err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode == http.StatusContinue {
-			continue
-		}
-		return rawAnswer{resp.StatusCode, resp.Header.Get("Content-Type"), string(b), resp.Header.Get("Allow"), resp.Header.Get("WWW-Authenticate")}
 	}
 }

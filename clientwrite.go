@@ -1,58 +1,14 @@
 package main
 
+// This file is how writePump writes: batches of messages in as few
+// system calls as it can, control frames, and the close frame.
+
 import (
 	"net"
 	"time"
 
 	"go-pusher/internal/stream"
 )
-
-// writePump writes the connection's frames, and is the only code that
-// does: the queued messages in order, a pong for the peer's latest ping,
-// a ping the pinger asked for, and at the end the close frame. It starts
-// when there is something to write and returns when there is nothing
-// left, so an idle connection has no writePump; after the close frame it
-// never starts again. Messages queued together go out in one writev.
-func (c *Client) writePump() {
-	defer c.hub.wg.Done()
-	var batch []stream.Item
-	for {
-		c.mu.Lock()
-		if batch != nil && cap(batch) <= maxSpare {
-			clear(batch) // let the messages go
-			c.spare = batch[:0]
-		}
-		batch = c.queue
-		c.queue, c.spare = c.spare, nil
-		st := c.state.Load()
-		ping := c.pingDue && st == stateOpen
-		pong, pongDue := c.pong, c.pongDue && st < stateClosingNow
-		c.pingDue, c.pongDue, c.pong = false, false, ""
-		if len(batch) == 0 && !ping && !pongDue {
-			if st == stateOpen || st == stateClosed {
-				c.writing = false
-				c.mu.Unlock()
-				return
-			}
-			// Closing: writing stays true, so no writePump starts again.
-			code, text := c.closeCode, c.closeText
-			c.mu.Unlock()
-			c.writeClose(code, text)
-			return
-		}
-		c.mu.Unlock()
-		if pongDue && !c.writeControl(stream.OpPong, pong) {
-			c.failAll(batch)
-			return
-		}
-		if len(batch) > 0 && !c.writeBatch(batch) {
-			return
-		}
-		if ping && !c.writeControl(stream.OpPing, "") {
-			return
-		}
-	}
-}
 
 // writeBatch writes batch in order, in as few writes as it can: each
 // message is still its own frame, but a connection with several messages
@@ -236,23 +192,4 @@ func (c *Client) writeClose(code int, text string) {
 		return
 	}
 	c.graceDeadline()
-}
-
-// requestPing has writePump send a ping; the pinger calls it once per
-// -ping-interval. It reports whether the connection is still there (the
-// pinger forgets it otherwise), and never blocks.
-func (c *Client) requestPing() bool {
-	c.mu.Lock()
-	st := c.state.Load()
-	if st != stateOpen {
-		c.mu.Unlock()
-		return st != stateClosed
-	}
-	c.pingDue = true
-	start := !c.held && c.startWriterLocked()
-	c.mu.Unlock()
-	if start {
-		go c.writePump()
-	}
-	return true
 }
