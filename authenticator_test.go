@@ -2,13 +2,14 @@ package main
 
 import (
 	"errors"
-	"go-pusher/internal/stream"
 	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+
+	"go-pusher/internal/stream"
 )
 
 func TestParseToken(t *testing.T) {

@@ -7,8 +7,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"go-pusher/internal/stream"
-	"go-pusher/internal/testutil"
 	"net/http"
 	"sync/atomic"
 	"testing"
@@ -16,6 +14,9 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/redis/go-redis/v9"
+
+	"go-pusher/internal/stream"
+	"go-pusher/internal/testutil"
 )
 
 // TestClusterRecoveryOnAnotherNode: a client on node A stops reading (its

@@ -57,8 +57,12 @@ func TestConfigPrecedence(t *testing.T) {
 		{"bool env", nil, map[string]string{"PUSHER_CONSOLE": "false"}, func(c Config) any { return c.Console }, false},
 		{"bool flag over env", []string{"-console=true"}, map[string]string{"PUSHER_CONSOLE": "false"}, func(c Config) any { return c.Console }, true},
 		{"addr env", nil, map[string]string{"PUSHER_ADDR": "127.0.0.1:9000"}, func(c Config) any { return c.Addr }, "127.0.0.1:9000"},
-		{"origins list", []string{"-allowed-origins", " https://a.com ,https://b.com,"}, nil,
-			func(c Config) any { return strings.Join(c.AllowedOrigins, "|") }, "https://a.com|https://b.com"},
+		{
+			"origins list",
+			[]string{"-allowed-origins", " https://a.com ,https://b.com,"},
+			nil,
+			func(c Config) any { return strings.Join(c.AllowedOrigins, "|") }, "https://a.com|https://b.com",
+		},
 		{"message log env", nil, map[string]string{"PUSHER_MESSAGE_LOG": "none"}, func(c Config) any { return c.MessageLog }, "none"},
 	}
 	for _, tt := range tests {

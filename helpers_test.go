@@ -138,8 +138,10 @@ func startServerLog(t *testing.T, cfg Config, msgLog message.Logger) *testServer
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	ts := &testServer{Server: srv, t: t, logBuf: logBuf, cancel: cancel, done: make(chan error, 1),
-		client: &http.Client{Transport: &http.Transport{}, Timeout: 10 * time.Second}}
+	ts := &testServer{
+		Server: srv, t: t, logBuf: logBuf, cancel: cancel, done: make(chan error, 1),
+		client: &http.Client{Transport: &http.Transport{}, Timeout: 10 * time.Second},
+	}
 	go func() { ts.done <- srv.Serve(ctx) }()
 	t.Cleanup(func() {
 		if err := ts.stop(); err != nil {
@@ -375,8 +377,10 @@ func startServerWith(t *testing.T, cfg Config, hook func(*Server)) *testServer {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	ts := &testServer{Server: srv, t: t, msgLog: msgLog, logBuf: logBuf, cancel: cancel, done: make(chan error, 1),
-		client: &http.Client{Transport: &http.Transport{}, Timeout: 10 * time.Second}}
+	ts := &testServer{
+		Server: srv, t: t, msgLog: msgLog, logBuf: logBuf, cancel: cancel, done: make(chan error, 1),
+		client: &http.Client{Transport: &http.Transport{}, Timeout: 10 * time.Second},
+	}
 	go func() { ts.done <- srv.Serve(ctx) }()
 	t.Cleanup(func() {
 		ts.stop()

@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"fmt"
-	"go-pusher/internal/sendreq"
 	"io"
 	"net"
 	"net/http"
@@ -11,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"go-pusher/internal/sendreq"
 )
 
 // TestSendFrontsAgree: the same raw requests, on the public listener

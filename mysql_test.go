@@ -341,8 +341,10 @@ func TestMySQLConfig(t *testing.T) {
 			}
 		})
 	}
-	env := testEnv(map[string]string{"PUSHER_MYSQL_DSN": "u:p@tcp(db:3306)/pusher",
-		"PUSHER_MYSQL_BATCH_SIZE": "32", "PUSHER_MYSQL_BATCH_INTERVAL": "7ms"})
+	env := testEnv(map[string]string{
+		"PUSHER_MYSQL_DSN":        "u:p@tcp(db:3306)/pusher",
+		"PUSHER_MYSQL_BATCH_SIZE": "32", "PUSHER_MYSQL_BATCH_INTERVAL": "7ms",
+	})
 	cfg, err := parseConfig([]string{"-message-log", "mysql", "-mysql-batch-size", "16"}, env)
 	if err != nil {
 		t.Fatal(err)

@@ -1,9 +1,9 @@
 package main
 
 import (
-	"go-pusher/internal/stream"
-
 	"github.com/gorilla/websocket"
+
+	"go-pusher/internal/stream"
 )
 
 // This file is the queue side of a Client: what the hub, the pinger and

@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"go-pusher/internal/stream"
-	"go-pusher/message"
 	"io"
 	"net/http"
 	"net/url"
@@ -14,6 +12,9 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"go-pusher/internal/stream"
+	"go-pusher/message"
 )
 
 // TestShutdownFlushesQueuesThenCloses1001: on shutdown /readyz turns 503

@@ -4,12 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"go-pusher/internal/stream"
 	"io"
 	"os"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"go-pusher/internal/stream"
 )
 
 // StdoutLogger writes the article's line for every accepted message:
@@ -78,8 +79,10 @@ var _ Logger = (*StdoutLogger)(nil)
 // whose Log calls wait at most timeout (0: as long as the write takes).
 // Close stops its writer goroutine.
 func NewStdoutLogger(w io.Writer, timeout time.Duration) *StdoutLogger {
-	l := &StdoutLogger{w: w, timeout: timeout, direct: isRegularFile(w), stuck: make(chan struct{}),
-		kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	l := &StdoutLogger{
+		w: w, timeout: timeout, direct: isRegularFile(w), stuck: make(chan struct{}),
+		kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
+	}
 	if timeout > 0 {
 		l.watchdog = time.AfterFunc(time.Hour, l.expire)
 		l.watchdog.Stop()

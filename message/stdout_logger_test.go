@@ -19,14 +19,26 @@ func TestAppendLine(t *testing.T) {
 		log  Log
 		want string
 	}{
-		{"unicast", Log{ID: "a1", UIDs: []string{"u1"}, Message: "hi"},
-			`send message: {"id":"a1","uid":"u1","message":"hi"}` + "\n"},
-		{"multicast", Log{ID: "a2", UIDs: []string{"u1", "u2"}, Message: "hi"},
-			`send message: {"id":"a2","uids":["u1","u2"],"message":"hi"}` + "\n"},
-		{"escapes", Log{ID: "a3", UIDs: []string{`q"u`}, Message: "a\\b\n\t\r\x01<é>"},
-			`send message: {"id":"a3","uid":"q\"u","message":"a\\b\n\t\r\u0001<é>"}` + "\n"},
-		{"invalid utf8", Log{ID: "a4", UIDs: []string{"u"}, Message: "x\xffy"},
-			`send message: {"id":"a4","uid":"u","message":"x\ufffdy"}` + "\n"},
+		{
+			"unicast",
+			Log{ID: "a1", UIDs: []string{"u1"}, Message: "hi"},
+			`send message: {"id":"a1","uid":"u1","message":"hi"}` + "\n",
+		},
+		{
+			"multicast",
+			Log{ID: "a2", UIDs: []string{"u1", "u2"}, Message: "hi"},
+			`send message: {"id":"a2","uids":["u1","u2"],"message":"hi"}` + "\n",
+		},
+		{
+			"escapes",
+			Log{ID: "a3", UIDs: []string{`q"u`}, Message: "a\\b\n\t\r\x01<é>"},
+			`send message: {"id":"a3","uid":"q\"u","message":"a\\b\n\t\r\u0001<é>"}` + "\n",
+		},
+		{
+			"invalid utf8",
+			Log{ID: "a4", UIDs: []string{"u"}, Message: "x\xffy"},
+			`send message: {"id":"a4","uid":"u","message":"x\ufffdy"}` + "\n",
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -85,8 +85,10 @@ func newPool(r *runner, rep *reporter) (*pool, error) {
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &pool{r: r, rep: rep, wsURLs: wsURLs, ctx: ctx, cancel: cancel, sem: make(chan struct{}, e.DialConcurrency),
-		steady: make([]atomic.Bool, r.slots())}
+	p := &pool{
+		r: r, rep: rep, wsURLs: wsURLs, ctx: ctx, cancel: cancel, sem: make(chan struct{}, e.DialConcurrency),
+		steady: make([]atomic.Bool, r.slots()),
+	}
 	p.unsettled.Store(int64(r.slots()))
 	for _, src := range sourceAddrs(host, e.SourceAddrs) {
 		nd := &net.Dialer{Timeout: e.RequestTimeout, LocalAddr: src}

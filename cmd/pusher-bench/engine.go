@@ -176,8 +176,10 @@ func (e *Engine) validate() error {
 	default:
 		bad("invalid -scenario %q: want idle, send, multicast, churn or reconnect", e.Scenario)
 	}
-	positive := map[string]int{"-users": e.Users, "-conns-per-user": e.ConnsPerUser, "-senders": e.Senders,
-		"-messages": e.Messages, "-rounds": e.Rounds, "-size": e.Size, "-dial-concurrency": e.DialConcurrency}
+	positive := map[string]int{
+		"-users": e.Users, "-conns-per-user": e.ConnsPerUser, "-senders": e.Senders,
+		"-messages": e.Messages, "-rounds": e.Rounds, "-size": e.Size, "-dial-concurrency": e.DialConcurrency,
+	}
 	for name, v := range positive {
 		if v < 1 {
 			bad("invalid %s %d: must be at least 1", name, v)
@@ -198,8 +200,10 @@ func (e *Engine) validate() error {
 	if e.ChurnFraction < 0 || e.ChurnFraction > 1 || e.ChurnAbrupt < 0 || e.ChurnAbrupt > 1 {
 		bad("-churn-fraction and -churn-abrupt are between 0 and 1")
 	}
-	durations := map[string]time.Duration{"-duration": e.Duration, "-drain": e.Drain, "-connect-timeout": e.ConnectTimeout,
-		"-settle-timeout": e.SettleTimeout, "-timeout": e.RequestTimeout, "-max-time": e.MaxTime, "-churn-lifetime": e.ChurnLifetime}
+	durations := map[string]time.Duration{
+		"-duration": e.Duration, "-drain": e.Drain, "-connect-timeout": e.ConnectTimeout,
+		"-settle-timeout": e.SettleTimeout, "-timeout": e.RequestTimeout, "-max-time": e.MaxTime, "-churn-lifetime": e.ChurnLifetime,
+	}
 	for name, d := range durations {
 		if d <= 0 {
 			bad("invalid %s %s: must be positive", name, d)

@@ -35,8 +35,10 @@ func TestPayloadRoundTrip(t *testing.T) {
 }
 
 func TestParsePayloadRefuses(t *testing.T) {
-	for _, in := range []string{"", "s", "x1:2:3:", "s1:2:3", "s:2:3:", "s1:2:-3:", "s2147483648:1:1:", "s1:1:9223372036854775808:",
-		"s1:1:99999999999999999999:", "authenticate error: token is missing"} {
+	for _, in := range []string{
+		"", "s", "x1:2:3:", "s1:2:3", "s:2:3:", "s1:2:-3:", "s2147483648:1:1:", "s1:1:9223372036854775808:",
+		"s1:1:99999999999999999999:", "authenticate error: token is missing",
+	} {
 		if _, _, _, _, ok := parsePayload([]byte(in)); ok {
 			t.Errorf("parsePayload(%q) ok, want refused", in)
 		}
@@ -58,8 +60,10 @@ pusher_send_duration_seconds_bucket{le="+Inf"} 7
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]float64{"connections": 12, "pending": 0, "go_goroutines": 31, "pusher_messages_failed_total": 5,
-		`pusher_messages_failed_total{reason="closed"}`: 2, "process_resident_memory_bytes": 12345000}
+	want := map[string]float64{
+		"connections": 12, "pending": 0, "go_goroutines": 31, "pusher_messages_failed_total": 5,
+		`pusher_messages_failed_total{reason="closed"}`: 2, "process_resident_memory_bytes": 12345000,
+	}
 	for k, v := range want {
 		if got, ok := m[k]; !ok || got != v {
 			t.Errorf("parseMetrics()[%q] = %v, %v; want %v", k, got, ok, v)

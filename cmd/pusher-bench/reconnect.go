@@ -196,8 +196,10 @@ func (p *pool) readJSON(slot, gen int32, conn *websocket.Conn, run *connRun) (in
 			pos.epoch, pos.n, pos.known = epoch, n, true
 			run.canDrop.Store(true)
 		}
-		p.rep.emit(event{kind: evRecv, slot: slot, gen: gen, sender: sender, seq: seq, at: at, t2: sentAt,
-			off: n, text: epoch, flags: flagIf(run.since && !run.recovered, flagReplay)})
+		p.rep.emit(event{
+			kind: evRecv, slot: slot, gen: gen, sender: sender, seq: seq, at: at, t2: sentAt,
+			off: n, text: epoch, flags: flagIf(run.since && !run.recovered, flagReplay),
+		})
 	}
 }
 

@@ -86,8 +86,10 @@ func (r *runner) measureTo(ctx context.Context, s *session, useExpect bool, when
 
 func (r *runner) newReport() *Report {
 	e := r.e
-	rep := &Report{Scenario: e.Scenario, Label: e.Label, Users: e.Users, ConnsPerUser: e.ConnsPerUser,
-		CPUs: runtime.NumCPU(), LoadAvg: loadAverage()}
+	rep := &Report{
+		Scenario: e.Scenario, Label: e.Label, Users: e.Users, ConnsPerUser: e.ConnsPerUser,
+		CPUs: runtime.NumCPU(), LoadAvg: loadAverage(),
+	}
 	if e.Scenario != scenarioIdle {
 		rep.Senders, rep.Size = e.Senders, e.Size
 	}

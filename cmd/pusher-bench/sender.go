@@ -108,8 +108,10 @@ func (s *sender) send(ctx context.Context, first, count int) (int, string) {
 	if code/100 == 2 {
 		s.r.expect.Add(int64(count * s.r.e.ConnsPerUser))
 	}
-	s.rep.emit(event{kind: evSent, sender: s.id, seq: s.seq, first: int32(first), count: int32(count),
-		at: sentAt.UnixNano(), t2: time.Now().UnixNano(), code: int32(code), text: errClass})
+	s.rep.emit(event{
+		kind: evSent, sender: s.id, seq: s.seq, first: int32(first), count: int32(count),
+		at: sentAt.UnixNano(), t2: time.Now().UnixNano(), code: int32(code), text: errClass,
+	})
 	return code, errClass
 }
 
@@ -192,8 +194,10 @@ func errorClass(err error) string {
 		return "timeout"
 	}
 	s := err.Error()
-	for _, known := range []string{"connection refused", "connection reset", "broken pipe", "EOF", "too many open files",
-		"cannot assign requested address", "bad handshake", "no such host"} {
+	for _, known := range []string{
+		"connection refused", "connection reset", "broken pipe", "EOF", "too many open files",
+		"cannot assign requested address", "bad handshake", "no such host",
+	} {
 		if strings.Contains(s, known) {
 			return known
 		}
