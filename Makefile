@@ -4,7 +4,14 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 BIN     := bin/go-pusher
 
-.PHONY: build run test lint bench clean
+.PHONY: build run test lint fmt golangci-lint bench clean
+
+# golangci-lint is pinned: the same linters and rules for everyone. It is
+# built from source with this machine's Go (a release binary built with an
+# older Go cannot load a module on a newer one) into bin/tools, and only
+# when the pinned version is not there yet.
+GOLANGCI_LINT_VERSION := v2.15.0
+GOLANGCI_LINT         := bin/tools/golangci-lint
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) .
@@ -19,10 +26,21 @@ run: build
 test:
 	./scripts/test.sh
 
-lint:
-	@test -z "$$(gofmt -l .)" || { echo "gofmt would change:"; gofmt -l .; exit 1; }
+# golangci-lint with .golangci.yml (linters, and gofumpt and gci as
+# formatters: `make fmt` applies them), then go vet and go mod tidy.
+lint: golangci-lint
+	$(GOLANGCI_LINT) run ./...
 	$(GO) vet ./...
 	$(GO) mod tidy -diff
+
+fmt: golangci-lint
+	$(GOLANGCI_LINT) fmt
+
+golangci-lint:
+	@$(GOLANGCI_LINT) version 2>/dev/null | grep -qF 'has version $(GOLANGCI_LINT_VERSION:v%=%) ' || { \
+		echo "installing golangci-lint $(GOLANGCI_LINT_VERSION) into bin/tools"; \
+		GOBIN=$(CURDIR)/bin/tools $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION); \
+	}
 
 bench:
 	./scripts/bench.sh

@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -71,7 +72,7 @@ func TestAuthenticateTokenSources(t *testing.T) {
 		{"bearer lower case", "/ws", "bearer " + tok},
 		{"query wins", "/ws?token=" + tok, "Bearer garbage"},
 	} {
-		r := httptest.NewRequest("GET", tt.target, nil)
+		r := httptest.NewRequest(http.MethodGet, tt.target, nil)
 		if tt.header != "" {
 			r.Header.Set("Authorization", tt.header)
 		}
@@ -79,7 +80,7 @@ func TestAuthenticateTokenSources(t *testing.T) {
 			t.Errorf("%s: Authenticate() = %+v, %v", tt.name, id, err)
 		}
 	}
-	r := httptest.NewRequest("GET", "/ws", nil)
+	r := httptest.NewRequest(http.MethodGet, "/ws", nil)
 	r.Header.Set("Authorization", "Basic "+tok)
 	_, err = a.Authenticate(r)
 	var ae *authError

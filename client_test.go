@@ -150,7 +150,9 @@ func TestNoDataFrameAfterTooBigClose(t *testing.T) {
 			t.Fatalf("first frame: opcode %d, %v; want a text frame", op, err)
 		}
 		// A masked text frame announcing 600 bytes: over the 512 limit.
-		ws.c.Write(append([]byte{0x81, 0x80 | 126, 0x02, 0x58, 1, 2, 3, 4}, make([]byte, 600)...))
+		if _, err := ws.c.Write(append([]byte{0x81, 0x80 | 126, 0x02, 0x58, 1, 2, 3, 4}, make([]byte, 600)...)); err != nil {
+			t.Fatal(err)
+		}
 		if code := ws.readUntilClose(t); code != websocket.CloseMessageTooBig {
 			t.Errorf("connection %d: close code %d, want 1009", iter, code)
 		}
@@ -171,7 +173,9 @@ func TestProtocolErrorGets1002(t *testing.T) {
 	for i := range 50 {
 		ts.sendOK("u", fmt.Sprintf("m%d", i))
 	}
-	ws.c.Write([]byte{0x81, 0x02, 'h', 'i'}) // unmasked
+	if _, err := ws.c.Write([]byte{0x81, 0x02, 'h', 'i'}); err != nil { // unmasked
+		t.Fatal(err)
+	}
 	ws.c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if code := ws.readUntilClose(t); code != websocket.CloseProtocolError {
 		t.Fatalf("close code %d, want 1002", code)
@@ -221,7 +225,7 @@ func TestPeerCloseIsAnswered(t *testing.T) {
 func TestJSONWritesAreBounded(t *testing.T) {
 	server, client := net.Pipe()
 	var wg sync.WaitGroup
-	wg.Go(func() { io.Copy(io.Discard, client) })
+	wg.Go(func() { _, _ = io.Copy(io.Discard, client) }) // until the pipe closes: that is its error
 	defer wg.Wait()
 	defer client.Close()
 	defer server.Close()
@@ -293,7 +297,7 @@ func TestJSONWriteTimeoutLeavesNothingPending(t *testing.T) {
 	end := time.Now().Add(300 * time.Millisecond)
 	for time.Now().Before(end) { // drain: writePump takes the big batch
 		ws.c.SetReadDeadline(end)
-		ws.c.Read(buf)
+		_, _ = ws.c.Read(buf) // the deadline ends the drain: a timeout is expected
 	}
 	// and stop reading again: a later chunk of that batch times out
 	waitFor(t, "connection gone", func() bool { return c.state.Load() == stateClosed })

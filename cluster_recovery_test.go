@@ -100,7 +100,9 @@ func TestClusterHungRedisStillGivesConnections1001(t *testing.T) {
 	conn := dialSubscribed(t, ts, "alice")
 	p.Frozen.Store(true) // Redis hangs: connections stay up, no reply comes
 	defer p.Frozen.Store(false)
-	go ts.stop()
+	// Serve's result is not this test's subject (the close frame is);
+	// the cleanup's stop waits for this one to end.
+	go func() { _ = ts.stop() }()
 	wantClose(t, conn, websocket.CloseGoingAway, "server shutting down")
 }
 
@@ -214,7 +216,9 @@ func TestClusterRepairUnderLoad(t *testing.T) {
 				return
 			}
 			var f frame
-			json.Unmarshal(data, &f)
+			if err := json.Unmarshal(data, &f); err != nil {
+				t.Errorf("frame %q: %v", data, err)
+			}
 			pp, _ := stream.ParsePosition(f.Offset)
 			offs = append(offs, pp.N)
 			if now := time.Now(); !lastAt.IsZero() && now.Sub(lastAt) > maxGap {

@@ -441,7 +441,7 @@ func TestConsoleInBrowser(t *testing.T) {
 		token           func(ts *testServer) string
 		reason          string
 	}{
-		{"expired token", "", "dora", func(ts *testServer) string {
+		{"expired token", "", "dora", func(_ *testServer) string {
 			tok, err := IssueToken(testSecret, "dora", time.Minute, time.Now().Add(-time.Hour))
 			if err != nil {
 				t.Fatal(err)

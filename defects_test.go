@@ -4,6 +4,7 @@ package main
 // defects of the article's code"). Each fails on the article's code.
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -100,12 +101,14 @@ func TestArticleDefect2FullQueueNeverBlocksSend(t *testing.T) {
 			if !websocket.IsCloseError(err, websocket.CloseTryAgainLater) {
 				t.Fatalf("read: %v, want close 1013", err)
 			}
-			if ce := err.(*websocket.CloseError); ce.Text != "slow consumer" {
+			if ce, _ := errors.AsType[*websocket.CloseError](err); ce.Text != "slow consumer" { // a close error: checked above
 				t.Errorf("close reason %q, want %q", ce.Text, "slow consumer")
 			}
 			break
 		}
-		io.Copy(io.Discard, r)
+		if _, err := io.Copy(io.Discard, r); err != nil {
+			t.Fatalf("read: %v", err)
+		}
 	}
 	waitFor(t, "slow connection unregistered", func() bool { return len(ts.hub.clients("slow")) == 0 })
 	waitFor(t, "pending back to 0", func() bool { return ts.hub.Pending() == 0 })

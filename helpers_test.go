@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/url"
 	"strings"
@@ -28,9 +29,7 @@ const (
 // testEnv is the environment every test server starts from.
 func testEnv(extra map[string]string) func(string) string {
 	env := map[string]string{"JWT_SECRET": testSecret, "PUSHER_API_KEY": testAPIKey}
-	for k, v := range extra {
-		env[k] = v
-	}
+	maps.Copy(env, extra)
 	return func(k string) string { return env[k] }
 }
 
@@ -383,7 +382,9 @@ func startServerWith(t *testing.T, cfg Config, hook func(*Server)) *testServer {
 	}
 	go func() { ts.done <- srv.Serve(ctx) }()
 	t.Cleanup(func() {
-		ts.stop()
+		if err := ts.stop(); err != nil {
+			t.Errorf("Serve() = %v, want nil", err)
+		}
 		ts.client.CloseIdleConnections()
 	})
 	return ts

@@ -62,14 +62,18 @@ func TestSendFrontsAgree(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	c.Write([]byte(post(auth+form, "uid=u&message=a") + post(auth+form, "uid=v&message=b") + post(auth+form, "uid=u&message=c")))
+	if _, err := c.Write([]byte(post(auth+form, "uid=u&message=a") + post(auth+form, "uid=v&message=b") + post(auth+form, "uid=u&message=c"))); err != nil {
+		t.Fatal(err)
+	}
 	br := bufio.NewReader(c)
 	for i, want := range []int{200, 404, 200} {
 		resp, err := http.ReadResponse(br, nil)
 		if err != nil {
 			t.Fatalf("pipelined answer %d: %v", i, err)
 		}
-		io.Copy(io.Discard, resp.Body)
+		if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+			t.Fatalf("pipelined answer %d: %v", i, err)
+		}
 		resp.Body.Close()
 		if resp.StatusCode != want {
 			t.Errorf("pipelined answer %d = %d, want %d", i, resp.StatusCode, want)

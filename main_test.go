@@ -185,7 +185,7 @@ func startBinary(t *testing.T, bin string, args []string, env ...string) *proces
 	go func() { p.exited <- p.cmd.Wait() }()
 	t.Cleanup(func() {
 		if p.cmd.ProcessState == nil {
-			p.cmd.Process.Kill()
+			_ = p.cmd.Process.Kill() // fails only if it has exited already; exited answers either way
 			<-p.exited
 		}
 	})
@@ -334,7 +334,7 @@ func TestMakeRunPrintsWorkingLines(t *testing.T) {
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Process.Signal(syscall.SIGTERM) // fails only if it has exited already; exited answers either way
 		<-exited
 	})
 	var token, key string

@@ -190,8 +190,7 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, *sen
 		if errors.Is(err, io.EOF) {
 			return b, nil
 		}
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
+		if _, tooBig := errors.AsType[*http.MaxBytesError](err); tooBig {
 			return nil, sendreq.TooLarge(limit)
 		}
 		if err != nil {

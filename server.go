@@ -179,7 +179,8 @@ const (
 )
 
 func (s *Server) listen(flagName, addr string, f front) error {
-	ln, err := net.Listen("tcp", addr)
+	var lc net.ListenConfig // what net.Listen uses; nothing to cancel at startup
+	ln, err := lc.Listen(context.Background(), "tcp", addr)
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", flagName, addr, err)
 	}
@@ -242,7 +243,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	defer cancel()
 	s.shutdown(sctx)
 	for range running {
-		<-errc // http.ErrServerClosed, or fasthttp's nil
+		<-errc //nolint:errcheck // http.ErrServerClosed, or fasthttp's nil: what failed is in err already
 	}
 	return err
 }

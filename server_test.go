@@ -46,9 +46,9 @@ func TestSendBodies(t *testing.T) {
 
 		var mp bytes.Buffer
 		mw := multipart.NewWriter(&mp)
-		mw.WriteField("uid", "u1")
-		mw.WriteField("message", "from multipart")
-		mw.Close()
+		if err := errors.Join(mw.WriteField("uid", "u1"), mw.WriteField("message", "from multipart"), mw.Close()); err != nil {
+			t.Fatal(err)
+		}
 
 		tests := []struct {
 			name, contentType, body, want string
@@ -313,9 +313,16 @@ func TestSendParsesFormFieldsNotFiles(t *testing.T) {
 		conn := ts.dial("u1")
 		var mp bytes.Buffer
 		mw := multipart.NewWriter(&mp)
-		mw.WriteField("uid", "u1")
-		fw, _ := mw.CreateFormFile("message", "m.txt")
-		fw.Write([]byte("a file is not the message"))
+		if err := mw.WriteField("uid", "u1"); err != nil {
+			t.Fatal(err)
+		}
+		fw, err := mw.CreateFormFile("message", "m.txt")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := fw.Write([]byte("a file is not the message")); err != nil {
+			t.Fatal(err)
+		}
 		mw.Close()
 		code, body := ts.send(mw.FormDataContentType(), mp.String())
 		if code != http.StatusBadRequest || body != "message is required\n" {

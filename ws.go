@@ -97,8 +97,7 @@ func (s *Server) serveWs(w http.ResponseWriter, r *http.Request) {
 	}
 	if authErr != nil {
 		reason, metric := authErr.Error(), authInvalidToken
-		var ae *authError
-		if errors.As(authErr, &ae) {
+		if ae, ok := errors.AsType[*authError](authErr); ok {
 			metric = ae.Metric
 		}
 		s.metrics.authFailures.WithLabelValues(metric).Inc()
@@ -188,7 +187,7 @@ func parseStreamOptions(r *http.Request) (clientOptions, stream.Position, error)
 	if v := q.Get("since"); v != "" || q.Has("since") {
 		p, err := stream.ParsePosition(v)
 		if err != nil {
-			return opt, stream.Position{}, fmt.Errorf("malformed since %q: %v", v, err)
+			return opt, stream.Position{}, fmt.Errorf("malformed since %q: %w", v, err)
 		}
 		since, opt.json, opt.hold = p, true, true
 	}

@@ -73,13 +73,16 @@ func dialRawWS(t *testing.T, addr, path string) *rawWS {
 	}
 	var k [16]byte
 	rand.Read(k[:])
-	fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n",
-		path, addr, base64.StdEncoding.EncodeToString(k[:]))
+	if _, err := fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n",
+		path, addr, base64.StdEncoding.EncodeToString(k[:])); err != nil {
+		t.Fatal(err)
+	}
 	br := bufio.NewReaderSize(c, 1<<16)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
 		t.Fatalf("handshake: %v %v", resp, err)
 	}
+	resp.Body.Close() // a 101 has no body: the frames follow in br
 	return &rawWS{c, br}
 }
 
@@ -114,7 +117,9 @@ func (r *rawWS) readFrame() (op byte, payload []byte, err error) {
 func (r *rawWS) closeReply() {
 	mask := [4]byte{1, 2, 3, 4}
 	payload := []byte{0x03 ^ mask[0], 0xe8 ^ mask[1]}
-	r.c.Write(append([]byte{0x88, 0x80 | 2, mask[0], mask[1], mask[2], mask[3]}, payload...))
+	// The server may have closed the connection already: then there is
+	// nothing left to answer.
+	_, _ = r.c.Write(append([]byte{0x88, 0x80 | 2, mask[0], mask[1], mask[2], mask[3]}, payload...))
 }
 
 // readyz asks /readyz after dropping the server's cached answer, so that a

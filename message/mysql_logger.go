@@ -249,7 +249,7 @@ func (l *MySQLLogger) Log(ctx context.Context, m Log) error {
 // last write error, which says why the database did not answer in time.
 func (l *MySQLLogger) waitError(ctx context.Context) error {
 	if last := l.insertHealth.lastError(); last != nil {
-		return fmt.Errorf("mysql message log: %w (last write error: %v)", ctx.Err(), last)
+		return fmt.Errorf("mysql message log: %w (last write error: %v)", ctx.Err(), last) //nolint:errorlint // ctx's error is the cause callers test for; the write error is context, and wrapping it too would change what errors.Is/As match
 	}
 	return fmt.Errorf("mysql message log: %w", ctx.Err())
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -180,12 +181,7 @@ func isMySQLError(err error, numbers ...uint16) bool {
 	if !errors.As(err, &me) {
 		return false
 	}
-	for _, n := range numbers {
-		if me.Number == n {
-			return true
-		}
-	}
-	return false
+	return slices.Contains(numbers, me.Number)
 }
 
 // redactor removes a password from error messages and log lines: the

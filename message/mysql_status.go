@@ -15,8 +15,8 @@ type statusUpdate struct {
 // Retry pacing of a status batch while the database is down, and how
 // often dropped updates are reported.
 const (
-	updateRetryMin = 100 * time.Millisecond
-	updateRetryMax = 5 * time.Second
+	minUpdateRetry = 100 * time.Millisecond
+	maxUpdateRetry = 5 * time.Second
 	dropReportGap  = 10 * time.Second
 )
 
@@ -114,7 +114,7 @@ func (l *MySQLLogger) drainUpdates() {
 // database fails, until it succeeds or Close's deadline aborts it (then
 // the batch counts as dropped).
 func (l *MySQLLogger) writeUpdatesRetrying(batch []statusUpdate) {
-	wait := updateRetryMin
+	wait := minUpdateRetry
 	for {
 		ctx, cancel := context.WithTimeout(l.ctx, l.cfg.WriteTimeout)
 		n, err := l.writeUpdates(ctx, batch)
@@ -133,7 +133,7 @@ func (l *MySQLLogger) writeUpdatesRetrying(batch []statusUpdate) {
 			l.stats.updatesDropped.Add(uint64(len(batch)))
 			return
 		}
-		wait = min(2*wait, updateRetryMax)
+		wait = min(2*wait, maxUpdateRetry)
 	}
 }
 

@@ -244,7 +244,7 @@ func TestStdoutLoggerRegularFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	seen := map[string]bool{}
-	for _, line := range strings.Split(strings.TrimSuffix(string(data), "\n"), "\n") {
+	for line := range strings.SplitSeq(strings.TrimSuffix(string(data), "\n"), "\n") {
 		var m struct{ ID string }
 		if err := json.Unmarshal([]byte(strings.TrimPrefix(line, "send message: ")), &m); err != nil || seen[m.ID] {
 			t.Fatalf("line %q: %v, or a repeat", line, err)

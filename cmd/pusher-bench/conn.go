@@ -247,7 +247,9 @@ func (p *pool) dial(slot int32, node, since string) (*websocket.Conn, error) {
 	conn, resp, err := d.DialContext(ctx, u, nil)
 	if err != nil {
 		if resp != nil {
-			resp.Body.Close()
+			// gorilla has read what it keeps of a refused handshake's
+			// body into memory: closing it cannot fail.
+			_ = resp.Body.Close()
 			if resp.StatusCode != http.StatusSwitchingProtocols {
 				return nil, fmt.Errorf("http %d", resp.StatusCode)
 			}
@@ -357,7 +359,7 @@ func (p *pool) read(slot, gen int32, conn *websocket.Conn) (int, string) {
 		}
 		at := time.Now().UnixNano()
 		n, err := io.ReadFull(rd, head[:])
-		if err == io.EOF || err == io.ErrUnexpectedEOF {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			// Shorter than a header. A connection that died mid-message
 			// fails again below: gorilla repeats a read error.
 			err = nil
@@ -381,8 +383,7 @@ func (p *pool) read(slot, gen int32, conn *websocket.Conn) (int, string) {
 
 // closeOf returns the close code of a read error, or 0 and its class.
 func closeOf(err error) (int, string) {
-	var ce *websocket.CloseError
-	if errors.As(err, &ce) {
+	if ce, ok := errors.AsType[*websocket.CloseError](err); ok {
 		return ce.Code, ""
 	}
 	return 0, errorClass(err)

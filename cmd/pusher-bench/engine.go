@@ -346,7 +346,7 @@ func (e *Engine) newRun() (*runner, error) {
 // empty ones.
 func splitList(s string) []string {
 	var out []string
-	for _, f := range strings.Split(s, ",") {
+	for f := range strings.SplitSeq(s, ",") {
 		if f = strings.TrimSpace(f); f != "" {
 			out = append(out, f)
 		}

@@ -84,7 +84,7 @@ func TestKeepAliveConnRedialsAfterConnectionClose(t *testing.T) {
 
 func TestKeepAliveConnStopsWhenContextEnds(t *testing.T) {
 	release := make(chan struct{})
-	srv, _ := keepAliveServer(t, func(w http.ResponseWriter, r *http.Request) {
+	srv, _ := keepAliveServer(t, func(http.ResponseWriter, *http.Request) {
 		<-release
 	})
 	defer close(release) // before srv.Close, which waits for the handler
@@ -120,7 +120,7 @@ func TestKeepAliveConnIsOnlyForHTTP(t *testing.T) {
 // the real one is the answer, and nothing is left for the next request.
 func TestKeepAliveConnSkipsInformationalAnswers(t *testing.T) {
 	srv, conns := keepAliveServer(t, func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
+		_, _ = io.Copy(io.Discard, r.Body) // only to have read it: the client checks the answers
 		w.Header().Set("Link", "</x>; rel=preload")
 		w.WriteHeader(http.StatusEarlyHints)
 		w.WriteHeader(http.StatusAccepted)

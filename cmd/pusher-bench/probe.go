@@ -102,8 +102,8 @@ func (p *probe) scrape(ctx context.Context, url string) (map[string]float64, err
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", url, err)
 	}
-	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	_ = resp.Body.Close() // read above: closing has nothing to add to err
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", url, err)
 	}
@@ -159,7 +159,7 @@ func procRSS(pid int) (int64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("server RSS: %w", err)
 	}
-	for _, line := range strings.Split(string(b), "\n") {
+	for line := range strings.SplitSeq(string(b), "\n") {
 		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
 			f := strings.Fields(rest) // "12345 kB"
 			if len(f) != 2 || f[1] != "kB" {

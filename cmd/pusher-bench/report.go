@@ -128,7 +128,11 @@ func (r *Report) print(w io.Writer, asJSON bool) error {
 		return nil
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', 0)
-	line := func(key, format string, a ...any) { fmt.Fprintf(tw, "%s:\t"+format+"\n", append([]any{key}, a...)...) }
+	// tabwriter keeps these lines (each has cells) until Flush, whose
+	// error is returned below.
+	line := func(key, format string, a ...any) {
+		_, _ = fmt.Fprintf(tw, "%s:\t"+format+"\n", append([]any{key}, a...)...)
+	}
 	name := r.Scenario
 	if r.Label != "" {
 		name += " (" + r.Label + ")"
@@ -276,7 +280,9 @@ func runTable(files []string, w io.Writer) error {
 
 func writeTable(w io.Writer, reps []*Report) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "run\tconns\tconn/s\tRSS/conn\tgor/conn\taccepted/s\tdelivered/s\tdeliv/CPU-s\tp50 ms\tp99 ms\tmax ms\tlost\tdup\tooo\treconn\treplay p99\tother CPU\tresult\t")
+	// tabwriter keeps these lines (each has cells) until Flush, whose
+	// error is returned below.
+	_, _ = fmt.Fprintln(tw, "run\tconns\tconn/s\tRSS/conn\tgor/conn\taccepted/s\tdelivered/s\tdeliv/CPU-s\tp50 ms\tp99 ms\tmax ms\tlost\tdup\tooo\treconn\treplay p99\tother CPU\tresult\t")
 	num := func(v float64, format string) string {
 		if v == 0 {
 			return "-"
@@ -300,7 +306,7 @@ func writeTable(w io.Writer, reps []*Report) error {
 		if r.ReplayLatency != nil {
 			replay99 = r.ReplayLatency.P99
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\t%s\t%s\t\n", name, r.Connected,
+		_, _ = fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\t%s\t%s\t\n", name, r.Connected,
 			num(r.UpgradesPerSec, "%.0f"), rss, num(r.GoroutinesPerConn, "%.2f"),
 			num(r.AcceptedPerSec, "%.0f"), num(r.DeliveredPerSec, "%.0f"), num(r.DeliveredPerCPUSec, "%.0f"),
 			num(p50, "%.2f"), num(p99, "%.2f"), num(pmax, "%.1f"), r.Lost, r.Duplicates, r.OutOfOrder,
@@ -311,7 +317,7 @@ func writeTable(w io.Writer, reps []*Report) error {
 	}
 	for _, r := range reps {
 		for _, p := range r.Problems {
-			fmt.Fprintf(w, "%s %s: %s\n", r.Scenario, r.Label, p)
+			fmt.Fprintf(w, "%s %s: %s\n", r.Scenario, r.Label, p) //nolint:errcheck // should fail the table like Flush above does; returning it changes behaviour, left out of the lint pass
 		}
 	}
 	return nil

@@ -336,7 +336,7 @@ func (r *reporter) unexpected() int {
 		for _, cs := range gens {
 			seen = append(seen, cs.seen)
 		}
-		if r.streams != nil && r.streams[slot] != nil {
+		if slot < len(r.streams) && r.streams[slot] != nil { // streams: reconnect only
 			keys := make(map[uint64]struct{}, len(r.streams[slot].seen))
 			for k := range r.streams[slot].seen {
 				keys[k] = struct{}{}

@@ -173,7 +173,7 @@ func (s *sender) post(ctx context.Context, first, count int, sentAt int64) (int,
 	}
 	// Read the answer whole so that the keep-alive connection is reused.
 	_, err = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
-	resp.Body.Close()
+	_ = resp.Body.Close() // read above: closing has nothing to add to err
 	if err != nil {
 		return 0, errorClass(err)
 	}
@@ -183,8 +183,7 @@ func (s *sender) post(ctx context.Context, first, count int, sentAt int64) (int,
 // errorClass names an error briefly, for the report's error counts: the
 // full text holds addresses and ports that would make every error unique.
 func errorClass(err error) string {
-	var ue *url.Error
-	if errors.As(err, &ue) {
+	if ue, ok := errors.AsType[*url.Error](err); ok {
 		err = ue.Err
 	}
 	switch {

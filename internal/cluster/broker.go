@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sync"
 	"time"
 
@@ -130,7 +131,7 @@ type repairState struct {
 
 // ErrBadURL is the error of a PUSHER_REDIS_URL that does not parse. It
 // never quotes the URL, which may hold a password.
-var ErrBadURL = errors.New("invalid PUSHER_REDIS_URL: want redis://[user:password@]host:port[/db] or rediss://...")
+var ErrBadURL = errors.New("invalid PUSHER_REDIS_URL: want redis://[user:password@]host:port[/db] or rediss://...") //nolint:revive,staticcheck // error-strings, ST1005: the "..." belongs to the URL, and operators see this text; not changed in the lint pass
 
 // CheckURL reports whether rawURL names a Redis, without saying more of
 // it than ErrBadURL does.
@@ -285,9 +286,7 @@ func (b *Broker) Online(ctx context.Context, uids []string) (online, offline []s
 			chs[i] = b.channel(uid)
 		}
 		res, err := b.rdb.PubSubNumSub(ctx, chs...).Result()
-		for ch, n := range res {
-			counts[ch] = n
-		}
+		maps.Copy(counts, res)
 		return err
 	})
 	if err != nil {

@@ -225,9 +225,7 @@ func TestOfflineUIDsDoNotStallTheSyncer(t *testing.T) {
 	go b.repairLoop()
 	other := redis.NewClient(&redis.Options{Addr: u.Host})
 	defer other.Close()
-	for _, uid := range []string{"x1", "x2"} {
-		defer other.Del(context.Background(), b.stateKey(uid), b.histKey(uid))
-	}
+	defer other.Del(context.Background(), b.stateKey("x1"), b.histKey("x1"), b.stateKey("x2"), b.histKey("x2"))
 	waitFor(t, "pub/sub connected", func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.ps != nil })
 	for _, uid := range []string{"x1", "x2"} {
 		b.want(uid, true)

@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -90,8 +91,7 @@ func (b *Broker) readSince(ctx context.Context, uid string, from stream.Position
 // complete says the items run without a hole, none older than cutoff
 // (ms), up to at least last.
 func historyAfter(entries []redis.XMessage, epoch string, n, last uint64, cutoff int64) (items []stream.Item, complete, covered bool) {
-	for i := len(entries) - 1; i >= 0; i-- { // oldest first
-		e := entries[i]
+	for _, e := range slices.Backward(entries) { // oldest first
 		off, _ := strconv.ParseUint(fmt.Sprint(e.Values["o"]), 10, 64)
 		if off <= n {
 			covered = true

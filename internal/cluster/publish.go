@@ -100,8 +100,11 @@ func (b *Broker) Publish(ctx context.Context, m *stream.Message, uids []string) 
 		b.published.Add(float64(len(batch)))
 		for i, c := range cmds {
 			res, err := c.Slice()
-			if err != nil || len(res) != 3 {
-				return fmt.Errorf("publish script: %v", err)
+			if err != nil {
+				return fmt.Errorf("publish script: %w", err)
+			}
+			if len(res) != 3 {
+				return fmt.Errorf("publish script: %d results, want 3", len(res))
 			}
 			if rcv, _ := res[0].(int64); rcv == 0 {
 				gone = append(gone, batch[i])

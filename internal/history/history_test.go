@@ -263,7 +263,10 @@ func TestIdleStatesDoNotCrowdOutMessages(t *testing.T) {
 	h.mu.Lock()
 	for i := range 150 { // users that came and went today
 		uid := fmt.Sprintf("gone%03d", i)
-		h.appendLocked(uid, m)
+		if _, err := h.appendLocked(uid, m); err != nil {
+			h.mu.Unlock()
+			t.Fatal(err)
+		}
 		for h.users[uid].n > 0 {
 			h.removeLocked(h.users[uid].at(0), "age") // their messages expired
 		}

@@ -110,13 +110,15 @@ func (h *Memory) removeLocked(e *entry, reason string) {
 func (h *Memory) evictLocked() {
 	now := h.now()
 	cutoff := now.Add(-h.lim.TTL)
+entries:
 	for e := h.oldest; e != nil; e = h.oldest {
-		if h.bytes > h.lim.MaxBytes {
+		switch {
+		case h.bytes > h.lim.MaxBytes:
 			h.removeLocked(e, "bytes")
-		} else if e.m.Accepted.Before(cutoff) {
+		case e.m.Accepted.Before(cutoff):
 			h.removeLocked(e, "age")
-		} else {
-			break
+		default:
+			break entries // on to the idle states
 		}
 	}
 	stateCutoff := now.Add(-max(IdleStateTTL, h.lim.TTL))

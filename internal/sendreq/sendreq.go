@@ -92,7 +92,11 @@ func Parse(contentType, rawQuery string, body []byte, lim Limits) (Request, *Err
 	if err != nil {
 		return req, err
 	}
-	return req, req.check(lim)
+	// check drops repeated uids from req: it must run before req is
+	// read for the result (in `return req, req.check(lim)` the order is
+	// the compiler's choice).
+	err = req.check(lim)
+	return req, err
 }
 
 // mediaType parses a Content-Type; the two plain types every backend

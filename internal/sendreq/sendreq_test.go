@@ -2,6 +2,7 @@ package sendreq
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"mime/multipart"
 	"net/http"
@@ -47,9 +48,9 @@ func TestParseAccepts(t *testing.T) {
 func TestParseMultipart(t *testing.T) {
 	var b bytes.Buffer
 	mw := multipart.NewWriter(&b)
-	mw.WriteField("uid", "u1")
-	mw.WriteField("message", "hi")
-	mw.Close()
+	if err := errors.Join(mw.WriteField("uid", "u1"), mw.WriteField("message", "hi"), mw.Close()); err != nil {
+		t.Fatal(err)
+	}
 	got, err := Parse(mw.FormDataContentType(), "", b.Bytes(), testLimits)
 	if err != nil || got.UIDs[0] != "u1" || got.Message != "hi" {
 		t.Errorf("Parse(multipart) = %+v, %v", got, err)
@@ -57,9 +58,16 @@ func TestParseMultipart(t *testing.T) {
 
 	b.Reset()
 	mw = multipart.NewWriter(&b)
-	mw.WriteField("uid", "u1")
-	fw, _ := mw.CreateFormFile("message", "m.txt")
-	fw.Write([]byte("a file is not the message"))
+	if err := mw.WriteField("uid", "u1"); err != nil {
+		t.Fatal(err)
+	}
+	fw, ferr := mw.CreateFormFile("message", "m.txt")
+	if ferr != nil {
+		t.Fatal(ferr)
+	}
+	if _, err := fw.Write([]byte("a file is not the message")); err != nil {
+		t.Fatal(err)
+	}
 	mw.Close()
 	if _, err := Parse(mw.FormDataContentType(), "", b.Bytes(), testLimits); err == nil || err.Reason != "message is required" {
 		t.Errorf("Parse(multipart with message as a file) = %v, want message is required", err)

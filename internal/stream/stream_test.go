@@ -5,6 +5,7 @@ import (
 	"crypto/sha1"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"net"
 	"net/http"
 	"sort"
@@ -44,7 +45,7 @@ func TestFramesReadByAClient(t *testing.T) {
 
 	long := strings.Repeat("é", 100) // 200 bytes: cut on a rune boundary
 	_, err := readErrAsClient(t, AppendCloseFrame(nil, 4001, long))
-	ce, ok := err.(*websocket.CloseError)
+	ce, ok := errors.AsType[*websocket.CloseError](err)
 	if !ok || ce.Code != 4001 || !strings.HasPrefix(long, ce.Text) || len(ce.Text) > 123 {
 		t.Errorf("close frame read as %v", err)
 	}
@@ -80,8 +81,10 @@ func readMessage(t *testing.T, raw []byte) (int, []byte, error) {
 			return
 		}
 		h := sha1.Sum([]byte(req.Header.Get("Sec-WebSocket-Key") + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
-		server.Write([]byte("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: " + base64.StdEncoding.EncodeToString(h[:]) + "\r\n\r\n"))
-		server.Write(raw)
+		// The client stops reading at a frame it refuses and closes the
+		// pipe: then a write fails, and the client's error is the result.
+		_, _ = server.Write([]byte("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: " + base64.StdEncoding.EncodeToString(h[:]) + "\r\n\r\n"))
+		_, _ = server.Write(raw)
 	})
 	d := websocket.Dialer{NetDial: func(string, string) (net.Conn, error) { return client, nil }}
 	conn, _, err := d.Dial("ws://pipe/", nil)
@@ -158,9 +161,8 @@ func TestCheckUID(t *testing.T) {
 		{"c1\u0085", "contains a control character"},
 	} {
 		err := CheckUID(tt.uid)
-		if got := ""; err != nil {
-			got = err.Error()
-			if got != tt.want {
+		if err != nil {
+			if got := err.Error(); got != tt.want {
 				t.Errorf("CheckUID(%q) = %q, want %q", tt.uid, got, tt.want)
 			}
 		} else if tt.want != "" {

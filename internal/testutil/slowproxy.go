@@ -45,7 +45,11 @@ func StartSlowProxy(t testing.TB, target string, wait time.Duration) *SlowProxy 
 			mu.Lock()
 			conns = append(conns, c, up)
 			mu.Unlock()
-			wg.Go(func() { io.Copy(up, c); up.Close(); c.Close() })
+			wg.Go(func() {
+				_, _ = io.Copy(up, c) // ends when either side closes: that is its error
+				up.Close()
+				c.Close()
+			})
 			wg.Go(func() { p.replies(c, up) })
 		}
 	})
