@@ -51,7 +51,7 @@ cd "$(dirname "$0")/.."
 . scripts/smoke-bench.sh # start_server, stop_server
 
 export JWT_SECRET=${JWT_SECRET:-dev-only-jwt-secret-change-me-0123456789}
-export PUSHER_API_KEY=${PUSHER_API_KEY:-dev-only-api-key}
+export PUSHER_API_KEY=${PUSHER_API_KEY:-dev-only-api-key-change-me-0123456789}
 IDLE_CONNS=${BENCH_IDLE_CONNS:-2000}
 USERS=${BENCH_USERS:-200}
 SENDERS=${BENCH_SENDERS:-16}

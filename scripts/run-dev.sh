@@ -5,7 +5,7 @@ set -euo pipefail
 BIN=${1:-bin/go-pusher}
 shift || true # the rest are the server's flags
 export JWT_SECRET=${JWT_SECRET:-dev-only-jwt-secret-change-me-0123456789}
-export PUSHER_API_KEY=${PUSHER_API_KEY:-dev-only-api-key}
+export PUSHER_API_KEY=${PUSHER_API_KEY:-dev-only-api-key-change-me-0123456789}
 ADDR=${PUSHER_ADDR:-:8181}
 PORT=${ADDR##*:}
 TOKEN=$("$BIN" token -uid alice -ttl 24h)
