@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"go-pusher/internal/testutil"
 )
 
 // Defect 1: a second connection of the same uid overwrote the first in
@@ -78,13 +80,13 @@ func TestArticleDefect2FullQueueNeverBlocksSend(t *testing.T) {
 	fast := ts.dial("fast")
 	big := strings.Repeat("x", 60000)
 	sent := 0
-	for ; sent < 2000 && counterValue(t, ts.metrics.slowConsumers) == 0; sent++ {
+	for ; sent < 2000 && testutil.Counter(t, ts.metrics.slowConsumers) == 0; sent++ {
 		// ts.client has a 10 s timeout: a blocked /send fails the test.
 		if code, body := ts.send("application/x-www-form-urlencoded", "uid=slow&message="+big); code != http.StatusOK {
 			t.Fatalf("send %d = %d %q, want 200", sent, code, body)
 		}
 	}
-	if counterValue(t, ts.metrics.slowConsumers) != 1 {
+	if testutil.Counter(t, ts.metrics.slowConsumers) != 1 {
 		t.Fatalf("no slow consumer after %d messages of %d bytes", sent, len(big))
 	}
 	t.Logf("slow consumer after %d messages", sent)
@@ -112,7 +114,7 @@ func TestArticleDefect2FullQueueNeverBlocksSend(t *testing.T) {
 	}
 	waitFor(t, "slow connection unregistered", func() bool { return len(ts.hub.clients("slow")) == 0 })
 	waitFor(t, "pending back to 0", func() bool { return ts.hub.Pending() == 0 })
-	if got := counterValue(t, ts.metrics.failedSlow); got < 1 {
+	if got := testutil.Counter(t, ts.metrics.failedSlow); got < 1 {
 		t.Errorf("pusher_messages_failed_total{reason=slow_consumer} = %v, want at least 1", got)
 	}
 }

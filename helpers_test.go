@@ -128,11 +128,27 @@ func startServer(t *testing.T, cfg Config) *testServer {
 // closes at shutdown), and stops it when the test ends. ts.msgLog is nil.
 func startServerLog(t *testing.T, cfg Config, msgLog message.Logger) *testServer {
 	t.Helper()
+	return startServerHooked(t, cfg, msgLog, func(*Server) {})
+}
+
+// startServerWith is startServer with a hook that may change the server
+// before it listens.
+func startServerWith(t *testing.T, cfg Config, hook func(*Server)) *testServer {
+	t.Helper()
+	msgLog := newRecordingLogger()
+	ts := startServerHooked(t, cfg, msgLog, hook)
+	ts.msgLog = msgLog
+	return ts
+}
+
+func startServerHooked(t *testing.T, cfg Config, msgLog message.Logger, hook func(*Server)) *testServer {
+	t.Helper()
 	logBuf := &syncBuffer{}
 	srv, err := newServer(cfg, slog.New(slog.NewTextHandler(logBuf, &slog.HandlerOptions{Level: slog.LevelDebug})), msgLog)
 	if err != nil {
 		t.Fatal(err)
 	}
+	hook(srv)
 	if err := srv.Listen(); err != nil {
 		t.Fatal(err)
 	}
@@ -359,33 +375,4 @@ next:
 	}
 	ts.t.Fatalf("/metrics has no %s%v", name, labels)
 	return 0
-}
-
-// startServerWith is startServerLog with a hook that may change the
-// server before it listens.
-func startServerWith(t *testing.T, cfg Config, hook func(*Server)) *testServer {
-	t.Helper()
-	logBuf := &syncBuffer{}
-	msgLog := newRecordingLogger()
-	srv, err := newServer(cfg, slog.New(slog.NewTextHandler(logBuf, &slog.HandlerOptions{Level: slog.LevelDebug})), msgLog)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hook(srv)
-	if err := srv.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ts := &testServer{
-		Server: srv, t: t, msgLog: msgLog, logBuf: logBuf, cancel: cancel, done: make(chan error, 1),
-		client: &http.Client{Transport: &http.Transport{}, Timeout: 10 * time.Second},
-	}
-	go func() { ts.done <- srv.Serve(ctx) }()
-	t.Cleanup(func() {
-		if err := ts.stop(); err != nil {
-			t.Errorf("Serve() = %v, want nil", err)
-		}
-		ts.client.CloseIdleConnections()
-	})
-	return ts
 }

@@ -86,19 +86,7 @@ func (s *Server) fastSend(ctx *fasthttp.RequestCtx) {
 
 // writeFast writes rep as handleSend writes it on net/http.
 func writeFast(ctx *fasthttp.RequestCtx, rep sendReply) {
-	h := &ctx.Response.Header
-	switch {
-	case rep.allow:
-		h.Set("Allow", http.MethodPost)
-	case rep.challenge:
-		h.Set("WWW-Authenticate", `Bearer realm="go-pusher"`)
-	}
-	if rep.json {
-		h.SetContentType("application/json")
-	} else {
-		h.SetContentType("text/plain; charset=utf-8")
-		h.Set("X-Content-Type-Options", "nosniff")
-	}
+	rep.headers(ctx.Response.Header.Set)
 	ctx.SetStatusCode(rep.status)
 	ctx.SetBodyString(rep.body)
 }

@@ -6,22 +6,13 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
-)
 
-// counterValue reads a counter's current value.
-func counterValue(t *testing.T, c prometheus.Counter) float64 {
-	t.Helper()
-	var m dto.Metric
-	if err := c.Write(&m); err != nil {
-		t.Fatal(err)
-	}
-	return m.GetCounter().GetValue()
-}
+	"go-pusher/internal/testutil"
+)
 
 // TestMetricsEndpoint: /metrics is text exposition that promtool's linter
 // accepts, with the article's gauges, the pusher_ metrics of the contract
@@ -31,7 +22,7 @@ func TestMetricsEndpoint(t *testing.T) {
 	conn := ts.dial("u")
 	ts.sendOK("u", "counted")
 	readText(t, conn)
-	waitFor(t, "sent counted", func() bool { return counterValue(t, ts.metrics.sent) == 1 })
+	waitFor(t, "sent counted", func() bool { return testutil.Counter(t, ts.metrics.sent) == 1 })
 
 	code, body := ts.get("/metrics")
 	if code != http.StatusOK {

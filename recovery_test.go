@@ -14,6 +14,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"go-pusher/internal/stream"
+	"go-pusher/internal/testutil"
 )
 
 // frame is a format=json frame: a message, or the recovered flag.
@@ -114,7 +115,7 @@ func TestRecoveryAfterSlowConsumerClose(t *testing.T) {
 	conn := ts.dialStream("u", "format=json")
 	big := strings.Repeat("x", 60000)
 	sent := 0
-	for ; counterValue(t, ts.metrics.slowConsumers) == 0; sent++ {
+	for ; testutil.Counter(t, ts.metrics.slowConsumers) == 0; sent++ {
 		if sent == 2000 {
 			t.Fatal("no slow consumer")
 		}

@@ -24,6 +24,22 @@ type sendReply struct {
 	challenge bool // 401: WWW-Authenticate
 }
 
+// headers sets the headers of rep with set, whichever front's it is.
+func (rep sendReply) headers(set func(key, value string)) {
+	switch {
+	case rep.allow:
+		set("Allow", http.MethodPost)
+	case rep.challenge:
+		set("WWW-Authenticate", `Bearer realm="go-pusher"`)
+	}
+	if rep.json {
+		set("Content-Type", "application/json")
+	} else {
+		set("Content-Type", "text/plain; charset=utf-8")
+		set("X-Content-Type-Options", "nosniff")
+	}
+}
+
 func textReply(status int, text string) sendReply {
 	return sendReply{status: status, body: text + "\n"}
 }
@@ -145,19 +161,7 @@ func (s *Server) handleSend(w http.ResponseWriter, r *http.Request) {
 			rep = s.send(r.Context(), start, r.Header.Get("Content-Type"), r.URL.RawQuery, body)
 		}
 	}
-	h := w.Header()
-	switch {
-	case rep.allow:
-		h.Set("Allow", http.MethodPost)
-	case rep.challenge:
-		h.Set("WWW-Authenticate", `Bearer realm="go-pusher"`)
-	}
-	if rep.json {
-		h.Set("Content-Type", "application/json")
-	} else {
-		h.Set("Content-Type", "text/plain; charset=utf-8")
-		h.Set("X-Content-Type-Options", "nosniff")
-	}
+	rep.headers(w.Header().Set)
 	w.WriteHeader(rep.status)
 	// A write error means the client left; the message is sent regardless.
 	_, _ = io.WriteString(w, rep.body)

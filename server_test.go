@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"go-pusher/internal/testutil"
 )
 
 // assertNothingPushed checks that conn got nothing before a marker sent
@@ -259,7 +261,7 @@ func TestSendRequestsCountedByCode(t *testing.T) {
 	ts.do(http.MethodGet, "/send", "", "", "")
 	ts.do(http.MethodPost, "/send", "", "", "")
 	for code, want := range map[string]float64{"404": 1, "405": 1, "401": 1, "200": 0} {
-		if got := counterValue(t, ts.metrics.sendRequests.WithLabelValues(code)); got != want {
+		if got := testutil.Counter(t, ts.metrics.sendRequests.WithLabelValues(code)); got != want {
 			t.Errorf("pusher_send_requests_total{code=%q} = %v, want %v", code, got, want)
 		}
 	}

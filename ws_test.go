@@ -16,6 +16,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"go-pusher/internal/stream"
+	"go-pusher/internal/testutil"
 	"go-pusher/message"
 )
 
@@ -86,7 +87,7 @@ func TestBadTokensRefused(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			before := counterValue(t, ts.metrics.authFailures.WithLabelValues(tt.metric))
+			before := testutil.Counter(t, ts.metrics.authFailures.WithLabelValues(tt.metric))
 			conn := ts.dialRaw("/ws?"+tt.query, nil)
 			if got, want := readText(t, conn), "authenticate error: "+tt.reason; got != want {
 				t.Errorf("first message = %q, want %q", got, want)
@@ -97,7 +98,7 @@ func TestBadTokensRefused(t *testing.T) {
 			if n := ts.hub.Connections(); n != 0 {
 				t.Errorf("connections = %d, want 0", n)
 			}
-			if after := counterValue(t, ts.metrics.authFailures.WithLabelValues(tt.metric)); after != before+1 {
+			if after := testutil.Counter(t, ts.metrics.authFailures.WithLabelValues(tt.metric)); after != before+1 {
 				t.Errorf("pusher_auth_failures_total{reason=%q} = %v, want %v", tt.metric, after, before+1)
 			}
 		})
@@ -152,7 +153,7 @@ func TestOriginAllowList(t *testing.T) {
 			t.Errorf("origin %q: response %v, want 403", tt.origin, resp)
 		}
 	}
-	if n := counterValue(t, ts.metrics.authFailures.WithLabelValues(authOrigin)); n != 4 {
+	if n := testutil.Counter(t, ts.metrics.authFailures.WithLabelValues(authOrigin)); n != 4 {
 		t.Errorf("pusher_auth_failures_total{reason=origin} = %v, want 4", n)
 	}
 }
@@ -192,7 +193,7 @@ func TestEveryConnectionGetsEveryMessageInOrder(t *testing.T) {
 		}
 	}
 	waitFor(t, "pending back to 0", func() bool { return ts.hub.Pending() == 0 })
-	if got := counterValue(t, ts.metrics.sent); got != 3*n {
+	if got := testutil.Counter(t, ts.metrics.sent); got != 3*n {
 		t.Errorf("pusher_messages_sent_total = %v, want %d", got, 3*n)
 	}
 }

@@ -20,15 +20,7 @@ func TestSlowRedisPublishesOnce(t *testing.T) {
 	p := testutil.StartSlowProxy(t, u.Host, 2500*time.Millisecond)
 	b := newTestBroker(t, testutil.Via(u, p.Addr()), testutil.Prefix(t), newFakeLocal())
 
-	// Another node subscribes to uid "u".
-	other := redis.NewClient(&redis.Options{Addr: u.Host})
-	defer other.Close()
-	defer other.Del(context.Background(), b.stateKey("u"), b.histKey("u"))
-	sub := other.Subscribe(context.Background(), b.channel("u"))
-	defer sub.Close()
-	if _, err := sub.Receive(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	sub := subscribeAside(t, u.Host, b, "u") // another node with uid "u"
 
 	p.Delay.Store(true) // Redis answers late, once
 	if _, err := b.Publish(context.Background(), message("hello"), []string{"u"}); err == nil {
@@ -103,15 +95,7 @@ func TestRepairDropsTheLiveCopy(t *testing.T) {
 	b := newTestBroker(t, u.String(), testutil.Prefix(t), local)
 	b.want("u", true) // a connection of u here; the syncer does not run
 
-	// The test plays this node's pub/sub connection.
-	other := redis.NewClient(&redis.Options{Addr: u.Host})
-	defer other.Close()
-	defer other.Del(context.Background(), b.stateKey("u"), b.histKey("u"))
-	sub := other.Subscribe(context.Background(), b.channel("u"))
-	defer sub.Close()
-	if _, err := sub.Receive(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	sub := subscribeAside(t, u.Host, b, "u") // the test plays this node's pub/sub connection
 	next := func() *redis.Message {
 		m, err := sub.ReceiveMessage(context.Background())
 		if err != nil {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
 	"go-pusher/internal/stream"
@@ -78,6 +79,23 @@ func newTestBroker(t *testing.T, redisURL, prefix string, local Local) *Broker {
 		}
 	})
 	return b
+}
+
+// subscribeAside subscribes to uid's channel of b on a connection of the
+// test's own, and drops uid's keys when the test ends.
+func subscribeAside(t *testing.T, addr string, b *Broker, uid string) *redis.PubSub {
+	t.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	sub := rdb.Subscribe(context.Background(), b.channel(uid))
+	t.Cleanup(func() {
+		sub.Close()
+		rdb.Del(context.Background(), b.stateKey(uid), b.histKey(uid))
+		rdb.Close()
+	})
+	if _, err := sub.Receive(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return sub
 }
 
 func message(text string) *stream.Message {

@@ -8,10 +8,10 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/goleak"
 
 	"go-pusher/internal/stream"
+	"go-pusher/internal/testutil"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -53,15 +53,6 @@ func newTestMemory(lim Limits, conns Conns, now *time.Time) *Memory {
 
 func msg(now time.Time, size int) *stream.Message {
 	return stream.NewMessage("06a1r3k6c7l2q0e9f1s8", make([]byte, size), now)
-}
-
-func counter(t *testing.T, c prometheus.Counter) float64 {
-	t.Helper()
-	var m dto.Metric
-	if err := c.Write(&m); err != nil {
-		t.Fatal(err)
-	}
-	return m.GetCounter().GetValue()
 }
 
 // The per-uid ring wraps around many times, grows up to Size and no
@@ -192,20 +183,20 @@ func TestBounds(t *testing.T) {
 			t.Fatalf("history holds %d bytes, budget 20000", b)
 		}
 	}
-	if counter(t, h.byBytes) == 0 {
+	if testutil.Counter(t, h.byBytes) == 0 {
 		t.Error("nothing evicted for the byte budget")
 	}
 	small := newTestMemory(Limits{Size: 5, TTL: time.Minute, MaxBytes: 1 << 20}, newFakeConns("u"), &now)
 	for range 8 {
 		small.Publish(msg(now, 1), []string{"u"})
 	}
-	if got := counter(t, small.byCount); got != 3 {
+	if got := testutil.Counter(t, small.byCount); got != 3 {
 		t.Errorf("evicted by count = %v, want 3", got)
 	}
 	now = now.Add(2 * time.Minute)
 	h.sweep()
-	if n, _ := h.Size(); n != 0 || counter(t, h.byAge) == 0 {
-		t.Errorf("after the TTL: %d messages held, %v evicted by age; want 0 and some", n, counter(t, h.byAge))
+	if n, _ := h.Size(); n != 0 || testutil.Counter(t, h.byAge) == 0 {
+		t.Errorf("after the TTL: %d messages held, %v evicted by age; want 0 and some", n, testutil.Counter(t, h.byAge))
 	}
 	// The uids keep their epoch and offset, without messages, while idle.
 	for _, uid := range uids {

@@ -8,8 +8,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/goleak"
+
+	"go-pusher/internal/testutil"
 )
 
 // fakeHeap drives a trimmer with a clock and heap figures the test sets.
@@ -138,10 +139,10 @@ func TestTrimmerReturnsRealGarbage(t *testing.T) {
 	now = now.Add(5 * time.Second)
 	tr.look()
 	_ = junk
-	if n := counter(t, tr.trims); n != 1 {
+	if n := testutil.Counter(t, tr.trims); n != 1 {
 		t.Fatalf("pusher_memory_trims_total = %v, want 1", n)
 	}
-	if freed := counter(t, tr.trimmed); freed < 32<<20 {
+	if freed := testutil.Counter(t, tr.trimmed); freed < 32<<20 {
 		t.Fatalf("freed %v bytes after dropping 64 MiB, want most of it", freed)
 	}
 	if !strings.Contains(logged.String(), `msg="returned free memory to the system" bytes=`) {
@@ -183,12 +184,3 @@ func TestTrimmerStartClose(_ *testing.T) {
 }
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-func counter(t *testing.T, c prometheus.Counter) float64 {
-	t.Helper()
-	var m dto.Metric
-	if err := c.Write(&m); err != nil {
-		t.Fatal(err)
-	}
-	return m.GetCounter().GetValue()
-}
