@@ -51,21 +51,38 @@ func (s *Server) newFastFront(ops http.Handler) fastFront {
 			}
 			other(ctx)
 		},
+		// Called when a request cannot be read whole (a body over the
+		// limit, a broken one). For /send the method and the API key are
+		// checked first and the answer is counted, as on net/http.
 		ErrorHandler: func(ctx *fasthttp.RequestCtx, err error) {
+			start := time.Now()
+			rep := textReply(http.StatusBadRequest, "malformed request")
 			if errors.Is(err, fasthttp.ErrBodyTooLarge) {
 				tooBig := sendreq.TooLarge(limit)
-				writeFast(ctx, textReply(tooBig.Status, tooBig.Reason))
+				rep = textReply(tooBig.Status, tooBig.Reason)
+			}
+			if string(ctx.Path()) != "/send" {
+				writeFast(ctx, rep)
 				return
 			}
-			writeFast(ctx, textReply(http.StatusBadRequest, "malformed request"))
+			if admitted := s.admitSend(string(ctx.Method()), string(ctx.Request.Header.Peek("Authorization"))); admitted.status != 0 {
+				rep = admitted
+			}
+			writeFast(ctx, rep)
+			s.metrics.sendCounter(rep.status).Inc()
+			s.metrics.sendDuration.Observe(time.Since(start).Seconds())
 		},
-		MaxRequestBodySize:    int(limit),
-		ReadTimeout:           30 * time.Second,
-		WriteTimeout:          s.cfg.WriteTimeout,
-		IdleTimeout:           idleTimeout,
-		ReadBufferSize:        8 << 10,
-		NoDefaultServerHeader: true,
-		Logger:                fastLogger{s.log},
+		// /send parses multipart bodies itself (sendreq); fasthttp's own
+		// parsing would hand it a re-encoded copy and answer malformed
+		// ones in its own words.
+		DisablePreParseMultipartForm: true,
+		MaxRequestBodySize:           int(limit),
+		ReadTimeout:                  30 * time.Second,
+		WriteTimeout:                 s.cfg.WriteTimeout,
+		IdleTimeout:                  idleTimeout,
+		ReadBufferSize:               8 << 10,
+		NoDefaultServerHeader:        true,
+		Logger:                       fastLogger{s.log},
 	}}
 }
 
@@ -74,10 +91,14 @@ func (s *Server) fastSend(ctx *fasthttp.RequestCtx) {
 	start := time.Now()
 	rep := s.admitSend(BytesToString(ctx.Method()), BytesToString(ctx.Request.Header.Peek("Authorization")))
 	if rep.status == 0 {
-		// The header and body buffers are fasthttp's, reused after this
-		// handler returns; send keeps nothing of them (the parser copies
-		// what it returns).
-		rep = s.send(ctx, start, BytesToString(ctx.Request.Header.ContentType()), BytesToString(ctx.URI().QueryString()), ctx.PostBody())
+		// The header and body buffers are fasthttp's, reused by the
+		// connection's next request. The content type is only compared
+		// and the parser copies what it keeps of the body (a string of
+		// the form, JSON decoding), but url.ParseQuery returns pieces of
+		// its input: the query is copied, or a queued message and the
+		// history's keys would point into the next request.
+		query := string(ctx.URI().QueryString())
+		rep = s.send(ctx, start, BytesToString(ctx.Request.Header.ContentType()), query, ctx.PostBody())
 	}
 	writeFast(ctx, rep)
 	s.metrics.sendCounter(rep.status).Inc()

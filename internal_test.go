@@ -43,6 +43,9 @@ func TestSendFrontsAgree(t *testing.T) {
 		{"get", "GET /send HTTP/1.1\r\nHost: x\r\n" + auth + "\r\n"},
 		{"json", post(auth+"Content-Type: application/json\r\n", `{"uids":["u","v"],"message":"hi"}`)},
 		{"bad json", post(auth+"Content-Type: application/json\r\n", `{"uid":"u","message":1}`)},
+		{"too large without a key", post(form, "uid=u&message="+strings.Repeat("a", int(limit)))},
+		{"too large, wrong method", strings.Replace(post(auth+form, "uid=u&message="+strings.Repeat("a", int(limit))), "POST", "PUT", 1)},
+		{"malformed multipart", post(auth+"Content-Type: multipart/form-data; boundary=xx\r\n", "--xx\r\nContent-Disposition: form-data; name=\"uid\"\r\n\r\nu")},
 	}
 	for _, r := range requests {
 		t.Run(r.name, func(t *testing.T) {
@@ -111,5 +114,32 @@ func rawSend(t *testing.T, addr, raw string) rawAnswer {
 			continue
 		}
 		return rawAnswer{resp.StatusCode, resp.Header.Get("Content-Type"), string(b), resp.Header.Get("Allow"), resp.Header.Get("WWW-Authenticate")}
+	}
+}
+
+// TestQuerySendsOnOneConnection: the article's clients put uid and
+// message in the query; on fasthttp the query's buffer is the
+// connection's, reused by its next request, so what /send keeps of it
+// must be copied. 300 such requests pipelined on one connection reach
+// the client each as it was sent.
+func TestQuerySendsOnOneConnection(t *testing.T) {
+	ts := startServer(t, testConfig(t, "-internal-addr", "127.0.0.1:0", "-send-buffer", "1000"))
+	conn := ts.dial("uu")
+	c, err := net.Dial("tcp", ts.InternalAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var reqs strings.Builder
+	for i := range 300 {
+		fmt.Fprintf(&reqs, "POST /send?uid=uu&message=msg-%04d HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Length: 0\r\n\r\n", i, testAPIKey)
+	}
+	if _, err := c.Write([]byte(reqs.String())); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 300 {
+		if got, want := readText(t, conn), fmt.Sprintf("msg-%04d", i); got != want {
+			t.Fatalf("message %d = %q, want %q", i, got, want)
+		}
 	}
 }
