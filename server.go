@@ -201,7 +201,8 @@ func (s *Server) newHTTPFront(h http.Handler) httpFront {
 
 func (s *Server) closeListeners() {
 	for _, ln := range s.listeners {
-		// Nothing was served on it; there is nothing to report.
+		// Closed already by its server, or never served on: there is
+		// nothing to report either way.
 		_ = ln.Close()
 	}
 }
@@ -271,6 +272,9 @@ func (s *Server) shutdown(ctx context.Context) {
 			s.log.Warn("listener shutdown cut requests short", "err", err)
 		}
 	}
+	// fasthttp's Shutdown does nothing for a Serve that has not begun (a
+	// signal during start): closing the listeners ends that Serve too.
+	s.closeListeners()
 	s.trimmer.Close()
 	if err := s.msgLog.Close(ctx); err != nil {
 		s.log.Error("message log flush failed", "err", err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"strings"
@@ -207,5 +208,33 @@ func TestStuckStdoutDoesNotBlockShutdown(t *testing.T) {
 		pr.Close()
 		<-stopped
 		t.Fatal("Serve has not returned 5 s after the signal with -shutdown-timeout 1s")
+	}
+}
+
+// TestSignalDuringStart: a signal that comes while the server starts
+// (Serve called with its context done already) still ends Serve.
+// fasthttp's Shutdown does nothing for a Serve that has not begun yet,
+// which then served on for good.
+func TestSignalDuringStart(t *testing.T) {
+	for range 100 {
+		srv, err := newServer(testConfig(t, "-internal-addr", "127.0.0.1:0"), slog.New(slog.DiscardHandler), message.NoneLogger{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := srv.Listen(); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		done := make(chan error, 1)
+		go func() { done <- srv.Serve(ctx) }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("Serve = %v, want nil", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("Serve has not returned 10 s after a signal during start")
+		}
 	}
 }
