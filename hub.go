@@ -191,24 +191,28 @@ func (h *Hub) leave(c *Client) {
 }
 
 func (h *Hub) add(c *Client) error {
-	h.mu.Lock()
-	cs := h.userClients[c.uid]
+	// Only this goroutine changes the map, so cs stays what it is until
+	// the insert below.
+	cs := h.clients(c.uid)
 	if len(cs) >= h.cfg.MaxConnsPerUser {
-		h.mu.Unlock()
 		return errConnLimit
 	}
-	next := make([]*Client, len(cs)+1)
-	copy(next, cs)
-	next[len(cs)] = c
-	h.userClients[c.uid] = next
-	h.connections++
-	h.mu.Unlock()
-
-	h.wg.Add(1) // c's readPump
-	h.pinger.add(c)
+	// Before c is in the map: the events' listeners (history, the
+	// cluster's subscriptions) must want uid by the time a message can be
+	// queued on c, or the cluster would drop one as meant for nobody. And
+	// the readPump's count before a writePump can add its own.
 	if len(cs) == 0 && h.events != nil {
 		h.events.UserOnline(c.uid)
 	}
+	h.wg.Add(1) // c's readPump
+	next := make([]*Client, len(cs)+1)
+	copy(next, cs)
+	next[len(cs)] = c
+	h.mu.Lock()
+	h.userClients[c.uid] = next
+	h.connections++
+	h.mu.Unlock()
+	h.pinger.add(c)
 	return nil
 }
 

@@ -249,6 +249,15 @@ func (b *Broker) want(uid string, on bool) {
 	b.mu.Lock()
 	if on {
 		b.wanted[uid] = struct{}{}
+		if e, ok := b.expected[uid]; ok {
+			// The connection Expect read for has registered: its
+			// baseline holds however long the subscription takes (a
+			// Redis outage included).
+			delete(b.expected, uid)
+			if b.repairFrom(uid) == nil {
+				b.base[uid] = e.pos
+			}
+		}
 	} else {
 		delete(b.wanted, uid)
 	}

@@ -175,8 +175,13 @@ func TestLateMessageLeavesNoStalePosition(t *testing.T) {
 		}
 	}
 	b.handle(&redis.Message{Channel: b.channel("u"), Payload: stream.Position{Epoch: epoch, N: 2}.String() + "|" + encodeEnvelope(message("m2"))})
-	if offs := local.offsets("u"); len(offs) != 1 {
-		t.Errorf("delivered %v to a uid with no connection here, want only 1", offs)
+	// The hub is still told (it finds no connection and records the
+	// failure), but nothing is kept of it here.
+	b.mu.Lock()
+	_, stale := b.last["u"]
+	b.mu.Unlock()
+	if stale {
+		t.Error("a message for a uid this node dropped left a position behind")
 	}
 
 	b.UserOnline("u") // a new connection, without since=
@@ -190,9 +195,9 @@ func TestLateMessageLeavesNoStalePosition(t *testing.T) {
 	if _, err := other.Publish(context.Background(), message("new"), []string{"u"}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the new message delivered", func() bool { return len(local.offsets("u")) >= 2 })
-	if offs := local.offsets("u"); fmt.Sprint(offs) != "[1 7]" {
-		t.Errorf("offsets delivered = %v, want 1 then 7 (nothing of 2-6, published while no connection was here)", offs)
+	waitFor(t, "the new message delivered", func() bool { return len(local.offsets("u")) >= 3 })
+	if offs := local.offsets("u"); fmt.Sprint(offs) != "[1 2 7]" {
+		t.Errorf("offsets handed to the hub = %v, want 1, the late 2, then 7 (nothing of 3-6, published while no connection was here)", offs)
 	}
 }
 
@@ -282,5 +287,42 @@ func TestCloseBoundedDuringARepair(t *testing.T) {
 	b.Close(ctx)
 	if took := time.Since(start); took > 1500*time.Millisecond {
 		t.Errorf("Close with a 1 s deadline took %s", took.Round(time.Millisecond))
+	}
+}
+
+// TestExpectHoldsUntilTheSubscription: the offset Expect reads before a
+// registration becomes the new subscription's baseline when the
+// registration's UserOnline comes, however long the subscription then
+// takes; an expectation whose registration never comes is forgotten.
+func TestExpectHoldsUntilTheSubscription(t *testing.T) {
+	u := testutil.Redis(t)
+	b := newTestBroker(t, u.String(), testutil.Prefix(t), newFakeLocal())
+	rdb := redis.NewClient(&redis.Options{Addr: u.Host})
+	defer rdb.Close()
+	defer rdb.Del(context.Background(), b.stateKey("u"), b.histKey("u"), b.stateKey("v"))
+	rdb.HSet(context.Background(), b.stateKey("u"), "e", "abc", "n", 41)
+
+	b.Expect(context.Background(), "u")
+	b.Expect(context.Background(), "v") // its connection is refused
+	b.UserOnline("u")                   // the syncer does not run: an outage, say
+	b.mu.Lock()
+	base, expected := b.base["u"], len(b.expected)
+	b.mu.Unlock()
+	if base != (stream.Position{Epoch: "abc", N: 41}) || expected != 1 {
+		t.Errorf("after UserOnline: base %v, %d expectations; want abc:41 and only v's", base, expected)
+	}
+	b.mu.Lock()
+	b.expected["v"] = expectation{b.expected["v"].pos, time.Now().Add(-2 * maxExpectationAge)}
+	b.mu.Unlock()
+	b.wg.Add(1) // the receiver only: the test runs the syncer once
+
+	go b.run()
+	waitFor(t, "connected", func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.ps != nil })
+	b.sync()
+	b.mu.Lock()
+	_, stale := b.expected["v"]
+	b.mu.Unlock()
+	if stale {
+		t.Error("an expectation whose registration never came is kept")
 	}
 }

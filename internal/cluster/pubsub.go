@@ -168,10 +168,12 @@ func (b *Broker) handle(rm *redis.Message) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if _, ok := b.wanted[uid]; !ok {
-		// Published before this node's UNSUBSCRIBE took effect: nobody
-		// here wants it, and its position must not outlive the
-		// subscription (the uid's next connection would be repaired
-		// from it, and sent old history).
+		// Published before this node's UNSUBSCRIBE took effect: no open
+		// connection here wants it (the hub records it as failed for
+		// uid), and its position must not outlive the subscription (the
+		// uid's next connection would be repaired from it, and sent old
+		// history).
+		b.local.Deliver(uid, it)
 		return
 	}
 	if st, held := b.repairing[uid]; held {

@@ -50,19 +50,15 @@ func (b *Broker) repairLoop() {
 // whatever epoch comes. On an error the uids get no baseline and their
 // held messages are released without a fill.
 //
-// A uid whose connection registered through Expect has its baseline read
-// already, from before the registration: that one is used.
+// A uid whose connection registered after Expect has its baseline already
+// (from before the registration: UserOnline turned the expectation into
+// it), so it is not read again here.
 func (b *Broker) takeBaselines(ctx context.Context, channels []string) {
 	var uids []string
 	b.mu.Lock()
 	for _, ch := range channels {
 		uid := strings.TrimPrefix(ch, b.prefix+"u:")
 		if b.repairFrom(uid) != nil {
-			continue
-		}
-		if e, ok := b.expected[uid]; ok && time.Since(e.at) < maxExpectationAge {
-			delete(b.expected, uid)
-			b.base[uid] = e.pos
 			continue
 		}
 		uids = append(uids, uid)
@@ -98,8 +94,8 @@ type expectation struct {
 	at  time.Time
 }
 
-// maxExpectationAge: an older expectation is not used (its connection
-// never registered, or registered long ago); the baseline is read again.
+// maxExpectationAge: an expectation whose connection has not registered
+// within it never will (a refused registration); the syncer forgets it.
 const maxExpectationAge = healthInterval
 
 // Expect is called before a connection of uid registers on this node.
@@ -112,10 +108,11 @@ const maxExpectationAge = healthInterval
 // reads its baseline later, as it would without Expect.
 func (b *Broker) Expect(ctx context.Context, uid string) {
 	b.mu.Lock()
-	_, here := b.wanted[uid]
+	_, subscribed := b.confirmed[b.channel(uid)]
+	_, changing := b.pending[uid]
 	b.mu.Unlock()
-	if here {
-		return // subscribed, or subscribing from an earlier baseline
+	if subscribed && !changing {
+		return // everything published for uid reaches this node already
 	}
 	ctx, cancel := context.WithTimeout(ctx, healthInterval)
 	defer cancel()
