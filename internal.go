@@ -69,8 +69,7 @@ func (s *Server) newFastFront(ops http.Handler) fastFront {
 				rep = admitted
 			}
 			writeFast(ctx, rep)
-			s.metrics.sendCounter(rep.status).Inc()
-			s.metrics.sendDuration.Observe(time.Since(start).Seconds())
+			s.countSend(rep.status, start)
 		},
 		// /send parses multipart bodies itself (sendreq); fasthttp's own
 		// parsing would hand it a re-encoded copy and answer malformed
@@ -101,12 +100,11 @@ func (s *Server) fastSend(ctx *fasthttp.RequestCtx) {
 		rep = s.send(ctx, start, BytesToString(ctx.Request.Header.ContentType()), query, ctx.PostBody())
 	}
 	writeFast(ctx, rep)
-	s.metrics.sendCounter(rep.status).Inc()
-	s.metrics.sendDuration.Observe(time.Since(start).Seconds())
+	s.countSend(rep.status, start)
 }
 
 // writeFast writes rep as handleSend writes it on net/http.
-func writeFast(ctx *fasthttp.RequestCtx, rep sendReply) {
+func writeFast(ctx *fasthttp.RequestCtx, rep reply) {
 	rep.headers(ctx.Response.Header.Set)
 	ctx.SetStatusCode(rep.status)
 	ctx.SetBodyString(rep.body)

@@ -13,10 +13,10 @@ import (
 	"go-pusher/message"
 )
 
-// sendReply is what /send answers: a status, a one-line text or a JSON
-// body ending in a newline, and the headers a refusal carries. Each front
-// writes it its own way.
-type sendReply struct {
+// reply is what /send (and /healthz, /readyz) answers: a status, a
+// one-line text or a JSON body ending in a newline, and the headers a
+// refusal carries. Each front writes it its own way.
+type reply struct {
 	status    int
 	body      string
 	json      bool
@@ -25,7 +25,7 @@ type sendReply struct {
 }
 
 // headers sets the headers of rep with set, whichever front's it is.
-func (rep sendReply) headers(set func(key, value string)) {
+func (rep reply) headers(set func(key, value string)) {
 	switch {
 	case rep.allow:
 		set("Allow", http.MethodPost)
@@ -40,13 +40,13 @@ func (rep sendReply) headers(set func(key, value string)) {
 	}
 }
 
-func textReply(status int, text string) sendReply {
-	return sendReply{status: status, body: text + "\n"}
+func textReply(status int, text string) reply {
+	return reply{status: status, body: text + "\n"}
 }
 
 // admitSend is the part of /send that needs no body: the method and the
 // API key. A zero status admits the request.
-func (s *Server) admitSend(method, authorization string) sendReply {
+func (s *Server) admitSend(method, authorization string) reply {
 	if method != http.MethodPost {
 		r := textReply(http.StatusMethodNotAllowed, "method not allowed: use POST")
 		r.allow = true
@@ -57,13 +57,13 @@ func (s *Server) admitSend(method, authorization string) sendReply {
 		r.challenge = true
 		return r
 	}
-	return sendReply{}
+	return reply{}
 }
 
 // send is /send after admitSend, on the plain values of the request: it
 // parses, looks the uids up, logs the message and publishes it. accepted
 // is when the request arrived.
-func (s *Server) send(ctx context.Context, accepted time.Time, contentType, rawQuery string, body []byte) sendReply {
+func (s *Server) send(ctx context.Context, accepted time.Time, contentType, rawQuery string, body []byte) reply {
 	req, perr := sendreq.Parse(contentType, rawQuery, body, s.limits)
 	if perr != nil {
 		return textReply(perr.Status, perr.Reason)
@@ -112,7 +112,7 @@ func (s *Server) send(ctx context.Context, accepted time.Time, contentType, rawQ
 	}
 
 	if !req.Multicast {
-		return sendReply{status: http.StatusOK, json: true, body: `{"id":"` + m.ID + "\"}\n"}
+		return reply{status: http.StatusOK, json: true, body: `{"id":"` + m.ID + "\"}\n"}
 	}
 	if online == nil {
 		online = []string{}
@@ -129,7 +129,7 @@ func (s *Server) send(ctx context.Context, accepted time.Time, contentType, rawQ
 		// Strings always marshal; this is unreachable.
 		return textReply(http.StatusInternalServerError, "encode reply: "+err.Error())
 	}
-	return sendReply{status: http.StatusOK, json: true, body: string(append(b, '\n'))}
+	return reply{status: http.StatusOK, json: true, body: string(append(b, '\n'))}
 }
 
 // moveGone moves the uids of gone from online to offline, keeping order.
@@ -161,11 +161,22 @@ func (s *Server) handleSend(w http.ResponseWriter, r *http.Request) {
 			rep = s.send(r.Context(), start, r.Header.Get("Content-Type"), r.URL.RawQuery, body)
 		}
 	}
+	writeHTTP(w, rep)
+	s.countSend(rep.status, start)
+}
+
+// writeHTTP writes rep on net/http (/send's answers and the one-line
+// answers of /healthz and /readyz).
+func writeHTTP(w http.ResponseWriter, rep reply) {
 	rep.headers(w.Header().Set)
 	w.WriteHeader(rep.status)
-	// A write error means the client left; the message is sent regardless.
+	// A write error means the client left; there is no one to tell.
 	_, _ = io.WriteString(w, rep.body)
-	s.metrics.sendCounter(rep.status).Inc()
+}
+
+// countSend records a /send answered with status, on either front.
+func (s *Server) countSend(status int, start time.Time) {
+	s.metrics.sendCounter(status).Inc()
 	s.metrics.sendDuration.Observe(time.Since(start).Seconds())
 }
 

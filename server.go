@@ -322,7 +322,7 @@ func (s *Server) waitInflight(ctx context.Context) {
 }
 
 func (s *Server) handleHealthz(w http.ResponseWriter, _ *http.Request) {
-	replyText(w, http.StatusOK, "ok")
+	writeHTTP(w, textReply(http.StatusOK, "ok"))
 }
 
 // readinessTTL is how long /readyz answers from its last check: a load
@@ -343,7 +343,7 @@ type readiness struct {
 // log: they name hosts and errors that are nobody else's business.
 func (s *Server) handleReadyz(w http.ResponseWriter, r *http.Request) {
 	if s.draining.Load() {
-		replyText(w, http.StatusServiceUnavailable, "shutting down")
+		writeHTTP(w, textReply(http.StatusServiceUnavailable, "shutting down"))
 		return
 	}
 	if err := s.checkReady(r.Context()); err != nil {
@@ -351,10 +351,10 @@ func (s *Server) handleReadyz(w http.ResponseWriter, r *http.Request) {
 		if s.cfg.InternalAddr == "" {
 			reason = "not ready: a dependency does not answer (the server log says which)"
 		}
-		replyText(w, http.StatusServiceUnavailable, reason)
+		writeHTTP(w, textReply(http.StatusServiceUnavailable, reason))
 		return
 	}
-	replyText(w, http.StatusOK, "ready")
+	writeHTTP(w, textReply(http.StatusOK, "ready"))
 }
 
 // checkReady asks the message log and the broker, at most once per
@@ -388,15 +388,4 @@ func (s *Server) checkReady(ctx context.Context) error {
 func (s *Server) checkAPIKey(authorization string) bool {
 	got := sha256.Sum256([]byte(bearer(authorization)))
 	return subtle.ConstantTimeCompare(got[:], s.apiKey[:]) == 1
-}
-
-// replyText writes a one-line plain-text answer and returns code.
-func replyText(w http.ResponseWriter, code int, text string) int {
-	h := w.Header()
-	h.Set("Content-Type", "text/plain; charset=utf-8")
-	h.Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(code)
-	// A write error means the client left; there is no one to tell.
-	_, _ = w.Write([]byte(text + "\n"))
-	return code
 }
