@@ -383,7 +383,10 @@ func TestFramesStayWholeOnASlowSocket(t *testing.T) {
 // there. /send never writes to a socket, so a multicast that includes that
 // peer answers and reaches the other uid at once, each time.
 func TestSendDoesNotWaitForAStuckSocket(t *testing.T) {
-	ts := startServer(t, testConfig(t, "-send-buffer", "100000"))
+	// A /send that waited for the stuck socket would wait up to the
+	// -write-timeout, past the test client's 10 s timeout: ts.sendJSON
+	// fails the test then. No time is asserted beyond that.
+	ts := startServer(t, testConfig(t, "-send-buffer", "100000", "-write-timeout", "60s"))
 	stuck := ts.dial("stuck")
 	fast := ts.dial("fast")
 	var wg sync.WaitGroup
@@ -403,13 +406,9 @@ func TestSendDoesNotWaitForAStuckSocket(t *testing.T) {
 	defer func() { close(done); wg.Wait() }()
 	big := strings.Repeat("b", 60000)
 	for i := range 100 {
-		start := time.Now()
 		code, body := ts.sendJSON(map[string]any{"uids": []string{"stuck", "fast"}, "message": fmt.Sprintf("%d%s", i, big)})
 		if code != http.StatusOK {
 			t.Fatalf("/send %d = %d %q", i, code, body)
-		}
-		if took := time.Since(start); took > 2*time.Second {
-			t.Fatalf("/send %d took %v", i, took)
 		}
 		if got := readText(t, fast); !strings.HasPrefix(got, fmt.Sprint(i)) {
 			t.Fatalf("fast got %.10q, want message %d", got, i)
