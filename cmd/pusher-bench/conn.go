@@ -177,6 +177,10 @@ func (p *pool) runSlot(slot int32) {
 		dialStart := time.Now().UnixNano()
 		node := p.wsURLs[(int(slot)+attempt)%len(p.wsURLs)]
 		conn, err := p.dial(slot, node, since)
+		// Taken before the first dial counts as done: a /send issued
+		// after connect returns is then after every first connection's
+		// up, however late this goroutine reaches hold.
+		up := time.Now().UnixNano()
 		attempt++
 		if err == nil {
 			// Counted before the first dial is done, so that connect never
@@ -188,7 +192,7 @@ func (p *pool) runSlot(slot int32) {
 			<-p.sem
 			if err == nil {
 				p.connected.Add(1)
-				p.lastUp.Store(time.Now().UnixNano())
+				p.lastUp.Store(up)
 			}
 			p.firstDials.Done()
 			first = false
@@ -203,7 +207,7 @@ func (p *pool) runSlot(slot int32) {
 			}
 			continue
 		}
-		run := &connRun{since: since != "", dial: dialStart, pos: &pos, dead: make(chan struct{})}
+		run := &connRun{since: since != "", dial: dialStart, up: up, pos: &pos, dead: make(chan struct{})}
 		if len(p.wsURLs) > 1 {
 			run.node = strings.TrimSuffix(strings.TrimPrefix(strings.TrimPrefix(node, "ws://"), "wss://"), "/ws")
 		}
@@ -264,7 +268,7 @@ func (p *pool) dial(slot int32, node, since string) (*websocket.Conn, error) {
 // the pool stops. The caller counted conn in p.open; hold uncounts it.
 func (p *pool) hold(slot, gen int32, conn *websocket.Conn, life time.Duration, abrupt bool, run *connRun, rnd *rand.Rand) {
 	defer p.open.Add(-1)
-	p.rep.emit(event{kind: evUp, slot: slot, gen: gen, at: time.Now().UnixNano(), t2: run.dial, flags: flagIf(run.since, flagSince), text: run.node})
+	p.rep.emit(event{kind: evUp, slot: slot, gen: gen, at: run.up, t2: run.dial, flags: flagIf(run.since, flagSince), text: run.node})
 	if !run.since {
 		p.setSteady(slot, true) // with since, once {"recovered"} came
 	}

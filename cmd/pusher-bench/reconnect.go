@@ -47,6 +47,7 @@ type connRun struct {
 	since     bool          // dialled with ?since=
 	node      string        // host:port of the node, when there are several
 	dial      int64         // unix ns when the handshake began
+	up        int64         // unix ns when it was done
 	pos       *streamPos    // the slot's, updated by the reader
 	recovered bool          // the reader saw {"recovered": ...}
 	canDrop   atomic.Bool   // the slot knows its offset: a drop can come back with since=
