@@ -46,9 +46,11 @@ type Log struct {
 // Logger records messages before they are pushed, and their delivery
 // status afterwards.
 //
-// Log is on the /send path: it returns once the message is recorded (for a
-// batching logger, once the batch holding it is committed), or with an
-// error when it could not be, in which case the message is not pushed.
+// Log is on the /send path: it returns once the messages are recorded (for
+// a batching logger, once the batch holding them is committed), or with
+// an error when they could not be, in which case none is pushed. The
+// messages of one call are recorded together or not at all (a
+// /send/batch).
 // Concurrent calls are expected and may share one write. A logger that can
 // wait on something remote bounds each call itself (the server configures
 // it with -message-log-timeout) as well as by ctx, so that /send need not
@@ -59,7 +61,7 @@ type Log struct {
 // StatusDelivered more than once, and StatusFailed after StatusDelivered;
 // delivered wins.
 type Logger interface {
-	Log(ctx context.Context, l Log) error
+	Log(ctx context.Context, ms ...Log) error
 	Update(id, uid string, s Status)
 	// Ready reports why the logger cannot record messages now, or nil.
 	Ready(ctx context.Context) error

@@ -21,14 +21,21 @@ const (
 	reqAbandoned
 )
 
-// logRequest is one Log call waiting for its rows to be committed.
+// logRequest is one Log call waiting for its rows to be committed: the
+// rows of all its messages commit together or not at all.
 type logRequest struct {
-	m        Log
-	at       time.Time  // created_at, UTC
-	msgSize  int        // len of the message quoted and escaped
+	ms       []logEntry
+	rows     int        // rows of all ms
 	deadline time.Time  // Log's deadline; zero if none
 	done     chan error // buffered: the writer never waits for Log
 	state    atomic.Int32
+}
+
+// logEntry is one message of a logRequest.
+type logEntry struct {
+	Log
+	at      time.Time // created_at, UTC
+	msgSize int       // len of the message quoted and escaped
 }
 
 // Column limits of db_logs (see createTable).
@@ -38,33 +45,46 @@ const (
 	maxMessageLen = 16<<20 - 1 // MEDIUMTEXT
 )
 
-// newRequest checks m before it can join a batch: a row the database
+// newRequest checks ms before they can join a batch: a row the database
 // would refuse would fail the whole batch, and with it the messages of
 // other senders.
-func (l *MySQLLogger) newRequest(m Log) (*logRequest, error) {
+func (l *MySQLLogger) newRequest(ms []Log) (*logRequest, error) {
+	r := &logRequest{ms: make([]logEntry, 0, len(ms)), done: make(chan error, 1)}
+	for _, m := range ms {
+		e, err := l.newEntry(m)
+		if err != nil {
+			return nil, err
+		}
+		r.ms = append(r.ms, e)
+		r.rows += len(m.UIDs)
+	}
+	return r, nil
+}
+
+func (l *MySQLLogger) newEntry(m Log) (logEntry, error) {
 	if err := checkID(m.ID); err != nil {
-		return nil, fmt.Errorf("mysql message log: id %q %w", m.ID, err)
+		return logEntry{}, fmt.Errorf("mysql message log: id %q %w", m.ID, err)
 	}
 	for _, uid := range m.UIDs {
 		if uid == "" || len(uid) > maxUIDBytes || !utf8.ValidString(uid) {
-			return nil, fmt.Errorf("mysql message log: uid %q: want 1 to %d bytes of UTF-8", uid, maxUIDBytes)
+			return logEntry{}, fmt.Errorf("mysql message log: uid %q: want 1 to %d bytes of UTF-8", uid, maxUIDBytes)
 		}
 	}
 	if len(m.Message) > maxMessageLen || !utf8.ValidString(m.Message) {
-		return nil, fmt.Errorf("mysql message log: message: want at most %d bytes of UTF-8", maxMessageLen)
+		return logEntry{}, fmt.Errorf("mysql message log: message: want at most %d bytes of UTF-8", maxMessageLen)
 	}
 	at := m.Time
 	if at.IsZero() {
 		at = time.Now()
 	}
 	// The column keeps milliseconds; MariaDB truncates and MySQL rounds.
-	r := &logRequest{m: m, at: at.UTC().Truncate(time.Millisecond), msgSize: quotedLen(m.Message), done: make(chan error, 1)}
+	e := logEntry{Log: m, at: at.UTC().Truncate(time.Millisecond), msgSize: quotedLen(m.Message)}
 	for _, uid := range m.UIDs {
-		if n := r.rowSize(uid); len(insertPrefix)+n > l.maxStmt {
-			return nil, fmt.Errorf("mysql message log: a row of %d bytes does not fit in max_allowed_packet (%d): raise it on the server", n, l.maxStmt+stmtSlack)
+		if n := e.rowSize(uid); len(insertPrefix)+n > l.maxStmt {
+			return logEntry{}, fmt.Errorf("mysql message log: a row of %d bytes does not fit in max_allowed_packet (%d): raise it on the server", n, l.maxStmt+stmtSlack)
 		}
 	}
-	return r, nil
+	return e, nil
 }
 
 // checkID accepts what msgid.go makes, and any short id of letters,
@@ -92,7 +112,7 @@ type insertBatch struct {
 
 func (b *insertBatch) add(r *logRequest) {
 	b.reqs = append(b.reqs, r)
-	b.rows += len(r.m.UIDs)
+	b.rows += r.rows
 	switch {
 	case r.deadline.IsZero():
 		b.noLimit = true
@@ -195,7 +215,7 @@ func (l *MySQLLogger) writeBatch(b *insertBatch) {
 func (l *MySQLLogger) settle(reqs []*logRequest, err error) {
 	rows := 0
 	for _, r := range reqs {
-		rows += len(r.m.UIDs)
+		rows += r.rows
 	}
 	if err != nil {
 		err = l.redact.err(fmt.Errorf("mysql %s: insert %d rows: %w", l.target, rows, err))
@@ -215,8 +235,10 @@ func (l *MySQLLogger) settle(reqs []*logRequest, err error) {
 		} else if !maybeCommitted {
 			continue
 		}
-		for _, uid := range r.m.UIDs {
-			l.enqueueUpdate(statusUpdate{r.m.ID, uid, StatusFailed})
+		for _, e := range r.ms {
+			for _, uid := range e.UIDs {
+				l.enqueueUpdate(statusUpdate{e.ID, uid, StatusFailed})
+			}
 		}
 	}
 }

@@ -206,17 +206,18 @@ func (l *MySQLLogger) start() {
 	}()
 }
 
-// Log implements Logger: it returns once the rows of m, one per uid, are
-// committed, or with an error when they cannot be within ctx. After an
-// error no row of m is left claiming it was pushed: a row committed
-// nonetheless (the commit raced the deadline) is marked failed.
-func (l *MySQLLogger) Log(ctx context.Context, m Log) error {
-	if len(m.UIDs) == 0 {
-		return nil
-	}
-	r, err := l.newRequest(m)
+// Log implements Logger: it returns once the rows of ms, one per message
+// and uid, are committed (in one transaction), or with an error when they
+// cannot be within ctx. After an error no row of ms is left claiming it
+// was pushed: a row committed nonetheless (the commit raced the deadline)
+// is marked failed.
+func (l *MySQLLogger) Log(ctx context.Context, ms ...Log) error {
+	r, err := l.newRequest(ms)
 	if err != nil {
 		return err
+	}
+	if r.rows == 0 {
+		return nil
 	}
 	if l.cfg.LogTimeout > 0 {
 		var cancel context.CancelFunc

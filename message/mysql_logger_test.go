@@ -257,7 +257,7 @@ func TestBuildInsertsSplits(t *testing.T) {
 	l := &MySQLLogger{cfg: MySQLConfig{BatchSize: 4}, maxStmt: 4000}
 	var reqs []*logRequest
 	for i := range 10 {
-		r, err := l.newRequest(Log{ID: fmt.Sprintf("id%02d", i), UIDs: []string{"a", "b"}, Message: strings.Repeat("'", 300*(i%3))})
+		r, err := l.newRequest([]Log{{ID: fmt.Sprintf("id%02d", i), UIDs: []string{"a", "b"}, Message: strings.Repeat("'", 300*(i%3))}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -351,7 +351,7 @@ func TestMySQLCloseFlushes(t *testing.T) {
 	// A message in a batch that waits for its interval: handed to the
 	// collector as Log does, so that it is surely taken before Close.
 	pending := testID(t)
-	r, err := l.newRequest(Log{ID: pending, UIDs: []string{"u"}, Message: "m"})
+	r, err := l.newRequest([]Log{{ID: pending, UIDs: []string{"u"}, Message: "m"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -420,7 +420,7 @@ func TestMySQLAbandonedLog(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			id := testID(t)
 			logOK(t, l, Log{ID: id, UIDs: []string{"a", "b"}, Message: "m"})
-			r, err := l.newRequest(Log{ID: id, UIDs: []string{"a", "b"}, Message: "m"})
+			r, err := l.newRequest([]Log{{ID: id, UIDs: []string{"a", "b"}, Message: "m"}})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -436,5 +436,39 @@ func TestMySQLAbandonedLog(t *testing.T) {
 			d.waitStatus(t, id, "a", StatusFailed)
 			d.waitStatus(t, id, "b", StatusFailed)
 		})
+	}
+}
+
+// TestMySQLLogSeveral: the messages of one Log call (a /send/batch) commit
+// together, in one transaction even when they need several statements, and
+// one bad message refuses them all.
+func TestMySQLLogSeveral(t *testing.T) {
+	d := newTestDB(t)
+	// BatchSize 4: 10 messages of 2 uids take 5 statements.
+	l := newTestLogger(t, d.DSN, MySQLConfig{BatchSize: 4})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var ms []Log
+	for i := range 10 {
+		ms = append(ms, Log{ID: testID(t), UIDs: []string{"a", "b"}, Message: fmt.Sprint("m", i)})
+	}
+	if err := l.Log(ctx, ms...); err != nil {
+		t.Fatalf("Log(10 messages) = %v", err)
+	}
+	for _, m := range ms {
+		if got := d.rows(t, m.ID); len(got) != 2 || got["a"].Message != m.Message {
+			t.Errorf("rows of %s = %v, want 2 with message %q", m.ID, got, m.Message)
+		}
+	}
+
+	bad := []Log{
+		{ID: testID(t), UIDs: []string{"a"}, Message: "good"},
+		{ID: testID(t), UIDs: []string{"a"}, Message: "x\xffy"},
+	}
+	if err := l.Log(ctx, bad...); err == nil {
+		t.Fatal("Log(good, invalid UTF-8) = nil, want an error")
+	}
+	if got := d.rows(t, bad[0].ID); len(got) != 0 {
+		t.Errorf("the good message of a refused call left rows %v", got)
 	}
 }

@@ -26,10 +26,10 @@ const (
 	stmtSlack = 1024
 )
 
-// rowSize is the length of one row of r in the INSERT text, as the
+// rowSize is the length of one row of e in the INSERT text, as the
 // driver writes it with the arguments quoted and escaped.
-func (r *logRequest) rowSize(uid string) int {
-	return len(insertRow) + 1 + quotedLen(r.m.ID) + quotedLen(uid) + r.msgSize + 2*quotedTimeLen
+func (e *logEntry) rowSize(uid string) int {
+	return len(insertRow) + 1 + quotedLen(e.ID) + quotedLen(uid) + e.msgSize + 2*quotedTimeLen
 }
 
 // maxRowSize is an upper bound of rowSize for a message of n bytes.
@@ -68,20 +68,23 @@ func (l *MySQLLogger) buildInserts(reqs []*logRequest) []stmt {
 	}
 	flush()
 	for _, r := range reqs {
-		for _, uid := range r.m.UIDs {
-			n := r.rowSize(uid)
-			if rows > 0 && (rows >= l.cfg.BatchSize || size+n > l.maxStmt) {
-				flush()
+		for i := range r.ms {
+			e := &r.ms[i]
+			for _, uid := range e.UIDs {
+				n := e.rowSize(uid)
+				if rows > 0 && (rows >= l.cfg.BatchSize || size+n > l.maxStmt) {
+					flush()
+				}
+				if rows == 0 {
+					q.WriteString(insertPrefix)
+				} else {
+					q.WriteByte(',')
+				}
+				q.WriteString(insertRow)
+				args = append(args, e.ID, uid, e.Message, e.at, e.at)
+				rows++
+				size += n
 			}
-			if rows == 0 {
-				q.WriteString(insertPrefix)
-			} else {
-				q.WriteByte(',')
-			}
-			q.WriteString(insertRow)
-			args = append(args, r.m.ID, uid, r.m.Message, r.at, r.at)
-			rows++
-			size += n
 		}
 	}
 	flush()

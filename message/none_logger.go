@@ -8,7 +8,7 @@ type NoneLogger struct{}
 var _ Logger = NoneLogger{}
 
 // Log implements Logger.
-func (NoneLogger) Log(context.Context, Log) error { return nil }
+func (NoneLogger) Log(context.Context, ...Log) error { return nil }
 
 // Update implements Logger.
 func (NoneLogger) Update(string, string, Status) {}

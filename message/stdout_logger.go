@@ -95,10 +95,11 @@ func (l *StdoutLogger) timeoutErr() error {
 	return fmt.Errorf("write message log: no answer in %s", l.timeout)
 }
 
-// Log implements Logger. It returns after the line was handed to w; a
-// write error (a closed pipe, a full disk) or the timeout is returned so
-// that /send refuses the message instead of pushing it unlogged.
-func (l *StdoutLogger) Log(ctx context.Context, m Log) error {
+// Log implements Logger. It returns after the lines of ms were handed to
+// w, in one write; a write error (a closed pipe, a full disk) or the
+// timeout is returned so that /send refuses the messages instead of
+// pushing them unlogged.
+func (l *StdoutLogger) Log(ctx context.Context, ms ...Log) error {
 	l.mu.Lock()
 	if l.closing {
 		// After Close's last flush nobody would write the line (with
@@ -121,7 +122,9 @@ func (l *StdoutLogger) Log(ctx context.Context, m Log) error {
 		l.spare = nil
 		l.cur = b
 	}
-	b.buf = AppendLine(b.buf, m)
+	for _, m := range ms {
+		b.buf = AppendLine(b.buf, m)
+	}
 	stuck := l.stuck
 	if l.timeout == 0 {
 		stuck = nil // never

@@ -312,3 +312,23 @@ func BenchmarkStdoutLogger(b *testing.B) {
 		}
 	})
 }
+
+// TestStdoutLoggerSeveral: the lines of one Log call go out in one write,
+// in order.
+func TestStdoutLoggerSeveral(t *testing.T) {
+	w := &slowWriter{}
+	l := newTestStdoutLogger(t, w, 0)
+	ms := []Log{
+		{ID: "m1", UIDs: []string{"u"}, Message: "one"},
+		{ID: "m2", UIDs: []string{"u", "v"}, Message: "two"},
+	}
+	if err := l.Log(context.Background(), ms...); err != nil {
+		t.Fatal(err)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	want := string(AppendLine(AppendLine(nil, ms[0]), ms[1]))
+	if len(w.writes) != 1 || w.writes[0] != want {
+		t.Errorf("writes %q, want one write %q", w.writes, want)
+	}
+}
