@@ -24,5 +24,6 @@ go test -race -count=1 ./...
 # (go.dev/issue/75804, fixed in Go 1.27).
 fuzz() { go test -run '^$' -fuzz "^$2\$" -fuzztime "${FUZZTIME:-20000x}" "$1"; }
 fuzz ./internal/sendreq FuzzParse
+fuzz ./internal/sendreq FuzzParseBatch
 fuzz . FuzzParseToken
 fuzz ./message FuzzAppendLine

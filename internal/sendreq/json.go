@@ -32,8 +32,15 @@ func parseJSON(b []byte) (Request, *Error) {
 	}
 	var in body
 	if err := json.Unmarshal(b, &in, json.RejectUnknownMembers(true)); err != nil {
-		return req, jsonError(err)
+		return req, jsonError(err, "")
 	}
+	return in.request()
+}
+
+// request is what in asks for, before the rules common to every body type
+// (check).
+func (in body) request() (Request, *Error) {
+	var req Request
 	switch {
 	case in.UID != nil && in.UIDs != nil:
 		return req, badRequest("give uid or uids, not both")
@@ -52,19 +59,21 @@ func parseJSON(b []byte) (Request, *Error) {
 }
 
 // jsonError words a decoding error for the client, without Go's type
-// names.
-func jsonError(err error) *Error {
+// names. within is the pointer of the /send body inside the document
+// ("" when the document is one).
+func jsonError(err error, within string) *Error {
 	var se *json.SemanticError
 	var sy *jsontext.SyntacticError
 	switch {
 	case errors.As(err, &se):
+		ptr := strings.TrimPrefix(string(se.JSONPointer), within)
 		field := se.JSONPointer.LastToken()
 		switch {
-		case errors.Is(se.Err, json.ErrUnknownName):
+		case isUnknownName(se):
 			return badRequest("malformed JSON: unknown field %q", field)
-		case se.JSONPointer == "":
+		case ptr == "":
 			return badRequest("malformed JSON: want an object, not %s", kindName(se.JSONKind))
-		case strings.HasPrefix(string(se.JSONPointer), "/uids"):
+		case strings.HasPrefix(ptr, "/uids"):
 			return badRequest("malformed JSON: uids must be an array of strings")
 		default:
 			return badRequest("malformed JSON: %s must be a string, not %s", field, kindName(se.JSONKind))
@@ -76,6 +85,10 @@ func jsonError(err error) *Error {
 		return badRequest("malformed JSON at byte %d: %v", sy.ByteOffset, sy.Err)
 	}
 	return badRequest("malformed JSON: %v", err)
+}
+
+func isUnknownName(se *json.SemanticError) bool {
+	return errors.Is(se.Err, json.ErrUnknownName)
 }
 
 // kindName names a JSON kind for a person: "a string", "an array".

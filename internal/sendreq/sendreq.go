@@ -28,8 +28,10 @@ type Request struct {
 
 // Limits bound what Parse accepts.
 type Limits struct {
-	MaxMessageSize int // bytes of the message
-	MaxMulticast   int // uids in one request
+	MaxMessageSize int   // bytes of the message
+	MaxMulticast   int   // uids in one request
+	MaxBatch       int   // items in one /send/batch
+	MaxBatchBytes  int64 // bytes of a /send/batch body
 }
 
 // MaxBody is the largest body worth reading: a message of MaxMessageSize

@@ -192,19 +192,7 @@ func FuzzParse(f *testing.F) {
 			}
 			return
 		}
-		if len(req.UIDs) == 0 || (!req.Multicast && len(req.UIDs) != 1) || len(req.UIDs) > lim.MaxMulticast {
-			t.Fatalf("accepted uids %q (multicast %v)", req.UIDs, req.Multicast)
-		}
-		seen := map[string]bool{}
-		for _, uid := range req.UIDs {
-			if stream.CheckUID(uid) != nil || seen[uid] {
-				t.Fatalf("accepted uid %q (bad or duplicate) in %q", uid, req.UIDs)
-			}
-			seen[uid] = true
-		}
-		if req.Message == "" || len(req.Message) > lim.MaxMessageSize || !utf8.ValidString(req.Message) {
-			t.Fatalf("accepted message %q", req.Message)
-		}
+		checkAccepted(t, req, lim)
 		if mt, _, _ := mediaType(contentType); mt == typeForm || contentType == "" {
 			// A form is read as net/http reads it.
 			r := httptest.NewRequest(http.MethodPost, "/send?"+url.PathEscape(""), bytes.NewReader(body))
@@ -241,5 +229,23 @@ func BenchmarkParse(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// checkAccepted fails t unless req obeys every rule of the contract.
+func checkAccepted(t *testing.T, req Request, lim Limits) {
+	t.Helper()
+	if len(req.UIDs) == 0 || (!req.Multicast && len(req.UIDs) != 1) || len(req.UIDs) > lim.MaxMulticast {
+		t.Fatalf("accepted uids %q (multicast %v)", req.UIDs, req.Multicast)
+	}
+	seen := map[string]bool{}
+	for _, uid := range req.UIDs {
+		if stream.CheckUID(uid) != nil || seen[uid] {
+			t.Fatalf("accepted uid %q (bad or duplicate) in %q", uid, req.UIDs)
+		}
+		seen[uid] = true
+	}
+	if req.Message == "" || len(req.Message) > lim.MaxMessageSize || !utf8.ValidString(req.Message) {
+		t.Fatalf("accepted message %q", req.Message)
 	}
 }
