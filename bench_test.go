@@ -10,6 +10,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"go-pusher/internal/cluster"
 	"go-pusher/internal/stream"
 	"go-pusher/message"
 )
@@ -69,7 +70,7 @@ func BenchmarkDeliver(b *testing.B) {
 			b.ResetTimer()
 			for i := range b.N {
 				m := stream.NewMessage("06a1r3k6c7l2q0e9f1s8", data, time.Now())
-				if _, err := srv.broker.Publish(context.Background(), m, uids); err != nil {
+				if err := srv.broker.PublishAll(context.Background(), []*cluster.Publication{{Message: m, UIDs: uids}}); err != nil {
 					b.Fatal(err)
 				}
 				want := int64((i + 1) * n)

@@ -20,12 +20,13 @@ type Broker interface {
 	// Online splits uids into those with an open connection on some node
 	// and those without, keeping their order.
 	Online(ctx context.Context, uids []string) (online, offline []string, err error)
-	// Publish gives m the next offset of each of uids, stores it in their
-	// history and queues it on all their connections, on every node. It
-	// returns the uids that turned out to have no connection anywhere
-	// (they went away after Online): nothing was stored for them. An error
-	// means m may not have reached some connections.
-	Publish(ctx context.Context, m *stream.Message, uids []string) (gone []string, err error)
+	// PublishAll gives the message of each of pubs, in order, the next
+	// offset of each of its uids, stores it in their history and queues
+	// it on all their connections, on every node. Each publication learns
+	// the uids that turned out to have no connection anywhere (they went
+	// away after Online): nothing was stored for them. An error means
+	// some messages may not have reached some connections.
+	PublishAll(ctx context.Context, pubs []*cluster.Publication) error
 	// Replay returns what a connection of uid that has seen everything up
 	// to since missed, in offset order, and whether history holds all of
 	// it. The connection is registered (and held) already, so anything
@@ -71,8 +72,13 @@ func (b localBroker) Online(_ context.Context, uids []string) (online, offline [
 	return online, offline, nil
 }
 
-func (b localBroker) Publish(_ context.Context, m *stream.Message, uids []string) ([]string, error) {
-	return b.hist.Publish(m, uids), nil
+// PublishAll ignores the publications' idempotency claims: on a single
+// node the claim is the process's own, held until this request ends.
+func (b localBroker) PublishAll(_ context.Context, pubs []*cluster.Publication) error {
+	for _, p := range pubs {
+		p.Gone = b.hist.Publish(p.Message, p.UIDs)
+	}
+	return nil
 }
 
 func (b localBroker) Replay(_ context.Context, uid string, since stream.Position) ([]stream.Item, bool) {

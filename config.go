@@ -42,6 +42,10 @@ type Config struct {
 	SendBuffer      int      // per-connection queue length
 	MaxConnsPerUser int
 	MaxMulticast    int
+	MaxBatch        int           // items in one /send/batch
+	MaxBatchBytes   int64         // bytes of a /send/batch body
+	IdempotencyTTL  time.Duration // how long a finished idempotency key is remembered (0: keys off)
+	IdempotencyMem  int64         // single node: most bytes of remembered keys
 	PingInterval    time.Duration
 	PongWait        time.Duration
 	WriteTimeout    time.Duration
@@ -76,6 +80,10 @@ func newFlagSet(cfg *Config, origins *string) *flag.FlagSet {
 	fs.IntVar(&cfg.SendBuffer, "send-buffer", 128, "per-connection queue; a connection with a full queue is closed with 1013")
 	fs.IntVar(&cfg.MaxConnsPerUser, "max-conns-per-user", 16, "further connections of that uid are refused")
 	fs.IntVar(&cfg.MaxMulticast, "max-multicast", 10000, "most uids in one /send")
+	fs.IntVar(&cfg.MaxBatch, "max-batch", 1000, "most messages in one /send/batch")
+	fs.Int64Var(&cfg.MaxBatchBytes, "max-batch-bytes", 8<<20, "largest /send/batch body, bytes")
+	fs.DurationVar(&cfg.IdempotencyTTL, "idempotency-ttl", 5*time.Minute, "how long an idempotency key's answer is remembered (0: keys are ignored)")
+	fs.Int64Var(&cfg.IdempotencyMem, "idempotency-bytes", 64<<20, "single node: most bytes of remembered idempotency keys (oldest go first)")
 	fs.DurationVar(&cfg.PingInterval, "ping-interval", 25*time.Second, "server ping period")
 	fs.DurationVar(&cfg.PongWait, "pong-wait", 60*time.Second, "a connection silent this long is closed")
 	fs.DurationVar(&cfg.WriteTimeout, "write-timeout", 10*time.Second, "longest one write to a connection may take")
@@ -226,6 +234,16 @@ func (c *Config) validate() []error {
 	positive("send-buffer", c.SendBuffer)
 	positive("max-conns-per-user", c.MaxConnsPerUser)
 	positive("max-multicast", c.MaxMulticast)
+	positive("max-batch", c.MaxBatch)
+	if c.MaxBatchBytes < 1 {
+		bad("invalid -max-batch-bytes %d: must be at least 1", c.MaxBatchBytes)
+	}
+	if c.IdempotencyTTL < 0 {
+		bad("invalid -idempotency-ttl %s: must not be negative", c.IdempotencyTTL)
+	}
+	if c.IdempotencyMem < 0 {
+		bad("invalid -idempotency-bytes %d: must not be negative", c.IdempotencyMem)
+	}
 	positive("mysql-batch-size", c.MySQLBatchSize)
 	if c.HistorySize < 0 {
 		bad("invalid -history-size %d: must not be negative", c.HistorySize)

@@ -50,6 +50,7 @@ func testConfig(t *testing.T, args ...string) Config {
 type recordingLogger struct {
 	mu      sync.Mutex
 	logs    []message.Log
+	calls   int                       // Log calls that logged
 	updates map[string]message.Status // id/uid → last status
 	err     error                     // returned by Log and Ready when set
 }
@@ -58,14 +59,22 @@ func newRecordingLogger() *recordingLogger {
 	return &recordingLogger{updates: map[string]message.Status{}}
 }
 
-func (l *recordingLogger) Log(_ context.Context, m message.Log) error {
+func (l *recordingLogger) Log(_ context.Context, ms ...message.Log) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.err != nil {
 		return l.err
 	}
-	l.logs = append(l.logs, m)
+	l.logs = append(l.logs, ms...)
+	l.calls++
 	return nil
+}
+
+// logCalls is how many Log calls logged something.
+func (l *recordingLogger) logCalls() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.calls
 }
 
 func (l *recordingLogger) Update(id, uid string, s message.Status) {

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -41,12 +42,16 @@ func (f fastFront) Shutdown(ctx context.Context) error {
 // everything else of ops through the adaptor.
 func (s *Server) newFastFront(ops http.Handler) fastFront {
 	other := fasthttpadaptor.NewFastHTTPHandler(ops)
-	limit := s.limits.MaxBody()
+	limit := max(s.limits.MaxBody(), s.limits.MaxBatchBytes)
 	return fastFront{&fasthttp.Server{
 		Handler: func(ctx *fasthttp.RequestCtx) {
 			defer s.recoverFast(ctx)
-			if string(ctx.Path()) == "/send" {
+			switch string(ctx.Path()) {
+			case "/send":
 				s.fastSend(ctx)
+				return
+			case "/send/batch":
+				s.fastBatch(ctx)
 				return
 			}
 			other(ctx)
@@ -56,12 +61,13 @@ func (s *Server) newFastFront(ops http.Handler) fastFront {
 		// checked first and the answer is counted, as on net/http.
 		ErrorHandler: func(ctx *fasthttp.RequestCtx, err error) {
 			start := time.Now()
+			path := string(ctx.Path())
 			rep := textReply(http.StatusBadRequest, "malformed request")
 			if errors.Is(err, fasthttp.ErrBodyTooLarge) {
-				tooBig := sendreq.TooLarge(limit)
+				tooBig := sendreq.TooLarge(s.bodyLimit(path))
 				rep = textReply(tooBig.Status, tooBig.Reason)
 			}
-			if string(ctx.Path()) != "/send" {
+			if path != "/send" && path != "/send/batch" {
 				writeFast(ctx, rep)
 				return
 			}
@@ -69,7 +75,13 @@ func (s *Server) newFastFront(ops http.Handler) fastFront {
 				rep = admitted
 			}
 			writeFast(ctx, rep)
-			s.countSend(rep.status, start)
+			s.countFast(path, rep.status, start)
+		},
+		// Each path has its own body limit: a /send body over /send's is
+		// refused unread, not read up to /send/batch's.
+		HeaderReceived: func(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
+			path, _, _ := strings.Cut(BytesToString(h.RequestURI()), "?")
+			return fasthttp.RequestConfig{MaxRequestBodySize: int(s.bodyLimit(path))}
 		},
 		// /send parses multipart bodies itself (sendreq); fasthttp's own
 		// parsing would hand it a re-encoded copy and answer malformed
@@ -85,10 +97,38 @@ func (s *Server) newFastFront(ops http.Handler) fastFront {
 	}}
 }
 
+// bodyLimit is the largest body of a request to path.
+func (s *Server) bodyLimit(path string) int64 {
+	if path == "/send/batch" {
+		return s.limits.MaxBatchBytes
+	}
+	return s.limits.MaxBody()
+}
+
+// countFast counts a request to path, /send or /send/batch.
+func (s *Server) countFast(path string, status int, start time.Time) {
+	if path == "/send/batch" {
+		s.metrics.batchCounter(status).Inc()
+		return
+	}
+	s.countSend(status, start)
+}
+
+// fastAdmit is admitSend on fasthttp, and the body limit of path: fasthttp
+// reads bodies up to the larger of the two limits.
+func (s *Server) fastAdmit(ctx *fasthttp.RequestCtx, path string) reply {
+	rep := s.admitSend(BytesToString(ctx.Method()), BytesToString(ctx.Request.Header.Peek("Authorization")))
+	if rep.status == 0 && int64(len(ctx.PostBody())) > s.bodyLimit(path) {
+		tooBig := sendreq.TooLarge(s.bodyLimit(path))
+		rep = textReply(tooBig.Status, tooBig.Reason)
+	}
+	return rep
+}
+
 // fastSend is POST /send on fasthttp.
 func (s *Server) fastSend(ctx *fasthttp.RequestCtx) {
 	start := time.Now()
-	rep := s.admitSend(BytesToString(ctx.Method()), BytesToString(ctx.Request.Header.Peek("Authorization")))
+	rep := s.fastAdmit(ctx, "/send")
 	if rep.status == 0 {
 		// The header and body buffers are fasthttp's, reused by the
 		// connection's next request. The content type is only compared
@@ -96,11 +136,37 @@ func (s *Server) fastSend(ctx *fasthttp.RequestCtx) {
 		// the form, JSON decoding), but url.ParseQuery returns pieces of
 		// its input: the query is copied, or a queued message and the
 		// history's keys would point into the next request.
+		// The key is copied: a remembered answer outlives the request.
 		query := string(ctx.URI().QueryString())
-		rep = s.send(ctx, start, BytesToString(ctx.Request.Header.ContentType()), query, ctx.PostBody())
+		key, hasKey := fastIdempotencyKey(&ctx.Request.Header)
+		rep = s.send(ctx, start, BytesToString(ctx.Request.Header.ContentType()), query, ctx.PostBody(), key, hasKey)
 	}
 	writeFast(ctx, rep)
 	s.countSend(rep.status, start)
+}
+
+// fastIdempotencyKey reads the Idempotency-Key header as idempotencyKey
+// does, copied.
+func fastIdempotencyKey(h *fasthttp.RequestHeader) (string, bool) {
+	vs := h.PeekAll("Idempotency-Key")
+	switch len(vs) {
+	case 0:
+		return "", false
+	case 1:
+		return string(vs[0]), true
+	}
+	return "", true
+}
+
+// fastBatch is POST /send/batch on fasthttp.
+func (s *Server) fastBatch(ctx *fasthttp.RequestCtx) {
+	start := time.Now()
+	rep := s.fastAdmit(ctx, "/send/batch")
+	if rep.status == 0 {
+		rep = s.sendBatch(ctx, start, BytesToString(ctx.Request.Header.ContentType()), ctx.PostBody())
+	}
+	writeFast(ctx, rep)
+	s.metrics.batchCounter(rep.status).Inc()
 }
 
 // writeFast writes rep as handleSend writes it on net/http.

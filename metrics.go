@@ -6,6 +6,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"go-pusher/internal/idempotency"
 )
 
 // The reason labels of pusher_messages_failed_total.
@@ -32,6 +34,9 @@ type metrics struct {
 	recoveries       *prometheus.CounterVec
 	sendDuration     prometheus.Histogram
 	deliveryDuration prometheus.Histogram
+	batchRequests    *prometheus.CounterVec
+	batchItems       prometheus.Counter
+	replays          prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -75,12 +80,27 @@ func newMetrics() *metrics {
 			Help:    "Time from /send accepting a message to writing it to a socket.",
 			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}),
+		batchRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pusher_batch_requests_total",
+			Help: "/send/batch requests by HTTP status.",
+		}, []string{"code"}),
+		batchItems: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pusher_batch_items_total",
+			Help: "Messages of /send/batch requests answered 200, whatever each item's own result.",
+		}),
+		replays: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pusher_idempotent_replays_total",
+			Help: "Messages not sent again because their idempotency key was answered before (/send and /send/batch items).",
+		}),
 	}
 	for _, r := range authReasons {
 		m.authFailures.WithLabelValues(r)
 	}
-	for _, code := range []int{200, 400, 401, 404, 405, 413, 415, 503} {
+	for _, code := range []int{200, 400, 401, 404, 405, 409, 413, 415, 422, 503} {
 		m.sendRequests.WithLabelValues(strconv.Itoa(code))
+	}
+	for _, code := range []int{200, 400, 401, 405, 413, 415, 503} {
+		m.batchRequests.WithLabelValues(strconv.Itoa(code))
 	}
 	for _, r := range []string{"recovered", "failed"} {
 		m.recoveries.WithLabelValues(r)
@@ -88,7 +108,7 @@ func newMetrics() *metrics {
 	m.sendOK = m.sendRequests.WithLabelValues("200")
 	reg.MustRegister(
 		m.sent, failed, m.sendRequests, m.authFailures, m.slowConsumers, m.recoveries,
-		m.sendDuration, m.deliveryDuration,
+		m.sendDuration, m.deliveryDuration, m.batchRequests, m.batchItems, m.replays,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -121,6 +141,25 @@ func (m *metrics) registerGauges(g gauges) {
 	)
 }
 
+// registerIdempotency adds the gauges and counter of a single node's
+// idempotency keys.
+func (m *metrics) registerIdempotency(mem *idempotency.Memory) {
+	m.reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "pusher_idempotency_keys",
+			Help: "Idempotency keys remembered or in flight on this node.",
+		}, func() float64 { keys, _, _ := mem.Stats(); return float64(keys) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "pusher_idempotency_bytes",
+			Help: "Approximate bytes of the remembered idempotency keys (bounded by -idempotency-bytes).",
+		}, func() float64 { _, b, _ := mem.Stats(); return float64(b) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "pusher_idempotency_evictions_total",
+			Help: "Idempotency keys forgotten before -idempotency-ttl to stay within -idempotency-bytes.",
+		}, func() float64 { _, _, e := mem.Stats(); return float64(e) }),
+	)
+}
+
 // recovered counts a since= reconnection.
 func (m *metrics) recovered(ok bool) {
 	result := "recovered"
@@ -136,6 +175,12 @@ func (m *metrics) sendCounter(code int) prometheus.Counter {
 		return m.sendOK
 	}
 	return m.sendRequests.WithLabelValues(strconv.Itoa(code))
+}
+
+// batchCounter returns the counter of /send/batch requests answered with
+// code.
+func (m *metrics) batchCounter(code int) prometheus.Counter {
+	return m.batchRequests.WithLabelValues(strconv.Itoa(code))
 }
 
 // failedCounter returns the counter of a failure reason.

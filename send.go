@@ -2,15 +2,12 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
 	"time"
 
 	"go-pusher/internal/sendreq"
-	"go-pusher/internal/stream"
-	"go-pusher/message"
 )
 
 // reply is what /send (and /healthz, /readyz) answers: a status, a
@@ -22,6 +19,7 @@ type reply struct {
 	json      bool
 	allow     bool // 405: Allow: POST
 	challenge bool // 401: WWW-Authenticate
+	replayed  bool // Idempotent-Replayed: true
 }
 
 // headers sets the headers of rep with set, whichever front's it is.
@@ -31,6 +29,9 @@ func (rep reply) headers(set func(key, value string)) {
 		set("Allow", http.MethodPost)
 	case rep.challenge:
 		set("WWW-Authenticate", `Bearer realm="go-pusher"`)
+	}
+	if rep.replayed {
+		set("Idempotent-Replayed", "true")
 	}
 	if rep.json {
 		set("Content-Type", "application/json")
@@ -62,91 +63,42 @@ func (s *Server) admitSend(method, authorization string) reply {
 
 // send is /send after admitSend, on the plain values of the request: it
 // parses, looks the uids up, logs the message and publishes it. accepted
-// is when the request arrived.
-func (s *Server) send(ctx context.Context, accepted time.Time, contentType, rawQuery string, body []byte) reply {
+// is when the request arrived; key is the Idempotency-Key header (hasKey:
+// it was given, perhaps empty).
+func (s *Server) send(ctx context.Context, accepted time.Time, contentType, rawQuery string, body []byte, key string, hasKey bool) reply {
 	req, perr := sendreq.Parse(contentType, rawQuery, body, s.limits)
+	if perr == nil && hasKey {
+		perr = sendreq.CheckKey(key)
+	}
 	if perr != nil {
 		return textReply(perr.Status, perr.Reason)
 	}
-	if !s.enter() {
-		return textReply(http.StatusServiceUnavailable, "server shutting down")
+	j := &job{req: req, key: key}
+	if fail := s.push(ctx, accepted, []*job{j}); fail != nil {
+		return *fail
 	}
-	defer s.leave()
-
-	online, notFound, err := s.broker.Online(ctx, req.UIDs)
-	if err != nil {
-		s.log.Warn("cluster lookup failed", "err", err)
-		return textReply(http.StatusServiceUnavailable, "cluster unavailable: the message was not sent")
+	if j.res.status != http.StatusOK {
+		return textReply(j.res.status, j.res.body)
 	}
-	if !req.Multicast && len(online) == 0 {
-		return textReply(http.StatusNotFound, "client not found: "+req.UIDs[0])
-	}
-
-	m := stream.NewMessage(s.ids.Next(accepted), StringToBytes(req.Message), accepted)
-	if len(online) > 0 {
-		// The log bounds the wait itself (-message-log-timeout).
-		if err := s.msgLog.Log(ctx, message.Log{ID: m.ID, UIDs: online, Message: req.Message, Time: accepted}); err != nil {
-			s.log.Warn("message log failed", "id", m.ID, "err", err)
-			return textReply(http.StatusServiceUnavailable, "message log unavailable: the message was not sent")
-		}
-		// The broker bounds the publish itself; a client that hangs up
-		// must not cut it in half.
-		gone, err := s.broker.Publish(context.WithoutCancel(ctx), m, online)
-		if err != nil {
-			// Redis may have run some publishes before it failed to answer:
-			// the outcome is unknown, so the log rows stay queued.
-			s.log.Warn("publish failed", "id", m.ID, "err", err)
-			return textReply(http.StatusServiceUnavailable, "cluster unavailable: the message may not have been delivered")
-		}
-		if len(gone) > 0 {
-			// Went away between the lookup and the publish: nobody will
-			// get it, and nothing was stored for them.
-			for _, uid := range gone {
-				s.msgLog.Update(m.ID, uid, message.StatusFailed)
-			}
-			if !req.Multicast {
-				return textReply(http.StatusNotFound, "client not found: "+req.UIDs[0])
-			}
-			online, notFound = moveGone(online, notFound, gone)
-		}
-	}
-
-	if !req.Multicast {
-		return reply{status: http.StatusOK, json: true, body: `{"id":"` + m.ID + "\"}\n"}
-	}
-	if online == nil {
-		online = []string{}
-	}
-	if notFound == nil {
-		notFound = []string{}
-	}
-	b, err := json.Marshal(struct {
-		ID       string   `json:"id"`
-		Sent     []string `json:"sent"`
-		NotFound []string `json:"not_found"`
-	}{m.ID, online, notFound})
-	if err != nil {
-		// Strings always marshal; this is unreachable.
-		return textReply(http.StatusInternalServerError, "encode reply: "+err.Error())
-	}
-	return reply{status: http.StatusOK, json: true, body: string(append(b, '\n'))}
+	return reply{status: http.StatusOK, json: true, body: j.res.body + "\n", replayed: j.res.replayed}
 }
 
-// moveGone moves the uids of gone from online to offline, keeping order.
-func moveGone(online, offline, gone []string) ([]string, []string) {
-	g := make(map[string]bool, len(gone))
-	for _, uid := range gone {
-		g[uid] = true
+// sendBatch is /send/batch after admitSend: every message is checked
+// before any is sent, and each gets its result.
+func (s *Server) sendBatch(ctx context.Context, accepted time.Time, contentType string, body []byte) reply {
+	items, perr := sendreq.ParseBatch(contentType, body, s.limits)
+	if perr != nil {
+		return textReply(perr.Status, perr.Reason)
 	}
-	kept := online[:0]
-	for _, uid := range online {
-		if g[uid] {
-			offline = append(offline, uid)
-		} else {
-			kept = append(kept, uid)
-		}
+	jobs := make([]*job, len(items))
+	for i, it := range items {
+		jobs[i] = &job{req: it.Request, key: it.Key}
 	}
-	return kept, offline
+	if fail := s.push(ctx, accepted, jobs); fail != nil {
+		return *fail
+	}
+	s.metrics.batchItems.Add(float64(len(jobs)))
+	return batchReply(jobs)
 }
 
 // handleSend is POST /send on net/http.
@@ -158,11 +110,41 @@ func (s *Server) handleSend(w http.ResponseWriter, r *http.Request) {
 		if perr != nil {
 			rep = textReply(perr.Status, perr.Reason)
 		} else {
-			rep = s.send(r.Context(), start, r.Header.Get("Content-Type"), r.URL.RawQuery, body)
+			key, hasKey := idempotencyKey(r.Header)
+			rep = s.send(r.Context(), start, r.Header.Get("Content-Type"), r.URL.RawQuery, body, key, hasKey)
 		}
 	}
 	writeHTTP(w, rep)
 	s.countSend(rep.status, start)
+}
+
+// idempotencyKey reads the Idempotency-Key header. Given twice, it is
+// reported given and empty, which CheckKey refuses.
+func idempotencyKey(h http.Header) (string, bool) {
+	vs := h.Values("Idempotency-Key")
+	switch len(vs) {
+	case 0:
+		return "", false
+	case 1:
+		return vs[0], true
+	}
+	return "", true
+}
+
+// handleBatch is POST /send/batch on net/http.
+func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	rep := s.admitSend(r.Method, r.Header.Get("Authorization"))
+	if rep.status == 0 {
+		body, perr := readBody(w, r, s.limits.MaxBatchBytes)
+		if perr != nil {
+			rep = textReply(perr.Status, perr.Reason)
+		} else {
+			rep = s.sendBatch(r.Context(), start, r.Header.Get("Content-Type"), body)
+		}
+	}
+	writeHTTP(w, rep)
+	s.metrics.batchCounter(rep.status).Inc()
 }
 
 // writeHTTP writes rep on net/http (/send's answers and the one-line

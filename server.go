@@ -18,6 +18,7 @@ import (
 
 	"go-pusher/internal/cluster"
 	"go-pusher/internal/history"
+	"go-pusher/internal/idempotency"
 	"go-pusher/internal/memtune"
 	"go-pusher/internal/sendreq"
 	"go-pusher/internal/stream"
@@ -34,6 +35,7 @@ type Server struct {
 	auth     Authenticator
 	msgLog   message.Logger
 	broker   Broker
+	idem     idempotencyStore // nil when -idempotency-ttl is 0
 	trimmer  *memtune.Trimmer
 	metrics  *metrics
 	ids      *stream.IDGenerator
@@ -93,9 +95,12 @@ func newServer(cfg Config, log *slog.Logger, msgLog message.Logger) (*Server, er
 		ids:      ids,
 		upgrader: newUpgrader(),
 		apiKey:   sha256.Sum256([]byte(cfg.APIKey)),
-		limits:   sendreq.Limits{MaxMessageSize: cfg.MaxMessageSize, MaxMulticast: cfg.MaxMulticast},
-		idle:     make(chan struct{}, 1),
-		trimmer:  memtune.New(log, m.reg),
+		limits: sendreq.Limits{
+			MaxMessageSize: cfg.MaxMessageSize, MaxMulticast: cfg.MaxMulticast,
+			MaxBatch: cfg.MaxBatch, MaxBatchBytes: cfg.MaxBatchBytes,
+		},
+		idle:    make(chan struct{}, 1),
+		trimmer: memtune.New(log, m.reg),
 	}
 	s.hub = newHub(hubConfig{
 		MaxConnsPerUser: cfg.MaxConnsPerUser,
@@ -110,20 +115,29 @@ func newServer(cfg Config, log *slog.Logger, msgLog message.Logger) (*Server, er
 	}
 	if cfg.RedisURL != "" {
 		cb, err := cluster.New(context.Background(), cluster.Config{
-			URL:         cfg.RedisURL,
-			Prefix:      cfg.RedisPrefix,
-			HistorySize: cfg.HistorySize,
-			HistoryTTL:  cfg.HistoryTTL,
-			OpTimeout:   cfg.MessageLogTimeout,
+			URL:            cfg.RedisURL,
+			Prefix:         cfg.RedisPrefix,
+			HistorySize:    cfg.HistorySize,
+			HistoryTTL:     cfg.HistoryTTL,
+			OpTimeout:      cfg.MessageLogTimeout,
+			IdempotencyTTL: cfg.IdempotencyTTL,
 		}, s.hub, log.With("component", "cluster"), m.reg)
 		if err != nil {
 			return nil, err
 		}
 		s.broker = cb
+		if cfg.IdempotencyTTL > 0 {
+			s.idem = cb
+		}
 	} else {
 		hist := history.New(history.Limits{Size: cfg.HistorySize, TTL: cfg.HistoryTTL, MaxBytes: cfg.HistoryBytes},
 			s.hub, log.With("component", "history"), m.reg)
 		s.broker = localBroker{hub: s.hub, hist: hist}
+		if cfg.IdempotencyTTL > 0 {
+			mem := idempotency.NewMemory(cfg.IdempotencyTTL, int(cfg.IdempotencyMem))
+			s.idem = mem
+			m.registerIdempotency(mem)
+		}
 	}
 	s.hub.events = s.broker
 	return s, nil
@@ -144,6 +158,7 @@ func (s *Server) routes() (public, internal http.Handler) {
 		internal = ops
 	}
 	ops.HandleFunc("/send", s.handleSend)
+	ops.HandleFunc("/send/batch", s.handleBatch)
 	ops.Handle("/metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
 	ops.HandleFunc("/healthz", s.handleHealthz)
 	ops.HandleFunc("/readyz", s.handleReadyz)

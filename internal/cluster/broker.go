@@ -38,6 +38,9 @@ type Config struct {
 	// OpTimeout bounds a publish, all its batches together: the server's
 	// -message-log-timeout, the wait /send allows itself.
 	OpTimeout time.Duration
+	// IdempotencyTTL is how long a finished idempotency key is
+	// remembered (-idempotency-ttl).
+	IdempotencyTTL time.Duration
 }
 
 const (
@@ -236,6 +239,7 @@ func (b *Broker) Start() {
 func (b *Broker) channel(uid string) string  { return b.prefix + "u:" + uid }
 func (b *Broker) stateKey(uid string) string { return b.prefix + "s:" + uid }
 func (b *Broker) histKey(uid string) string  { return b.prefix + "h:" + uid }
+func (b *Broker) idemKey(key string) string  { return b.prefix + "i:" + key }
 
 // UserOnline tells the broker that uid has an open connection here. It
 // never blocks: the syncer subscribes.

@@ -66,7 +66,7 @@ func (l *fakeLocal) offsets(uid string) []uint64 {
 // when the test ends.
 func newTestBroker(t *testing.T, redisURL, prefix string, local Local) *Broker {
 	t.Helper()
-	b, err := New(context.Background(), Config{URL: redisURL, Prefix: prefix, HistorySize: 100, HistoryTTL: time.Minute, OpTimeout: 5 * time.Second},
+	b, err := New(context.Background(), Config{URL: redisURL, Prefix: prefix, HistorySize: 100, HistoryTTL: time.Minute, OpTimeout: 5 * time.Second, IdempotencyTTL: time.Minute},
 		local, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"go-pusher/internal/idempotency"
 	"go-pusher/internal/stream"
 )
 
@@ -22,12 +23,26 @@ import (
 // a since= and offsets follow publish order. A uid nobody subscribes to
 // gets nothing stored and 0 receivers (its /send is a 404).
 //
-// KEYS: the uid's state hash (epoch e, last offset n) and history stream.
+// With an idempotency key (KEYS[3]) the publish is the claim's: it runs
+// only while the key still holds this request's claim (ARGV[7]), else it
+// returns -1 and does nothing, so that two nodes never both send one key.
+// For a unicast (ARGV[8], the key's finished value, not empty) the key is
+// finished in the same step: the message and the remembered answer can
+// not part, whatever happens to the node afterwards. A unicast nobody
+// receives releases the key instead (a 404 is not remembered).
+//
+// KEYS: the uid's state hash (epoch e, last offset n), history stream,
+// and optionally the idempotency key.
 // ARGV: channel, message ("id|nanos|message"), an epoch for a new state,
-// history size, history TTL in ms, state TTL in ms.
+// history size, history TTL in ms, state TTL in ms; with KEYS[3]: the
+// claim's value, the finished value or ”, its TTL in ms.
 const publishScript = `
+if KEYS[3] and redis.call('GET', KEYS[3]) ~= ARGV[7] then return {-1, '', 0} end
 local subs = redis.call('PUBSUB', 'NUMSUB', ARGV[1])
-if tonumber(subs[2]) == 0 then return {0, '', 0} end
+if tonumber(subs[2]) == 0 then
+  if KEYS[3] and ARGV[8] ~= '' then redis.call('DEL', KEYS[3]) end
+  return {0, '', 0}
+end
 local epoch = redis.call('HGET', KEYS[1], 'e')
 if not epoch then
   epoch = ARGV[3]
@@ -44,6 +59,7 @@ if tonumber(ARGV[4]) > 0 then
   redis.call('PEXPIRE', KEYS[2], ARGV[5])
 end
 local rcv = redis.call('PUBLISH', ARGV[1], epoch .. ':' .. n .. '|' .. ARGV[2])
+if KEYS[3] and ARGV[8] ~= '' then redis.call('SET', KEYS[3], ARGV[8], 'PX', ARGV[9]) end
 return {rcv, epoch, n}
 `
 
@@ -51,71 +67,142 @@ return {rcv, epoch, n}
 // message in Redis; after it the uid starts a new epoch.
 const redisStateTTL = 24 * time.Hour
 
+// Publication is one message to publish to some uids, and what became of
+// it.
+type Publication struct {
+	Message *stream.Message
+	UIDs    []string
+	// Claim, when set, is the idempotency claim the publish depends on
+	// (see publishScript). Answer, when set (a unicast: one uid, and an
+	// answer known before the publish), is remembered for the key along
+	// with the publish.
+	Claim  *idempotency.Claim
+	Answer string
+
+	// Gone lists the uids that turned out to have no connection
+	// anywhere: nothing was stored for them.
+	Gone []string
+	// Refused: the claim was no longer this request's (it outlived
+	// ClaimTTL, and another request may hold the key): nothing was sent
+	// to the uids not in Gone from the first refusal on.
+	Refused bool
+	// Finished: the key was finished with Answer along with the publish.
+	Finished bool
+}
+
 // Publish gives m the next offset of each of uids, stores it in their
 // history and publishes it to every node that holds a connection of
-// theirs: the publish script once per uid, pipelined.
-// A uid whose channel nobody subscribes to is gone.
+// theirs. It returns the uids that turned out to have no connection
+// anywhere.
 func (b *Broker) Publish(ctx context.Context, m *stream.Message, uids []string) (gone []string, err error) {
+	p := &Publication{Message: m, UIDs: uids}
+	err = b.PublishAll(ctx, []*Publication{p})
+	return p.Gone, err
+}
+
+// publishCall is one run of the publish script: a uid of a publication.
+type publishCall struct {
+	p   *Publication
+	uid string
+	cmd *redis.Cmd
+}
+
+// PublishAll publishes each of pubs to its uids, in order: the publish
+// script once per uid, pipelined, so that a batch costs Redis one round
+// trip (per redisBatch uids). An error means some may have been published
+// and others not.
+func (b *Broker) PublishAll(ctx context.Context, pubs []*Publication) error {
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.OpTimeout)
 	defer cancel()
-	tail := encodeEnvelope(m)
 	epoch, err := stream.NewEpoch()
 	if err != nil {
-		return nil, err
+		return err
 	}
+	var calls []publishCall
+	for _, p := range pubs {
+		p.Gone, p.Refused, p.Finished = nil, false, false
+		for _, uid := range p.UIDs {
+			calls = append(calls, publishCall{p: p, uid: uid})
+		}
+	}
+	envelopes := make(map[*Publication]string, len(pubs))
+	for _, p := range pubs {
+		envelopes[p] = encodeEnvelope(p.Message)
+	}
+	for len(calls) > 0 {
+		n := min(len(calls), redisBatch)
+		if err := b.runPublish(ctx, calls[:n], envelopes, epoch); err != nil {
+			return fmt.Errorf("redis publish: %w", err)
+		}
+		calls = calls[n:]
+	}
+	return nil
+}
+
+// runPublish runs calls in one pipeline and reads their results into
+// their publications.
+func (b *Broker) runPublish(ctx context.Context, calls []publishCall, envelopes map[*Publication]string, epoch string) error {
 	stateTTL := max(redisStateTTL, b.cfg.HistoryTTL).Milliseconds()
-	err = inBatches(uids, func(batch []string) error {
-		cmds := make([]*redis.Cmd, len(batch))
-		todo := make([]int, len(batch)) // indexes of batch still to run
-		for i := range todo {
-			todo[i] = i
-		}
-		for attempt := 0; ; attempt++ {
-			pipe := b.rdb.Pipeline()
-			for _, i := range todo {
-				cmds[i] = b.publish.EvalSha(ctx, pipe, []string{b.stateKey(batch[i]), b.histKey(batch[i])},
-					b.channel(batch[i]), tail, epoch, b.cfg.HistorySize, b.cfg.HistoryTTL.Milliseconds(), stateTTL)
-			}
-			_, err := pipe.Exec(ctx)
-			if err == nil {
-				break
-			}
-			// Only the commands Redis refused with NOSCRIPT (it restarted
-			// and forgot the script) did not run; the others must not run
-			// twice.
-			var again []int
-			for _, i := range todo {
-				if e := cmds[i].Err(); e != nil {
-					if !redis.HasErrorPrefix(e, "NOSCRIPT") || attempt > 0 {
-						return e
-					}
-					again = append(again, i)
-				}
-			}
-			if err := b.publish.Load(ctx, b.rdb).Err(); err != nil {
-				return err
-			}
-			todo = again
-		}
-		b.published.Add(float64(len(batch)))
-		for i, c := range cmds {
-			res, err := c.Slice()
-			if err != nil {
-				return fmt.Errorf("publish script: %w", err)
-			}
-			if len(res) != 3 {
-				return fmt.Errorf("publish script: %d results, want 3", len(res))
-			}
-			if rcv, _ := res[0].(int64); rcv == 0 {
-				gone = append(gone, batch[i])
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("redis publish: %w", err)
+	todo := make([]int, len(calls)) // indexes of calls still to run
+	for i := range todo {
+		todo[i] = i
 	}
-	return gone, nil
+	for attempt := 0; ; attempt++ {
+		pipe := b.rdb.Pipeline()
+		for _, i := range todo {
+			c := &calls[i]
+			keys := []string{b.stateKey(c.uid), b.histKey(c.uid)}
+			args := []any{b.channel(c.uid), envelopes[c.p], epoch, b.cfg.HistorySize, b.cfg.HistoryTTL.Milliseconds(), stateTTL}
+			if cl := c.p.Claim; cl != nil {
+				keys = append(keys, b.idemKey(cl.Key))
+				done := ""
+				if c.p.Answer != "" {
+					done = finishedValue(cl.Fingerprint, c.p.Answer)
+				}
+				args = append(args, claimValue(*cl), done, b.cfg.IdempotencyTTL.Milliseconds())
+			}
+			c.cmd = b.publish.EvalSha(ctx, pipe, keys, args...)
+		}
+		_, err := pipe.Exec(ctx)
+		if err == nil {
+			break
+		}
+		// Only the commands Redis refused with NOSCRIPT (it restarted
+		// and forgot the script) did not run; the others must not run
+		// twice.
+		var again []int
+		for _, i := range todo {
+			if e := calls[i].cmd.Err(); e != nil {
+				if !redis.HasErrorPrefix(e, "NOSCRIPT") || attempt > 0 {
+					return e
+				}
+				again = append(again, i)
+			}
+		}
+		if err := b.publish.Load(ctx, b.rdb).Err(); err != nil {
+			return err
+		}
+		todo = again
+	}
+	b.published.Add(float64(len(calls)))
+	for _, c := range calls {
+		res, err := c.cmd.Slice()
+		if err != nil {
+			return fmt.Errorf("publish script: %w", err)
+		}
+		if len(res) != 3 {
+			return fmt.Errorf("publish script: %d results, want 3", len(res))
+		}
+		switch rcv, _ := res[0].(int64); {
+		case rcv < 0:
+			c.p.Refused = true
+		case rcv == 0:
+			c.p.Gone = append(c.p.Gone, c.uid)
+		case c.p.Claim != nil && c.p.Answer != "":
+			c.p.Finished = true
+		}
+	}
+	return nil
 }
 
 // The envelope of a message in Redis: message id, accept time in Unix

@@ -1,0 +1,136 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"go-pusher/internal/idempotency"
+	"go-pusher/internal/testutil"
+)
+
+// pipelineCounter counts the pipelines a client sends: each is one round
+// trip.
+type pipelineCounter struct{ n atomic.Int64 }
+
+func (*pipelineCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (*pipelineCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+
+func (c *pipelineCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		c.n.Add(1)
+		return next(ctx, cmds)
+	}
+}
+
+// TestPublishAllIsOneRoundTrip: the messages of a batch, to many uids,
+// reach Redis in one pipeline, and each uid's in order.
+func TestPublishAllIsOneRoundTrip(t *testing.T) {
+	u := testutil.Redis(t)
+	b := newTestBroker(t, u.String(), testutil.Prefix(t), newFakeLocal())
+	subA, subB := subscribeAside(t, u.Host, b, "a"), subscribeAside(t, u.Host, b, "b")
+	var pubs []*Publication
+	for i := range 100 {
+		uids := []string{"a"}
+		if i%2 == 1 {
+			uids = []string{"a", "b", "nobody"}
+		}
+		pubs = append(pubs, &Publication{Message: message(fmt.Sprint(i)), UIDs: uids})
+	}
+	var count pipelineCounter
+	b.rdb.AddHook(&count)
+	if err := b.PublishAll(context.Background(), pubs); err != nil {
+		t.Fatal(err)
+	}
+	if n := count.n.Load(); n != 1 {
+		t.Errorf("PublishAll of 100 messages took %d round trips, want 1", n)
+	}
+	for i, p := range pubs {
+		if want := map[bool]string{true: "[nobody]", false: "[]"}[i%2 == 1]; fmt.Sprint(p.Gone) != want {
+			t.Errorf("publication %d: gone %v, want %s", i, p.Gone, want)
+		}
+	}
+	// a got every message, b the odd ones, each in order.
+	for _, r := range []struct {
+		name        string
+		sub         *redis.PubSub
+		first, step int
+	}{{"a", subA, 0, 1}, {"b", subB, 1, 2}} {
+		for want := r.first; want < 100; want += r.step {
+			m, err := r.sub.ReceiveMessage(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, text, _ := strings.Cut(m.Payload[strings.LastIndex(m.Payload, "|"):], "|"); text != fmt.Sprint(want) {
+				t.Fatalf("%s got %q, want message %d next", r.name, m.Payload, want)
+			}
+		}
+	}
+}
+
+// TestPublishNeedsItsClaim: a publish whose claim is no longer the key's
+// value (it lapsed and another request took the key) sends nothing.
+func TestPublishNeedsItsClaim(t *testing.T) {
+	u := testutil.Redis(t)
+	b := newTestBroker(t, u.String(), testutil.Prefix(t), newFakeLocal())
+	sub := subscribeAside(t, u.Host, b, "u")
+	ctx := context.Background()
+	mine := idempotency.Claim{Key: "k", Fingerprint: "f", Token: "mine"}
+	theirs := idempotency.Claim{Key: "k", Fingerprint: "f", Token: "theirs"}
+	if out, err := b.Claim(ctx, []idempotency.Claim{mine}); err != nil || out[0].State != idempotency.Claimed {
+		t.Fatalf("Claim = %v, %v", out, err)
+	}
+	t.Cleanup(func() { b.rdb.Del(ctx, b.idemKey("k")) })
+	if out, err := b.Claim(ctx, []idempotency.Claim{theirs}); err != nil || out[0].State != idempotency.InFlight {
+		t.Fatalf("second Claim = %v, %v; want InFlight", out, err)
+	}
+	// The claim lapses; another request claims the key.
+	b.rdb.Del(ctx, b.idemKey("k"))
+	if out, err := b.Claim(ctx, []idempotency.Claim{theirs}); err != nil || out[0].State != idempotency.Claimed {
+		t.Fatalf("Claim after the lapse = %v, %v", out, err)
+	}
+	p := &Publication{Message: message("late"), UIDs: []string{"u"}, Claim: &mine, Answer: `{"id":"late"}`}
+	if err := b.PublishAll(ctx, []*Publication{p}); err != nil {
+		t.Fatal(err)
+	}
+	if !p.Refused || p.Finished {
+		t.Errorf("publish on a lapsed claim: refused %v, finished %v; want refused", p.Refused, p.Finished)
+	}
+	q := &Publication{Message: message("theirs"), UIDs: []string{"u"}, Claim: &theirs, Answer: `{"id":"theirs"}`}
+	if err := b.PublishAll(ctx, []*Publication{q}); err != nil {
+		t.Fatal(err)
+	}
+	if q.Refused || !q.Finished {
+		t.Errorf("publish on its own claim: refused %v, finished %v; want finished", q.Refused, q.Finished)
+	}
+	m, err := sub.ReceiveMessage(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := m.Payload[len(m.Payload)-len("theirs"):]; got != "theirs" {
+		t.Errorf("first message on the channel: %q, want theirs (late must not go out)", m.Payload)
+	}
+	if out, err := b.Claim(ctx, []idempotency.Claim{mine}); err != nil || out[0].State != idempotency.Replay || out[0].Answer != `{"id":"theirs"}` {
+		t.Errorf("Claim after the publish = %+v, %v; want Replay of theirs", out, err)
+	}
+}
+
+// TestClaimRedisDown: a claim Redis does not answer is an error, never a
+// claim.
+func TestClaimRedisDown(t *testing.T) {
+	u := testutil.Redis(t)
+	p := testutil.StartProxy(t, u.Host)
+	b := newTestBroker(t, testutil.Via(u, p.Addr()), testutil.Prefix(t), newFakeLocal())
+	p.SetMode(testutil.Cut)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if out, err := b.Claim(ctx, []idempotency.Claim{{Key: "k", Fingerprint: "f", Token: "t"}}); err == nil {
+		t.Errorf("Claim with Redis down = %v, nil; want an error", out)
+	}
+}

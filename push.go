@@ -1,0 +1,365 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"net/http"
+	"strconv"
+	"time"
+
+	"go-pusher/internal/cluster"
+	"go-pusher/internal/idempotency"
+	"go-pusher/internal/sendreq"
+	"go-pusher/internal/stream"
+	"go-pusher/message"
+)
+
+// This file is the core that /send and /send/batch share: a request is a
+// list of jobs, one per message, pushed together (one lookup, one log
+// write, one publish for all), each with its own result.
+
+// idempotencyStore remembers idempotency keys: in memory on a single node
+// (idempotency.Memory), in Redis in cluster mode (cluster.Broker).
+type idempotencyStore interface {
+	Claim(ctx context.Context, cs []idempotency.Claim) ([]idempotency.Outcome, error)
+	Finish(ctx context.Context, ds []idempotency.Done) error
+	Release(ctx context.Context, cs []idempotency.Claim)
+}
+
+var (
+	_ idempotencyStore = (*idempotency.Memory)(nil)
+	_ idempotencyStore = (*cluster.Broker)(nil)
+)
+
+// job is one message of a request on its way.
+type job struct {
+	req sendreq.Request
+	key string // idempotency key; "" when none
+
+	claim    *idempotency.Claim // the key, claimed by this request
+	pub      *cluster.Publication
+	notFound []string // of a multicast: the uids without a connection
+	res      result
+}
+
+// result is what one message got: a 200 and its JSON object, or a refusal
+// (404, 409, 422) and its reason. A zero status is not decided yet.
+type result struct {
+	status   int
+	body     string // JSON object without a newline; or the reason
+	replayed bool   // a remembered answer: nothing was sent
+}
+
+// The refusals of the idempotency rules.
+var (
+	resInFlight = result{status: http.StatusConflict, body: "request with this idempotency key in progress"}
+	resMismatch = result{status: http.StatusUnprocessableEntity, body: "idempotency key reused with a different request"}
+)
+
+// push sends jobs: it claims their idempotency keys, looks their uids up,
+// logs every message that has somewhere to go (one write for all: a log
+// failure refuses all) and publishes them in order. On success every job
+// has its result. A failure of the log or of the cluster is the whole
+// request's: its reply is returned, and nothing was sent.
+func (s *Server) push(ctx context.Context, accepted time.Time, jobs []*job) *reply {
+	if !s.enter() {
+		return refusal(http.StatusServiceUnavailable, "server shutting down")
+	}
+	defer s.leave()
+
+	if fail := s.claimKeys(ctx, jobs); fail != nil {
+		return fail
+	}
+	onlineSet, err := s.lookup(ctx, jobs)
+	if err != nil {
+		s.log.Warn("cluster lookup failed", "err", err)
+		s.releaseKeys(ctx, jobs, true)
+		return refusal(http.StatusServiceUnavailable, "cluster unavailable: the message was not sent")
+	}
+
+	var logs []message.Log
+	var pubs []*cluster.Publication
+	for _, j := range jobs {
+		if j.res.status != 0 {
+			continue
+		}
+		var online []string
+		for _, uid := range j.req.UIDs {
+			if onlineSet(uid) {
+				online = append(online, uid)
+			} else {
+				j.notFound = append(j.notFound, uid)
+			}
+		}
+		if len(online) == 0 {
+			id := ""
+			if j.req.Multicast {
+				// A multicast with nobody online is still a 200 with an
+				// id, of a message that went nowhere.
+				id = s.ids.Next(accepted)
+			}
+			j.settle(id, nil)
+			continue
+		}
+		m := stream.NewMessage(s.ids.Next(accepted), StringToBytes(j.req.Message), accepted)
+		j.pub = &cluster.Publication{Message: m, UIDs: online, Claim: j.claim}
+		if j.claim != nil && !j.req.Multicast {
+			j.pub.Answer = unicastAnswer(m.ID)
+		}
+		logs = append(logs, message.Log{ID: m.ID, UIDs: online, Message: j.req.Message, Time: accepted})
+		pubs = append(pubs, j.pub)
+	}
+	if len(logs) > 0 {
+		// The log bounds the wait itself (-message-log-timeout).
+		if err := s.msgLog.Log(ctx, logs...); err != nil {
+			s.log.Warn("message log failed", "messages", len(logs), "id", logs[0].ID, "err", err)
+			s.releaseKeys(ctx, jobs, true)
+			return refusal(http.StatusServiceUnavailable, "message log unavailable: the message was not sent")
+		}
+		// The broker bounds the publish itself; a client that hangs up
+		// must not cut it in half.
+		if err := s.broker.PublishAll(context.WithoutCancel(ctx), pubs); err != nil {
+			// Redis may have run some publishes before it failed to
+			// answer: the outcome is unknown, so the log rows stay queued
+			// and the keys stay claimed until they lapse.
+			s.log.Warn("publish failed", "messages", len(pubs), "id", pubs[0].Message.ID, "err", err)
+			return refusal(http.StatusServiceUnavailable, "cluster unavailable: the message may not have been delivered")
+		}
+	}
+	for _, j := range jobs {
+		if j.pub != nil {
+			s.published(j)
+		}
+	}
+	s.finishKeys(ctx, jobs)
+	return nil
+}
+
+// refusal is the reply of a request refused whole.
+func refusal(status int, reason string) *reply {
+	r := textReply(status, reason)
+	return &r
+}
+
+// lookup asks which of the uids of jobs (those not decided yet) have a
+// connection: one question for all.
+func (s *Server) lookup(ctx context.Context, jobs []*job) (func(uid string) bool, error) {
+	var uids []string
+	seen := make(map[string]struct{})
+	for _, j := range jobs {
+		if j.res.status != 0 {
+			continue
+		}
+		if len(jobs) == 1 {
+			// The uids of one request are distinct already.
+			uids = j.req.UIDs
+			break
+		}
+		for _, uid := range j.req.UIDs {
+			if _, dup := seen[uid]; !dup {
+				seen[uid] = struct{}{}
+				uids = append(uids, uid)
+			}
+		}
+	}
+	if len(uids) == 0 {
+		return func(string) bool { return false }, nil
+	}
+	online, _, err := s.broker.Online(ctx, uids)
+	if err != nil {
+		return nil, err
+	}
+	if len(uids) == 1 {
+		return func(uid string) bool { return len(online) == 1 && uid == online[0] }, nil
+	}
+	set := make(map[string]struct{}, len(online))
+	for _, uid := range online {
+		set[uid] = struct{}{}
+	}
+	return func(uid string) bool { _, ok := set[uid]; return ok }, nil
+}
+
+// published records what the publish of j's message found: uids that went
+// away between the lookup and the publish get nothing and count as not
+// found; a claim lost meanwhile is a 409.
+func (s *Server) published(j *job) {
+	p := j.pub
+	if p.Refused {
+		for _, uid := range p.UIDs {
+			s.msgLog.Update(p.Message.ID, uid, message.StatusFailed)
+		}
+		j.res = resInFlight
+		return
+	}
+	for _, uid := range p.Gone {
+		s.msgLog.Update(p.Message.ID, uid, message.StatusFailed)
+	}
+	p.UIDs, j.notFound = moveGone(p.UIDs, j.notFound, p.Gone)
+	j.settle(p.Message.ID, p.UIDs)
+}
+
+// settle gives j its result: its message id went to the uids of sent.
+func (j *job) settle(id string, sent []string) {
+	switch {
+	case j.req.Multicast:
+		j.res = result{status: http.StatusOK, body: multicastAnswer(id, sent, j.notFound)}
+	case len(sent) == 0:
+		j.res = result{status: http.StatusNotFound, body: "client not found: " + j.req.UIDs[0]}
+	default:
+		j.res = result{status: http.StatusOK, body: unicastAnswer(id)}
+	}
+}
+
+func unicastAnswer(id string) string { return `{"id":"` + id + `"}` }
+
+func multicastAnswer(id string, sent, notFound []string) string {
+	if sent == nil {
+		sent = []string{}
+	}
+	if notFound == nil {
+		notFound = []string{}
+	}
+	b, err := json.Marshal(struct {
+		ID       string   `json:"id"`
+		Sent     []string `json:"sent"`
+		NotFound []string `json:"not_found"`
+	}{id, sent, notFound})
+	if err != nil {
+		// Strings always marshal; this is unreachable.
+		panic(err)
+	}
+	return string(b)
+}
+
+// moveGone moves the uids of gone from online to offline, keeping order.
+func moveGone(online, offline, gone []string) ([]string, []string) {
+	if len(gone) == 0 {
+		return online, offline
+	}
+	g := make(map[string]bool, len(gone))
+	for _, uid := range gone {
+		g[uid] = true
+	}
+	kept := online[:0]
+	for _, uid := range online {
+		if g[uid] {
+			offline = append(offline, uid)
+		} else {
+			kept = append(kept, uid)
+		}
+	}
+	return kept, offline
+}
+
+// claimKeys claims the idempotency keys of jobs; a job whose key was
+// answered before, is in flight or belongs to another request gets its
+// result now. A store that cannot answer refuses the request.
+func (s *Server) claimKeys(ctx context.Context, jobs []*job) *reply {
+	if s.idem == nil {
+		return nil
+	}
+	var cs []idempotency.Claim
+	var keyed []*job
+	for _, j := range jobs {
+		if j.key == "" {
+			continue
+		}
+		token := rand.Text()
+		cs = append(cs, idempotency.Claim{Key: j.key, Fingerprint: idempotency.Fingerprint(j.req.Multicast, j.req.UIDs, j.req.Message), Token: token})
+		keyed = append(keyed, j)
+	}
+	if len(cs) == 0 {
+		return nil
+	}
+	outs, err := s.idem.Claim(ctx, cs)
+	if err != nil {
+		s.log.Warn("idempotency claim failed", "keys", len(cs), "err", err)
+		// Some claims may have been made: release what is ours.
+		s.idem.Release(context.WithoutCancel(ctx), cs)
+		return refusal(http.StatusServiceUnavailable, "cluster unavailable: the message was not sent")
+	}
+	for i, j := range keyed {
+		switch outs[i].State {
+		case idempotency.Claimed:
+			j.claim = &cs[i]
+		case idempotency.Replay:
+			j.res = result{status: http.StatusOK, body: outs[i].Answer, replayed: true}
+			s.metrics.replays.Inc()
+		case idempotency.InFlight:
+			j.res = resInFlight
+		case idempotency.Mismatch:
+			j.res = resMismatch
+		}
+	}
+	return nil
+}
+
+// releaseKeys lets the keys jobs claimed be claimed again: all of them
+// (the request failed whole) or those of jobs that did not get a 200.
+func (s *Server) releaseKeys(ctx context.Context, jobs []*job, all bool) {
+	var cs []idempotency.Claim
+	for _, j := range jobs {
+		if j.claim != nil && (all || j.res.status != http.StatusOK) {
+			cs = append(cs, *j.claim)
+		}
+	}
+	if len(cs) > 0 {
+		s.idem.Release(context.WithoutCancel(ctx), cs)
+	}
+}
+
+// finishKeys remembers the answers of the claimed jobs that got a 200
+// (those the publish did not finish already) and releases the others.
+func (s *Server) finishKeys(ctx context.Context, jobs []*job) {
+	var ds []idempotency.Done
+	for _, j := range jobs {
+		if j.claim != nil && j.res.status == http.StatusOK && (j.pub == nil || !j.pub.Finished) {
+			ds = append(ds, idempotency.Done{Claim: *j.claim, Answer: j.res.body})
+		}
+	}
+	if len(ds) > 0 {
+		if err := s.idem.Finish(context.WithoutCancel(ctx), ds); err != nil {
+			// The messages went out; their keys answer 409 until the
+			// claims lapse, then a retry would send again.
+			s.log.Warn("idempotency finish failed", "keys", len(ds), "lapse", cluster.ClaimTTL, "err", err)
+		}
+	}
+	s.releaseKeys(ctx, jobs, false)
+}
+
+// batchReply is the 200 of /send/batch: the results in item order.
+func batchReply(jobs []*job) reply {
+	n := 16
+	for _, j := range jobs {
+		n += len(j.res.body) + 40
+	}
+	b := make([]byte, 0, n)
+	b = append(b, `{"results":[`...)
+	for i, j := range jobs {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendResult(b, j.res)
+	}
+	b = append(b, "]}\n"...)
+	return reply{status: http.StatusOK, json: true, body: string(b)}
+}
+
+// appendResult appends r as a batch entry: a 200's object (with
+// "replayed": true when it was), or {"status": N, "error": "..."}.
+func appendResult(b []byte, r result) []byte {
+	if r.status != http.StatusOK {
+		b = append(b, `{"status":`...)
+		b = strconv.AppendInt(b, int64(r.status), 10)
+		b = append(b, `,"error":`...)
+		b = stream.AppendJSONString(b, r.body)
+		return append(b, '}')
+	}
+	if !r.replayed {
+		return append(b, r.body...)
+	}
+	// The object ends in '}': the member goes before it.
+	b = append(b, r.body[:len(r.body)-1]...)
+	return append(b, `,"replayed":true}`...)
+}
