@@ -11,6 +11,8 @@
 #   BENCH_USERS               send: users, one connection each                  (200)
 #   BENCH_SENDERS             send, multicast, churn, reconnect: /send clients  (16)
 #   BENCH_MESSAGES            send: unicasts in total                           (20000)
+#   BENCH_BATCH_MESSAGES      batch: unicasts in total, to BENCH_USERS users    (100000)
+#   BENCH_BATCH_ITEMS         batch: unicasts per /send/batch request           (100)
 #   BENCH_MC_USERS            multicast: uids in each /send                     (200)
 #   BENCH_ROUNDS              multicast: /send requests                         (100)
 #   BENCH_MC_SENDERS          multicast: /send requests at a time               (1)
@@ -21,10 +23,16 @@
 #   BENCH_RECONNECT_DURATION  reconnect: how long drops go on                   (10s)
 #   BENCH_RECONNECT_RATE      reconnect: /send requests per second              (2000)
 #   BENCH_RECONNECT_INTERVAL  reconnect: mean time a connection lives           (2s)
+#   BENCH_RETRY_MESSAGES      retry: keyed unicasts in total, to BENCH_USERS    (20000)
+#   BENCH_RETRY_BATCH_ITEMS   retry: 1 posts keyed /send; more: keyed items of
+#                             one /send/batch (at most BENCH_USERS)             (1)
+#   BENCH_RETRY_TIMEOUT       retry: first try's timeout, doubled per retry     (2ms)
+#   BENCH_RETRY_ABANDON       retry: share of first tries hung up on            (0.05)
+#   BENCH_RETRY_REPEAT        retry: share of requests repeated after the 200   (0.05)
 #   BENCH_SIZE                message size, bytes                               (64)
 #   BENCH_SETTLE              idle: hold before measuring                       (3s)
 #   BENCH_MESSAGE_LOGS        server -message-log values to run                 ("stdout none")
-#   BENCH_SCENARIOS           scenarios to run                                  ("idle send multicast churn reconnect")
+#   BENCH_SCENARIOS           scenarios to run            ("idle send batch multicast churn reconnect retry")
 #   BENCH_GO                  0 skips the Go benchmarks                         (1)
 #   BENCH_OUT                 where the -json reports are kept                  (bin/bench)
 #
@@ -33,10 +41,21 @@
 # 50-500 ms with ?since= its last offset: lost must be 0, and replay
 # latency is from the redial to {"recovered": true}.
 #
+# batch is send with BENCH_BATCH_ITEMS unicasts per POST /send/batch (the
+# server's -max-batch, PUSHER_MAX_BATCH, default 1000, bounds it): every
+# item must be answered as sent and arrive once, in order; compare its
+# "per server CPU-s" with send's. retry gives every message an
+# idempotency key and a short client timeout: a try that times out, or
+# one of the BENCH_RETRY_ABANDON first tries the tool hangs up on once
+# written (so that retries happen however fast the server is), is tried
+# again with the same key until a 200; a 409 waits and tries again.
+# Every acknowledged key must arrive exactly once; the report counts
+# timeouts, retries, 409s and replayed answers.
+#
 # The full-size figures (about 5 minutes on 2 cores):
 #
 #   BENCH_IDLE_CONNS=10000 BENCH_USERS=1000 BENCH_SENDERS=32 BENCH_MESSAGES=100000 \
-#   BENCH_MC_USERS=1000 BENCH_ROUNDS=100 BENCH_CHURN_USERS=1000 BENCH_CHURN_DURATION=60s \
+#   BENCH_BATCH_MESSAGES=1000000 BENCH_RETRY_MESSAGES=100000 BENCH_MC_USERS=1000 BENCH_ROUNDS=100 BENCH_CHURN_USERS=1000 BENCH_CHURN_DURATION=60s \
 #   BENCH_RECONNECT_USERS=1000 BENCH_RECONNECT_DURATION=60s BENCH_RECONNECT_INTERVAL=10s \
 #   BENCH_SETTLE=10s make bench
 #
@@ -56,6 +75,8 @@ IDLE_CONNS=${BENCH_IDLE_CONNS:-2000}
 USERS=${BENCH_USERS:-200}
 SENDERS=${BENCH_SENDERS:-16}
 MESSAGES=${BENCH_MESSAGES:-20000}
+BATCH_MESSAGES=${BENCH_BATCH_MESSAGES:-100000}
+BATCH_ITEMS=${BENCH_BATCH_ITEMS:-100}
 MC_USERS=${BENCH_MC_USERS:-200}
 ROUNDS=${BENCH_ROUNDS:-100}
 MC_SENDERS=${BENCH_MC_SENDERS:-1}
@@ -66,10 +87,15 @@ RECONNECT_USERS=${BENCH_RECONNECT_USERS:-200}
 RECONNECT_DURATION=${BENCH_RECONNECT_DURATION:-10s}
 RECONNECT_RATE=${BENCH_RECONNECT_RATE:-2000}
 RECONNECT_INTERVAL=${BENCH_RECONNECT_INTERVAL:-2s}
+RETRY_MESSAGES=${BENCH_RETRY_MESSAGES:-20000}
+RETRY_BATCH_ITEMS=${BENCH_RETRY_BATCH_ITEMS:-1}
+RETRY_TIMEOUT=${BENCH_RETRY_TIMEOUT:-2ms}
+RETRY_ABANDON=${BENCH_RETRY_ABANDON:-0.05}
+RETRY_REPEAT=${BENCH_RETRY_REPEAT:-0.05}
 SIZE=${BENCH_SIZE:-64}
 SETTLE=${BENCH_SETTLE:-3s}
 MESSAGE_LOGS=${BENCH_MESSAGE_LOGS:-stdout none}
-SCENARIOS=${BENCH_SCENARIOS:-idle send multicast churn reconnect}
+SCENARIOS=${BENCH_SCENARIOS:-idle send batch multicast churn reconnect retry}
 OUT=${BENCH_OUT:-bin/bench}
 
 # Both the server and the tool hold one descriptor per connection.
@@ -107,11 +133,16 @@ for log in $MESSAGE_LOGS; do
 		case $sc in
 		idle) size=(-users "$IDLE_CONNS" -settle "$SETTLE") ;;
 		send) size=(-users "$USERS" -senders "$SENDERS" -messages "$MESSAGES") ;;
+		batch) size=(-users "$USERS" -senders "$SENDERS" -messages "$BATCH_MESSAGES" -batch-items "$BATCH_ITEMS") ;;
 		multicast) size=(-users "$MC_USERS" -senders "$MC_SENDERS" -rounds "$ROUNDS") ;;
 		churn) size=(-users "$CHURN_USERS" -senders "$SENDERS" -messages 10000000 -rate "$CHURN_RATE" -duration "$CHURN_DURATION") ;;
 		reconnect)
 			size=(-users "$RECONNECT_USERS" -senders "$SENDERS" -messages 10000000 -rate "$RECONNECT_RATE"
 				-duration "$RECONNECT_DURATION" -drop-interval "$RECONNECT_INTERVAL" -redial-min 50ms -redial-max 500ms)
+			;;
+		retry)
+			size=(-users "$USERS" -senders "$SENDERS" -messages "$RETRY_MESSAGES" -batch-items "$RETRY_BATCH_ITEMS"
+				-retry-timeout "$RETRY_TIMEOUT" -retry-abandon "$RETRY_ABANDON" -retry-repeat "$RETRY_REPEAT")
 			;;
 		*)
 			echo "unknown scenario $sc in BENCH_SCENARIOS" >&2

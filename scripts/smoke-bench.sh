@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # A tiny pusher-bench run against the built server, for `make test` and CI:
 # a few dozen connections and a few hundred messages through `send` and
-# `multicast`, and 3 seconds of `reconnect` (connections dropping and
-# coming back with ?since=), checking that the tool exits 0 and reports
-# lost=0. It never asserts a speed: machines differ, and a loaded CI
-# machine is slow.
+# `multicast`, 3 seconds of `reconnect` (connections dropping and coming
+# back with ?since=), then `batch` (/send/batch) and `retry` (idempotency
+# keys, on /send and on /send/batch items, with tries that time out or
+# are hung up on and are tried again), checking that the tool exits 0
+# and reports lost=0. It never asserts a speed: machines differ, and a
+# loaded CI machine is slow.
 #
 # scripts/bench.sh sources this file for start_server and stop_server.
 set -euo pipefail
@@ -80,25 +82,36 @@ smoke() {
 	start_server "$tmp/go-pusher" "$tmp" -message-log stdout
 
 	local common=(-url "$SERVER_URL" -server-pid "$SERVER_PID" -json -users 40 -senders 4 -drain 10s -max-time 2m)
-	local sc
 	local reconnect=(-duration 3s -rate 400 -messages 1200 -drop-interval 500ms -redial-min 10ms -redial-max 100ms -settle 200ms)
-	for sc in send multicast reconnect; do
+	# retry: a 1 ms first try times out now and then, and a tenth of the
+	# first tries are hung up on, so that retries happen on any machine.
+	local retry=(-messages 300 -retry-timeout 1ms -retry-abandon 0.1 -retry-repeat 0.1)
+	local run sc reports=()
+	for run in send multicast reconnect batch retry retry-batch; do
 		local extra=()
-		if [ "$sc" = reconnect ]; then
-			extra=("${reconnect[@]}")
-		fi
-		if ! "$tmp/pusher-bench" "${common[@]}" -scenario "$sc" -messages 400 -rounds 20 "${extra[@]}" >"$tmp/$sc.json"; then
-			echo "smoke-bench: pusher-bench -scenario $sc failed:" >&2
-			cat "$tmp/$sc.json" >&2
+		sc=$run
+		case $run in
+		reconnect) extra=("${reconnect[@]}") ;;
+		batch) extra=(-batch-items 20) ;;
+		retry) extra=("${retry[@]}") ;;
+		retry-batch)
+			sc=retry
+			extra=("${retry[@]}" -batch-items 10 -label batch-items=10)
+			;;
+		esac
+		if ! "$tmp/pusher-bench" "${common[@]}" -scenario "$sc" -messages 400 -rounds 20 "${extra[@]}" >"$tmp/$run.json"; then
+			echo "smoke-bench: pusher-bench -scenario $sc ($run) failed:" >&2
+			cat "$tmp/$run.json" >&2
 			return 1
 		fi
-		if ! grep -q '"lost": 0,' "$tmp/$sc.json"; then
-			echo "smoke-bench: $sc reports lost messages:" >&2
-			cat "$tmp/$sc.json" >&2
+		if ! grep -q '"lost": 0,' "$tmp/$run.json"; then
+			echo "smoke-bench: $run reports lost messages:" >&2
+			cat "$tmp/$run.json" >&2
 			return 1
 		fi
+		reports+=("$tmp/$run.json")
 	done
-	"$tmp/pusher-bench" table "$tmp/send.json" "$tmp/multicast.json" "$tmp/reconnect.json"
+	"$tmp/pusher-bench" table "${reports[@]}"
 	stop_server
 	echo "smoke-bench: ok"
 }

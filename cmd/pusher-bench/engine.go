@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -23,6 +25,8 @@ const (
 	scenarioMulticast = "multicast"
 	scenarioChurn     = "churn"
 	scenarioReconnect = "reconnect"
+	scenarioBatch     = "batch"
+	scenarioRetry     = "retry"
 )
 
 // errCheckFailed is returned by Run after the report when the server lost,
@@ -52,7 +56,7 @@ type Engine struct {
 	// process_cpu_seconds_total.
 	ServerPIDs []int
 
-	// Scenario is idle, send, multicast, churn or reconnect.
+	// Scenario is idle, send, batch, multicast, churn, reconnect or retry.
 	Scenario string
 	// Label names the run in the report (e.g. "message-log=none").
 	Label string
@@ -65,8 +69,8 @@ type Engine struct {
 	// on its own keep-alive connection, so its messages to one uid are in
 	// /send order and must arrive in that order.
 	Senders int
-	// Messages is the number of unicasts (send), or the most that churn
-	// sends in its Duration.
+	// Messages is the number of unicasts (send, batch, retry), or the
+	// most that churn sends in its Duration.
 	Messages int
 	// MulticastSize is the number of uids in one multicast (0: Users), and
 	// Rounds the number of multicast requests.
@@ -75,10 +79,26 @@ type Engine struct {
 	// Size is the message size in bytes. Messages start with the header
 	// s<sender>:<seq>:<unixnano>: and are padded with x up to Size.
 	Size int
-	// Rate caps /send requests per second over all senders (0: none).
+	// Rate caps requests per second over all senders (0: none): /send
+	// requests, batch's /send/batch requests, retry's requests with all
+	// their tries.
 	Rate float64
-	// Form sends unicasts as form bodies instead of JSON.
+	// Form sends unicasts as form bodies instead of JSON (send, churn,
+	// reconnect).
 	Form bool
+	// BatchItems is the number of unicasts in one POST /send/batch
+	// (batch; retry when above 1, else retry posts keyed /send).
+	BatchItems int
+
+	// Retry: a try that gets no answer within RetryTimeout (doubled at
+	// each retry, up to RequestTimeout) is tried again with the same
+	// keys; RetryAbandon of the first tries are hung up on once written;
+	// a message gets at most RetryAttempts tries. RetryRepeat of the
+	// requests are sent once more after their 200, to check the replay.
+	RetryTimeout  time.Duration
+	RetryAbandon  float64
+	RetryRepeat   float64
+	RetryAttempts int
 
 	// Duration is how long churn closes and redials connections, and
 	// reconnect drops them.
@@ -172,10 +192,11 @@ func (e *Engine) validate() error {
 		}
 	}
 	switch e.Scenario {
-	case scenarioIdle, scenarioSend, scenarioMulticast, scenarioChurn, scenarioReconnect:
+	case scenarioIdle, scenarioSend, scenarioBatch, scenarioMulticast, scenarioChurn, scenarioReconnect, scenarioRetry:
 	default:
-		bad("invalid -scenario %q: want idle, send, multicast, churn or reconnect", e.Scenario)
+		bad("invalid -scenario %q: want idle, send, batch, multicast, churn, reconnect or retry", e.Scenario)
 	}
+	errs = append(errs, e.validateItems()...)
 	positive := map[string]int{
 		"-users": e.Users, "-conns-per-user": e.ConnsPerUser, "-senders": e.Senders,
 		"-messages": e.Messages, "-rounds": e.Rounds, "-size": e.Size, "-dial-concurrency": e.DialConcurrency,
@@ -269,7 +290,7 @@ func (e *Engine) Measure(ctx context.Context) (*Report, error) {
 	switch e.Scenario {
 	case scenarioIdle:
 		rep, err = r.idle(ctx)
-	case scenarioSend, scenarioMulticast:
+	case scenarioSend, scenarioMulticast, scenarioBatch, scenarioRetry:
 		rep, err = r.send(ctx)
 	case scenarioReconnect:
 		rep, err = r.reconnect(ctx)
@@ -289,14 +310,20 @@ type runner struct {
 	tokens []string // token of each slot's user
 	probe  *probe
 	http   *http.Client // /send to https:// nodes (http:// ones: keepalive.go)
-	sendTo []string     // /send URL of each node
+	sendTo []string     // /send (or /send/batch) URL of each node
 	nodes  []string     // public base URL of each node
+	// keyPrefix starts every idempotency key of the run (retry).
+	keyPrefix string
 
 	// expect counts the deliveries the server owes after 2xx answers when
 	// every connection is held (send, multicast); recv counts every
 	// message the receivers read. Drain compares them.
 	expect atomic.Int64
 	recv   atomic.Int64
+
+	// stats adds up the batch and retry senders' counts as they close.
+	statsMu sync.Mutex
+	stats   postStats
 }
 
 func (e *Engine) newRun() (*runner, error) {
@@ -310,11 +337,17 @@ func (e *Engine) newRun() (*runner, error) {
 		users:  make([]string, e.Users),
 		tokens: make([]string, e.Users),
 		nodes:  nodes,
+		// Random per run: the server remembers keys for minutes.
+		keyPrefix: "pb" + strconv.FormatUint(rand.Uint64(), 36),
+	}
+	path := "/send"
+	if e.batched() {
+		path = "/send/batch"
 	}
 	metrics := make([]string, len(internal))
 	for i, u := range internal {
 		u = strings.TrimSuffix(u, "/")
-		r.sendTo = append(r.sendTo, u+"/send")
+		r.sendTo = append(r.sendTo, u+path)
 		metrics[i] = u + "/metrics"
 	}
 	// Tokens expire after the longest run, so a leaked one is worth little.

@@ -29,6 +29,7 @@ func testEngine(fs *fakeServer, scenario string, opts ...func(*Engine)) *Engine 
 		ConnectTimeout: 10 * time.Second, SettleTimeout: 5 * time.Second, RequestTimeout: 5 * time.Second, MaxTime: time.Minute,
 		DialConcurrency: 4, SourceAddrs: 4, ChurnFraction: 0.5, ChurnLifetime: 200 * time.Millisecond, ChurnAbrupt: 0.3,
 		RegisterGrace: 50 * time.Millisecond, GoroutineSlack: 3, UIDPrefix: "t-", Out: new(bytes.Buffer),
+		BatchItems: 7, RetryTimeout: time.Second, RetryAttempts: 10,
 	}
 	for _, o := range opts {
 		o(e)

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
@@ -37,12 +38,20 @@ type faults struct {
 	replayGap       bool  // a replay that has messages skips its first one, and still says recovered
 	replayRepeat    bool  // a replay starts at the since offset itself: the client gets it twice
 	historySize     int   // messages kept per uid (0: 100)
+
+	// /send/batch and idempotency keys (fakebatch_test.go).
+	maxBatch         int   // items in one /send/batch (0: 1000); more: 413
+	hangUpKeyedEvery int64 // this keyed request (counted by keyed requests) is handled, then dropped unanswered: the client sees no answer
+	hangUpUnsent     bool  // with hangUpKeyedEvery: that request remembers its keys but sends nothing (acknowledged, never delivered)
+	forgetKeys       bool  // keys are ignored: a retry or a repeat is sent again
+	conflictEvery    int64 // this keyed message (counted by keys) is answered 409, and nothing is done
+	reuseEvery       int64 // this keyed message (counted by keys) is answered 422, and nothing is done
 }
 
 // fakeServer is a small push server with go-pusher's contract: /ws with
 // ?token= (HS256, claim uid), format=json and since=, /send with the API
-// key and a JSON or form body, /metrics with connections, pending,
-// pusher_users, go_goroutines. Its history lives in memory and is read
+// key and a JSON or form body, /send/batch, idempotency keys on both,
+// /metrics with connections, pending, pusher_users, go_goroutines. Its history lives in memory and is read
 // under the same lock that registers the connection, so a replay is
 // exact.
 type fakeServer struct {
@@ -53,6 +62,7 @@ type fakeServer struct {
 	mu      sync.Mutex
 	conns   map[string][]*fakeConn
 	history map[string]*fakeHistory
+	keys    map[string]fakeKey // idempotency keys answered 200
 	leaked  int
 
 	nodes []*httptest.Server // more listeners on the same server: a "cluster" sharing one state
@@ -61,6 +71,8 @@ type fakeServer struct {
 	queued   atomic.Int64 // messages queued, for the faults
 	dials    atomic.Int64
 	requests atomic.Int64
+	keyedReq atomic.Int64 // requests with a key, for hangUpKeyedEvery
+	keyN     atomic.Int64 // keyed messages, for conflictEvery and reuseEvery
 	pending  atomic.Int64
 	wg       sync.WaitGroup // handlers and writers of WebSocket connections
 }
@@ -86,9 +98,12 @@ type fakeEntry struct {
 
 func newFakeServer(t *testing.T, f faults) *fakeServer {
 	t.Helper()
-	fs := &fakeServer{f: f, conns: map[string][]*fakeConn{}, history: map[string]*fakeHistory{}, hits: map[string]int{}}
+	fs := &fakeServer{f: f, conns: map[string][]*fakeConn{}, history: map[string]*fakeHistory{}, keys: map[string]fakeKey{}, hits: map[string]int{}}
 	if fs.f.historySize == 0 {
 		fs.f.historySize = 100
+	}
+	if fs.f.maxBatch == 0 {
+		fs.f.maxBatch = 1000
 	}
 	fs.Server = httptest.NewServer(fs.mux())
 	t.Cleanup(fs.close)
@@ -99,6 +114,7 @@ func (fs *fakeServer) mux() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/ws", fs.serveWS)
 	mux.HandleFunc("/send", fs.serveSend)
+	mux.HandleFunc("/send/batch", fs.serveBatch)
 	mux.HandleFunc("/metrics", fs.serveMetrics)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fs.mu.Lock()
@@ -235,42 +251,65 @@ func (fs *fakeServer) serveSend(w http.ResponseWriter, r *http.Request) {
 	} else {
 		body.UID, body.Message = r.FormValue("uid"), r.FormValue("message")
 	}
-	uids := body.UIDs
-	if uids == nil {
-		uids = []string{body.UID}
-	}
 	n := fs.requests.Add(1)
 	if fs.f.hangUpAfter > 0 && n > fs.f.hangUpAfter {
-		if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
-			conn.Close()
-		}
+		hangUp(w)
 		return
 	}
+	key := r.Header.Get("Idempotency-Key")
+	hang := key != "" && every(fs.f.hangUpKeyedEvery, fs.keyedReq.Add(1))
 	fs.mu.Lock()
-	defer fs.mu.Unlock()
-	if body.UIDs == nil && (len(fs.conns[body.UID]) == 0 || every(fs.f.notFoundEvery, n)) {
-		http.Error(w, "client not found: "+body.UID, http.StatusNotFound)
-		return
+	status, answer, replayed := fs.sendKeyed(key, body.UID, body.UIDs, body.Message, n, hang && fs.f.hangUpUnsent)
+	fs.mu.Unlock()
+	switch {
+	case hang:
+		hangUp(w)
+	case status != http.StatusOK:
+		http.Error(w, answer, status)
+	default:
+		w.Header().Set("Content-Type", "application/json")
+		if replayed {
+			w.Header().Set("Idempotent-Replayed", "true")
+		}
+		_, _ = io.WriteString(w, answer+"\n") // a client that hung up is the tool's to count, not the fake's
+	}
+}
+
+// hangUp drops the connection of w without an answer.
+func hangUp(w http.ResponseWriter) {
+	if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
+		conn.Close()
+	}
+}
+
+// sendOne sends message to uid (a unicast, when uids is nil) or to uids,
+// as /send request n would, unless skip, and returns the status and the
+// answer: the JSON object for a 200, else the reason. Callers hold mu.
+func (fs *fakeServer) sendOne(uid string, uids []string, message string, n int64, skip bool) (int, string) {
+	if uids == nil && (len(fs.conns[uid]) == 0 || every(fs.f.notFoundEvery, n)) {
+		return http.StatusNotFound, "client not found: " + uid
+	}
+	if uids == nil {
+		uids = []string{uid}
 	}
 	id := strconv.FormatInt(n, 10)
-	if !every(fs.f.acceptDropEvery, n) {
+	if !skip && !every(fs.f.acceptDropEvery, n) {
 		for _, uid := range uids {
 			cs := fs.conns[uid]
 			if len(cs) == 0 {
 				continue // nothing stored for a uid without a connection
 			}
-			frame := fs.store(uid, id, body.Message)
+			frame := fs.store(uid, id, message)
 			for _, c := range cs {
 				if c.json {
 					fs.queue(c, frame)
 				} else {
-					fs.queue(c, []byte(body.Message))
+					fs.queue(c, []byte(message))
 				}
 			}
 		}
 	}
-	w.Header().Set("Content-Type", "application/json")
-	_, _ = fmt.Fprintf(w, `{"id":"%s"}`+"\n", id) // a client that hung up is the tool's to count, not the fake's
+	return http.StatusOK, `{"id":"` + id + `"}`
 }
 
 // store gives message the uid's next offset, keeps its JSON frame in the

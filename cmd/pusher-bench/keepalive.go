@@ -2,7 +2,9 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -27,6 +29,7 @@ type keepAliveConn struct {
 	conn    net.Conn
 	br      *bufio.Reader
 	buf     []byte
+	answer  []byte    // the last body kept (postOpts.keep), reused
 	idle    time.Time // when the last answer was read
 }
 
@@ -55,21 +58,46 @@ func newKeepAliveConn(sendURL, apiKey string, timeout time.Duration) (*keepAlive
 	return &keepAliveConn{addr: addr, head: []byte(head), timeout: timeout}, nil
 }
 
+// postOpts are what the batch and retry scenarios add to a plain post.
+type postOpts struct {
+	key     string // the Idempotency-Key header; "" none
+	abandon bool   // hang up once the request is written (see errAbandoned)
+	keep    bool   // keep the answer's body
+}
+
+// answer is what a post brought back.
+type answer struct {
+	code     int
+	replayed bool   // header Idempotent-Replayed: true
+	body     []byte // with postOpts.keep; valid until the connection's next post
+}
+
+// errAbandoned is what a post with postOpts.abandon returns once its
+// request is written: the tool hangs up without the answer, as a client
+// whose timeout fired would, whatever the server's speed.
+var errAbandoned = errors.New("abandoned")
+
 // post sends body and returns the answer's status. Any error closes the
 // connection; the next post dials again. A request that failed is not
 // retried: the server may have acted on it.
 func (k *keepAliveConn) post(ctx context.Context, contentType string, body []byte) (int, error) {
-	code, err := k.roundTrip(ctx, contentType, body)
-	if err != nil {
-		k.close()
-		if ctx.Err() != nil {
-			return 0, ctx.Err()
-		}
-	}
-	return code, err
+	a, err := k.do(ctx, contentType, body, postOpts{})
+	return a.code, err
 }
 
-func (k *keepAliveConn) roundTrip(ctx context.Context, contentType string, body []byte) (int, error) {
+// do is post with options, returning more of the answer.
+func (k *keepAliveConn) do(ctx context.Context, contentType string, body []byte, o postOpts) (answer, error) {
+	a, err := k.roundTrip(ctx, contentType, body, o)
+	if err != nil {
+		k.close()
+		if ctx.Err() != nil && !errors.Is(err, errAbandoned) {
+			return answer{}, ctx.Err()
+		}
+	}
+	return a, err
+}
+
+func (k *keepAliveConn) roundTrip(ctx context.Context, contentType string, body []byte, o postOpts) (answer, error) {
 	now := time.Now()
 	deadline := now.Add(k.timeout) // the whole request, dial included
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
@@ -82,12 +110,12 @@ func (k *keepAliveConn) roundTrip(ctx context.Context, contentType string, body 
 		d := net.Dialer{Deadline: deadline}
 		c, err := d.DialContext(ctx, "tcp", k.addr)
 		if err != nil {
-			return 0, err
+			return answer{}, err
 		}
 		k.conn, k.br = c, bufio.NewReader(c)
 	}
 	if err := k.conn.SetDeadline(deadline); err != nil {
-		return 0, err
+		return answer{}, err
 	}
 	conn := k.conn
 	// A deadline in the past ends a blocked read or write; it fails only
@@ -99,33 +127,53 @@ func (k *keepAliveConn) roundTrip(ctx context.Context, contentType string, body 
 	b = append(b, k.head...)
 	b = append(b, "Content-Type: "...)
 	b = append(b, contentType...)
+	if o.key != "" {
+		// The tool makes its keys of letters, digits and '-': nothing to
+		// escape in a header.
+		b = append(b, "\r\nIdempotency-Key: "...)
+		b = append(b, o.key...)
+	}
 	b = append(b, "\r\nContent-Length: "...)
 	b = strconv.AppendInt(b, int64(len(body)), 10)
 	b = append(b, "\r\n\r\n"...)
 	b = append(b, body...)
 	k.buf = b
 	if _, err := k.conn.Write(b); err != nil {
-		return 0, err
+		return answer{}, err
+	}
+	if o.abandon {
+		return answer{}, errAbandoned
 	}
 	resp, err := http.ReadResponse(k.br, nil)
 	for err == nil && resp.StatusCode/100 == 1 { // 100 Continue, 103 Early Hints: the answer follows
 		resp, err = http.ReadResponse(k.br, nil)
 	}
 	if err != nil {
-		return 0, err
+		return answer{}, err
 	}
 	// Read the answer whole so that the connection can carry the next one.
 	const maxAnswer = 1 << 20
-	n, err := io.Copy(io.Discard, io.LimitReader(resp.Body, maxAnswer))
+	var n int64
+	if o.keep {
+		buf := bytes.NewBuffer(k.answer[:0])
+		n, err = buf.ReadFrom(io.LimitReader(resp.Body, maxAnswer))
+		k.answer = buf.Bytes()
+	} else {
+		n, err = io.Copy(io.Discard, io.LimitReader(resp.Body, maxAnswer))
+	}
 	_ = resp.Body.Close() // read above: a broken connection shows in err or the next request
 	if err != nil {
-		return 0, err
+		return answer{}, err
 	}
 	if resp.Close || n == maxAnswer {
 		k.close()
 	}
 	k.idle = time.Now()
-	return resp.StatusCode, nil
+	a := answer{code: resp.StatusCode, replayed: resp.Header.Get("Idempotent-Replayed") == "true"}
+	if o.keep {
+		a.body = k.answer
+	}
+	return a, nil
 }
 
 func (k *keepAliveConn) close() {

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -153,5 +154,80 @@ func TestKeepAliveConnRedialsAfterRest(t *testing.T) {
 	}
 	if n := conns.Load(); n != 2 {
 		t.Errorf("connections = %d; want 2 (a new one after the rest)", n)
+	}
+}
+
+// keyedServer answers with the Idempotency-Key it got, as the body and
+// replayed when the key was seen before, and passes every request's key
+// to got.
+func keyedServer(got chan<- string) http.HandlerFunc {
+	var mu sync.Mutex
+	seen := map[string]bool{}
+	return func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body) // only to have read it
+		key := r.Header.Get("Idempotency-Key")
+		mu.Lock()
+		replayed := seen[key]
+		seen[key] = true
+		mu.Unlock()
+		if replayed {
+			w.Header().Set("Idempotent-Replayed", "true")
+		}
+		_, _ = io.WriteString(w, `{"id":"`+key+`"}`) // the client's to check
+		got <- key
+	}
+}
+
+// TestExchangeKeyAnswerAbandon: both ways to post (keepAliveConn for
+// http://, net/http for https://) send the key, keep the body, read
+// Idempotent-Replayed, and hang up on an abandoned request once it is
+// written: over plain http the server still gets it.
+func TestExchangeKeyAnswerAbandon(t *testing.T) {
+	for _, tls := range []bool{false, true} {
+		t.Run(map[bool]string{false: "http", true: "https"}[tls], func(t *testing.T) {
+			got := make(chan string, 10)
+			srv := httptest.NewUnstartedServer(keyedServer(got))
+			if tls {
+				srv.StartTLS()
+			} else {
+				srv.Start()
+			}
+			t.Cleanup(srv.Close)
+			r := &runner{e: &Engine{APIKey: "k", RequestTimeout: 5 * time.Second}, http: srv.Client(), sendTo: []string{srv.URL + "/send"}}
+			s, err := r.newSender(nil, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.close()
+			if tls != (s.conns[0] == nil) {
+				t.Fatalf("keepAliveConn %v for %s", s.conns[0], srv.URL)
+			}
+			for i, want := range []bool{false, true} {
+				a, errClass := s.exchange(context.Background(), 0, "application/json", []byte("{}"), postOpts{key: "k1", keep: true})
+				if errClass != "" || a.code != 200 || string(a.body) != `{"id":"k1"}` || a.replayed != want {
+					t.Fatalf("post %d = %d %q replayed %v, %q; want 200 {\"id\":\"k1\"} replayed %v", i, a.code, a.body, a.replayed, errClass, want)
+				}
+				<-got // sent before the handler returned
+			}
+			a, errClass := s.exchange(context.Background(), 0, "application/json", []byte("{}"), postOpts{key: "k2", abandon: true})
+			if errClass != "abandoned" || a.code != 0 {
+				t.Errorf("abandoned post = %d, %q; want 0, abandoned", a.code, errClass)
+			}
+			if tls {
+				// net/http resets the TLS connection when the request is
+				// cancelled; bytes the server had not read yet go with it.
+				// Whether it got them is a race, so only the answer is
+				// checked here.
+				return
+			}
+			select {
+			case key := <-got:
+				if key != "k2" {
+					t.Errorf("the server got key %q, want k2", key)
+				}
+			case <-time.After(5 * time.Second):
+				t.Error("the abandoned request never reached the server")
+			}
+		})
 	}
 }

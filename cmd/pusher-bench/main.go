@@ -1,7 +1,9 @@
 // Command pusher-bench is the load tool of go-pusher: it opens WebSocket
-// connections with tokens it signs itself, pushes messages through /send,
-// checks that every receiver gets each of its messages exactly once and in
-// order, and reports rates, latencies and the server's memory and CPU cost.
+// connections with tokens it signs itself, pushes messages through /send
+// or /send/batch (with idempotency keys and retries in retry), checks
+// that every receiver gets each of its messages exactly once and in
+// order, and reports rates, latencies and the server's memory and CPU
+// cost.
 //
 // Usage:
 //
@@ -9,7 +11,8 @@
 //	    -server-pid $(pidof go-pusher) -scenario send -users 1000 -senders 32 -messages 100000
 //	pusher-bench table run1.json run2.json   # one table row per -json report
 //
-// Scenarios: idle, send, multicast, churn, reconnect (see Engine).
+// Scenarios: idle, send, batch, multicast, churn, reconnect, retry (see
+// Engine).
 package main
 
 import (
@@ -103,17 +106,22 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*E
 	fs.Var(urls, "url", "server base URL: /ws is dialled there; several nodes of a cluster: repeat the flag or separate with commas")
 	fs.Var(internal, "internal-url", "base URL of /send and /metrics (default: -url); with several nodes, one per node")
 	fs.Var(pids, "server-pid", "server process id: RSS and CPU from /proc/PID (none: from the server's process_* metrics); several nodes: one per node, repeated or comma-separated")
-	fs.StringVar(&e.Scenario, "scenario", "send", "idle, send, multicast, churn or reconnect")
+	fs.StringVar(&e.Scenario, "scenario", "send", "idle, send, batch, multicast, churn, reconnect or retry")
 	fs.StringVar(&e.Label, "label", "", "a name for this run in the report (e.g. message-log=none)")
 	fs.IntVar(&e.Users, "users", 100, "distinct uids, each with -conns-per-user connections")
 	fs.IntVar(&e.ConnsPerUser, "conns-per-user", 1, "connections per uid")
 	fs.IntVar(&e.Senders, "senders", 8, "concurrent /send clients, each on its own keep-alive connection")
-	fs.IntVar(&e.Messages, "messages", 10000, "send: messages in total; churn: at most this many")
+	fs.IntVar(&e.Messages, "messages", 10000, "send, batch, retry: messages in total; churn: at most this many")
 	fs.IntVar(&e.MulticastSize, "multicast", 0, "multicast: uids per /send (0: all -users)")
 	fs.IntVar(&e.Rounds, "rounds", 100, "multicast: /send requests in total")
 	fs.IntVar(&e.Size, "size", 64, "message size in bytes: s<sender>:<seq>:<unixnano>: padded with x (never cut)")
-	fs.Float64Var(&e.Rate, "rate", 0, "at most this many /send requests per second in total (0: as fast as the server answers)")
-	fs.BoolVar(&e.Form, "form", false, "send unicasts as form bodies (uid, message) instead of JSON")
+	fs.Float64Var(&e.Rate, "rate", 0, "at most this many requests per second in total (batch: /send/batch requests; retry: requests with their retries) (0: as fast as the server answers)")
+	fs.BoolVar(&e.Form, "form", false, "send, churn, reconnect: send unicasts as form bodies (uid, message) instead of JSON")
+	fs.IntVar(&e.BatchItems, "batch-items", 100, "batch: unicasts per POST /send/batch; retry: when given and above 1, keyed items of /send/batch (at most -users) instead of keyed /send (retry's default: 1)")
+	fs.DurationVar(&e.RetryTimeout, "retry-timeout", 2*time.Millisecond, "retry: a try with no answer within this is tried again with the same keys; doubled at each retry, up to -timeout (short, so that tries time out under load)")
+	fs.Float64Var(&e.RetryAbandon, "retry-abandon", 0.05, "retry: share of first tries the tool hangs up on once written, so that retries happen however fast the server")
+	fs.Float64Var(&e.RetryRepeat, "retry-repeat", 0.05, "retry: share of requests sent once more after their 200, which must come back replayed with the first id")
+	fs.IntVar(&e.RetryAttempts, "retry-attempts", 10, "retry: most tries of one message before it counts as never acknowledged")
 	fs.DurationVar(&e.Duration, "duration", 10*time.Second, "churn, reconnect: how long connections close (drop) and redial while sends go on")
 	fs.DurationVar(&e.Settle, "settle", 3*time.Second, "idle: how long connections are held before the server is measured; churn: pause before the leak check")
 	fs.DurationVar(&e.Drain, "drain", 10*time.Second, "longest wait for accepted messages to arrive after the last /send")
@@ -147,6 +155,9 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*E
 	if fs.NArg() > 0 {
 		return nil, "", fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
+	if e.Scenario == scenarioRetry && !given(fs, "batch-items") {
+		e.BatchItems = 1 // retry posts keyed /send unless told to batch
+	}
 	e.URL, e.InternalURL = urls.value, internal.value
 	for _, v := range splitList(pids.value) {
 		pid, err := strconv.Atoi(v)
@@ -161,6 +172,13 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*E
 		return nil, "", err
 	}
 	return e, cpuProfile, nil
+}
+
+// given reports whether the command line set the flag name.
+func given(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }
 
 // listFlag is a flag that may be repeated and holds comma-separated

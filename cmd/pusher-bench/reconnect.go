@@ -228,7 +228,7 @@ func (r *runner) reconnect(ctx context.Context) (*Report, error) {
 	s.p.phase.Store(phaseDropping)
 	dropCtx, cancel := context.WithTimeout(ctx, e.Duration)
 	defer cancel()
-	if err := r.runSenders(dropCtx, ctx, s.rp, e.Messages, func(n int) (int, int) { return n % e.Users, 1 }); err != nil {
+	if err := r.runSenders(dropCtx, ctx, s.rp, e.Messages, r.unicasts()); err != nil {
 		rep.problem("%v", err)
 		cancel()
 	}

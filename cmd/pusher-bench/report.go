@@ -80,6 +80,27 @@ type Report struct {
 	ExpectedNotFound int      `json:"expected_not_found,omitempty"` // 404 while no connection of the uid was surely registered
 	ReplayLatency    *Latency `json:"replay_latency_ms,omitempty"`  // from the redial's start to {"recovered"}
 
+	// Batch and retry: Requests, Accepted, Status and SendErrors count
+	// messages (a batch's items, retry's keys), each by its own answer;
+	// these count the POSTs and what they met.
+	BatchItems      int    `json:"batch_items,omitempty"`       // unicasts per /send/batch
+	Posts           int    `json:"posts,omitempty"`             // HTTP requests, every try and repeat included
+	BadAnswers      int    `json:"bad_answers,omitempty"`       // 2xx answers whose body was not the contract's
+	BadAnswerSample string `json:"bad_answer_sample,omitempty"` // the first of them
+	FirstError      string `json:"first_error,omitempty"`       // the first message answered other than 200: status and reason
+
+	// Retry: what the tries met. A retry is a POST of keys tried before.
+	KeyPrefix         string `json:"key_prefix,omitempty"`          // keys are <prefix>-<sender>-<seq>
+	Retries           int    `json:"retries,omitempty"`             // POSTs that tried keys again
+	Timeouts          int    `json:"timeouts,omitempty"`            // tries (and repeats) without an answer: timed out, or the connection failed
+	Abandoned         int    `json:"abandoned,omitempty"`           // first tries the tool hung up on once written (-retry-abandon)
+	Conflicts         int    `json:"conflicts,omitempty"`           // 409 answers: the key's first request still in flight
+	ReplayedAcks      int    `json:"replayed_acks,omitempty"`       // 200s marked replayed: an earlier try had gone through
+	Repeats           int    `json:"repeats,omitempty"`             // requests sent once more after their 200 (-retry-repeat)
+	WrongReplays      int    `json:"wrong_replays,omitempty"`       // repeated keys not answered 200, replayed, with the first id
+	WrongReplaySample string `json:"wrong_replay_sample,omitempty"` // the first of them
+	GaveUp            int    `json:"gave_up,omitempty"`             // keys with no final answer after -retry-attempts tries
+
 	// The server before and after (idle, churn, reconnect).
 	Before *serverState `json:"before,omitempty"`
 	After  *serverState `json:"after,omitempty"`
@@ -104,6 +125,13 @@ func (r *Report) check() {
 	add(r.NotFoundWhileOpen, "answered 404 while the uid had a connection open")
 	add(r.Gaps, "offsets skipped (gaps) without {\"recovered\": false}")
 	add(r.MissingRecovered, "connections with since= that never got {\"recovered\"}")
+	if r.Scenario == scenarioBatch || r.Scenario == scenarioRetry {
+		// Every uid is held: each message must be sent.
+		add(sum(r.Status), "messages answered other than 200 (see non-2xx)")
+	}
+	add(r.BadAnswers, "answers the tool could not read")
+	add(r.WrongReplays, "repeated keys not answered as a replay of their first answer")
+	add(r.GaveUp, "keys never answered 200 within -retry-attempts tries")
 	// The tool closes every connection itself: any other end is news.
 	add(sum(r.ServerCloses), "connections closed by the server or the network")
 	add(sum(r.DialErrors), "handshakes failed")
@@ -163,7 +191,11 @@ func (r *Report) print(w io.Writer, asJSON bool) error {
 		line("goroutines / conn", "%.2f", r.GoroutinesPerConn)
 	}
 	if r.Requests > 0 {
-		line("requests", "%d, accepted %d (%.0f/s)", r.Requests, r.Accepted, r.AcceptedPerSec)
+		if r.Posts > 0 {
+			line("messages", "%d, accepted %d (%.0f/s), in %d POSTs%s", r.Requests, r.Accepted, r.AcceptedPerSec, r.Posts, batchOf(r.BatchItems))
+		} else {
+			line("requests", "%d, accepted %d (%.0f/s)", r.Requests, r.Accepted, r.AcceptedPerSec)
+		}
 		counts(line, "non-2xx", r.Status)
 		counts(line, "send errors", r.SendErrors)
 		line("delivered", "%d (%.0f/s)", r.Delivered, r.DeliveredPerSec)
@@ -188,6 +220,7 @@ func (r *Report) print(w io.Writer, asJSON bool) error {
 			line("replay latency ms", "p50 %.2f  p90 %.2f  p99 %.2f  max %.2f  mean %.2f (redial to {\"recovered\"})", l.P50, l.P90, l.P99, l.Max, l.Mean)
 		}
 	}
+	r.printPosts(line)
 	if r.MalformedSample != "" {
 		line("first malformed", "%q", r.MalformedSample)
 	}
@@ -221,6 +254,31 @@ func (r *Report) print(w io.Writer, asJSON bool) error {
 		return fmt.Errorf("write report: %w", err)
 	}
 	return nil
+}
+
+// printPosts writes the figures of batch and retry.
+func (r *Report) printPosts(line func(key, format string, a ...any)) {
+	if r.Scenario == scenarioRetry {
+		line("retries", "%d POSTs: timeouts %d, abandoned %d, 409 %d; 200s replayed %d; gave up %d",
+			r.Retries, r.Timeouts, r.Abandoned, r.Conflicts, r.ReplayedAcks, r.GaveUp)
+		line("repeats", "%d, wrong replays %d (keys %s-<sender>-<seq>)", r.Repeats, r.WrongReplays, r.KeyPrefix)
+	}
+	if r.FirstError != "" {
+		line("first error", "%q", r.FirstError)
+	}
+	if r.BadAnswers > 0 {
+		line("unreadable answers", "%d, first %s", r.BadAnswers, r.BadAnswerSample)
+	}
+	if r.WrongReplaySample != "" {
+		line("wrong replay", "%s", r.WrongReplaySample)
+	}
+}
+
+func batchOf(items int) string {
+	if items == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" of up to %d items", items)
 }
 
 func counts(line func(key, format string, a ...any), key string, m map[string]int) {

@@ -16,14 +16,15 @@ const (
 	evDialError                      // a handshake failed
 	evRecv                           // a message arrived
 	evBad                            // a message arrived that the tool did not send
-	evSent                           // a /send was answered (or failed)
+	evSent                           // a /send was answered (or failed); batch, retry: one message of a request
 	evRecovered                      // {"recovered": ...} arrived (reconnect): code 1 true, 0 false
 )
 
 // Event flags.
 const (
-	flagSince  uint8 = 1 << iota // evUp: the connection was dialled with ?since=
-	flagReplay                   // evRecv: it came before {"recovered": true}: a replay
+	flagSince     uint8 = 1 << iota // evUp: the connection was dialled with ?since=
+	flagReplay                      // evRecv: it came before {"recovered": true}: a replay
+	flagMaybeSent                   // evSent (retry): a try without an answer came before the final non-2xx, so it may have gone out
 )
 
 func flagIf(cond bool, f uint8) uint8 {
@@ -118,6 +119,7 @@ type sentRec struct {
 	first, count int32
 	code         int32
 	at, answered int64
+	maybe        bool // flagMaybeSent
 }
 
 // newReporter returns a reporter; with streams (reconnect) it checks
@@ -248,7 +250,7 @@ func (r *reporter) sentAnswer(ev event) {
 	for len(recs) < int(ev.seq) {
 		recs = append(recs, sentRec{})
 	}
-	recs[ev.seq-1] = sentRec{first: ev.first, count: ev.count, code: ev.code, at: ev.at, answered: ev.t2}
+	recs[ev.seq-1] = sentRec{first: ev.first, count: ev.count, code: ev.code, at: ev.at, answered: ev.t2, maybe: ev.flags&flagMaybeSent != 0}
 	r.sent[ev.sender] = recs
 }
 
@@ -327,7 +329,8 @@ func (r *reporter) owed(rec sentRec, grace time.Duration, churned bool, f func(c
 
 // unexpected counts messages received that no 2xx /send asked for that
 // connection: a non-2xx answer promises nothing was sent. A /send that got
-// no answer (timeout) may have been sent, so it is not counted.
+// no answer (timeout) may have been sent, so it is not counted; nor is a
+// retried message whose final non-2xx came after a try without an answer.
 func (r *reporter) unexpected() int {
 	n := 0
 	for slot, gens := range r.slots {
@@ -351,7 +354,7 @@ func (r *reporter) unexpected() int {
 					continue
 				}
 				rec := r.sent[s][seq-1]
-				if rec.code == 0 {
+				if rec.code == 0 || rec.maybe {
 					continue
 				}
 				// u must be one of rec.count users from rec.first, wrapping.

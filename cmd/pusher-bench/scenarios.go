@@ -96,6 +96,12 @@ func (r *runner) newReport() *Report {
 	if e.Scenario == scenarioMulticast {
 		rep.MulticastSize = r.multicastSize()
 	}
+	if e.batched() {
+		rep.BatchItems = e.BatchItems
+	}
+	if e.Scenario == scenarioRetry {
+		rep.KeyPrefix = r.keyPrefix
+	}
 	return rep
 }
 
@@ -183,8 +189,9 @@ func (r *runner) idle(ctx context.Context) (*Report, error) {
 	return rep, nil
 }
 
-// send pushes Messages unicasts (send) or Rounds multicasts (multicast)
-// to connections held for the whole run, and checks every delivery.
+// send pushes Messages unicasts (send; batch in /send/batch requests;
+// retry with keys and retries) or Rounds multicasts (multicast) to
+// connections held for the whole run, and checks every delivery.
 func (r *runner) send(ctx context.Context) (*Report, error) {
 	rep, base, s, err := r.begin(ctx)
 	if err != nil {
@@ -195,15 +202,21 @@ func (r *runner) send(ctx context.Context) (*Report, error) {
 	if err != nil {
 		return r.abort(rep, s, err)
 	}
-	if r.e.Scenario == scenarioMulticast {
+	switch r.e.Scenario {
+	case scenarioMulticast:
 		k := r.multicastSize()
-		err = r.runSenders(ctx, ctx, s.rp, r.e.Rounds, func(n int) (int, int) { return n * k % r.e.Users, k })
-	} else {
-		err = r.runSenders(ctx, ctx, s.rp, r.e.Messages, func(n int) (int, int) { return n % r.e.Users, 1 })
+		err = r.runSenders(ctx, ctx, s.rp, r.e.Rounds, pushTo(func(n int) (int, int) { return n * k % r.e.Users, k }))
+	case scenarioBatch:
+		err = r.runSenders(ctx, ctx, s.rp, r.e.itemRequests(), r.batchRequest)
+	case scenarioRetry:
+		err = r.runSenders(ctx, ctx, s.rp, r.e.itemRequests(), r.retryRequest)
+	default:
+		err = r.runSenders(ctx, ctx, s.rp, r.e.Messages, r.unicasts())
 	}
 	if err != nil {
 		rep.problem("%v", err)
 	}
+	r.postFigures(rep)
 	r.measureTo(ctx, s, true, "after the sends", before, clk0, rep)
 	return rep, nil
 }
@@ -237,7 +250,7 @@ func (r *runner) churn(ctx context.Context) (*Report, error) {
 	churnCtx, cancel := context.WithTimeout(ctx, e.Duration)
 	defer cancel()
 	// Requests run under ctx, so the last ones finish after Duration.
-	if err := r.runSenders(churnCtx, ctx, s.rp, e.Messages, func(n int) (int, int) { return n % e.Users, 1 }); err != nil {
+	if err := r.runSenders(churnCtx, ctx, s.rp, e.Messages, r.unicasts()); err != nil {
 		rep.problem("%v", err)
 		cancel()
 	}
@@ -273,11 +286,29 @@ func (r *runner) backToBaseline(ctx context.Context, rep *Report, base serverSta
 // before a sender decides the server is gone and stops every sender.
 const giveUpAfter = 20
 
+// request makes request n (counted over all senders) with sender s under
+// ctx, reports what came of it, and returns the answer's status, or 0 and
+// the class of the error when there was none.
+type request func(ctx context.Context, s *sender, n int) (int, string)
+
+// pushTo is the request of send, multicast, churn and reconnect: one
+// /send to target(n), its first user and how many.
+func pushTo(target func(n int) (first, count int)) request {
+	return func(ctx context.Context, s *sender, n int) (int, string) {
+		first, count := target(n)
+		return s.send(ctx, first, count)
+	}
+}
+
+// unicasts is pushTo with request n a unicast to user n mod Users.
+func (r *runner) unicasts() request {
+	return pushTo(func(n int) (int, int) { return n % r.e.Users, 1 })
+}
+
 // runSenders runs Senders senders until total requests are done or stop
-// ends; each request runs under reqCtx. Request n (over all senders) goes
-// to target(n): its first user and how many. It returns why the senders
-// gave up early, or nil.
-func (r *runner) runSenders(stop, reqCtx context.Context, rp *reporter, total int, target func(n int) (first, count int)) error {
+// ends; each request runs under reqCtx. It returns why the senders gave
+// up early, or nil.
+func (r *runner) runSenders(stop, reqCtx context.Context, rp *reporter, total int, do request) error {
 	stop, giveUp := context.WithCancelCause(stop)
 	defer giveUp(nil)
 	var wg sync.WaitGroup
@@ -293,8 +324,7 @@ func (r *runner) runSenders(stop, reqCtx context.Context, rp *reporter, total in
 			defer s.close()
 			failures := 0
 			for n := i; n < total && pace.wait(stop, n); n += c {
-				first, count := target(n)
-				if code, errClass := s.send(reqCtx, first, count); code != 0 {
+				if code, errClass := do(reqCtx, s, n); code != 0 {
 					failures = 0
 				} else if failures++; failures >= giveUpAfter {
 					giveUp(fmt.Errorf("sender %d: %d requests in a row got no answer (%s): stopped sending", i, failures, errClass))

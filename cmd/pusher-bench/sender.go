@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math/rand/v2"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"strconv"
 	"strings"
@@ -73,11 +75,19 @@ type sender struct {
 	seq   int32
 	body  []byte
 	conns []*keepAliveConn // per node; nil for https:// (net/http then)
+
+	// batch, retry
+	items   []item       // the messages of the request at hand
+	results []itemResult // what its answer said of each, reused
+	pending []int        // retry: the items still without a final answer
+	kept    []byte       // the answer's body kept by net/http (https://)
+	rnd     *rand.Rand   // retry: which tries are abandoned, which acks repeated
+	st      postStats    // merged into the runner's when the sender closes
 }
 
 // newSender returns sender id, with its own connection to each node.
 func (r *runner) newSender(rep *reporter, id int) (*sender, error) {
-	s := &sender{r: r, rep: rep, id: int32(id)}
+	s := &sender{r: r, rep: rep, id: int32(id), rnd: rand.New(rand.NewPCG(uint64(id), 0x5e11de))}
 	for _, to := range r.sendTo {
 		k, err := newKeepAliveConn(to, r.e.APIKey, r.e.RequestTimeout)
 		if err != nil {
@@ -88,13 +98,15 @@ func (r *runner) newSender(rep *reporter, id int) (*sender, error) {
 	return s, nil
 }
 
-// close closes the sender's connections.
+// close closes the sender's connections and hands its counts to the
+// runner.
 func (s *sender) close() {
 	for _, k := range s.conns {
 		if k != nil {
 			k.close()
 		}
 	}
+	s.r.addStats(&s.st)
 }
 
 // send pushes message seq+1 to count users from first on (count 1: a
@@ -130,11 +142,7 @@ func (s *sender) post(ctx context.Context, first, count int, sentAt int64) (int,
 		b = append(b, "&message="...)
 		b = appendPayload(b, s.id, s.seq, sentAt, e.Size) // only [a-z0-9:]: nothing to escape
 	case count == 1:
-		b = append(b, `{"uid":"`...)
-		b = append(b, users[first]...) // validate keeps uids free of JSON escapes
-		b = append(b, `","message":"`...)
-		b = appendPayload(b, s.id, s.seq, sentAt, e.Size)
-		b = append(b, `"}`...)
+		b = s.appendUnicast(b, first, s.seq, sentAt)
 	default:
 		b = append(b, `{"uids":[`...)
 		for i := range count {
@@ -150,34 +158,77 @@ func (s *sender) post(ctx context.Context, first, count int, sentAt int64) (int,
 		b = append(b, `"}`...)
 	}
 	s.body = b
+	a, errClass := s.exchange(ctx, s.node(0), contentType, b, postOpts{})
+	return a.code, errClass
+}
 
-	// With several nodes each sender goes round them, so every node
-	// handles /send for every uid.
-	node := (int(s.id) + int(s.seq)) % len(s.r.sendTo)
+// appendUnicast appends the JSON body of message seq to user, sent at
+// sentAt.
+func (s *sender) appendUnicast(b []byte, user int, seq int32, sentAt int64) []byte {
+	b = append(b, `{"uid":"`...)
+	b = append(b, s.r.users[user]...) // validate keeps uids free of JSON escapes
+	b = append(b, `","message":"`...)
+	b = appendPayload(b, s.id, seq, sentAt, s.r.e.Size)
+	return append(b, `"}`...)
+}
+
+// node returns the node of the sender's current request at its try
+// (from 0). With several nodes each sender goes round them, so every
+// node handles /send for every uid, and a retry goes to the next node:
+// a key must hold across the cluster.
+func (s *sender) node(try int) int {
+	return (int(s.id) + int(s.seq) + try) % len(s.r.sendTo)
+}
+
+// exchange posts body to node and returns the answer, or the class of
+// the error when there was none.
+func (s *sender) exchange(ctx context.Context, node int, contentType string, body []byte, o postOpts) (answer, string) {
 	if k := s.conns[node]; k != nil {
-		code, err := k.post(ctx, contentType, b)
+		a, err := k.do(ctx, contentType, body, o)
 		if err != nil {
-			return 0, errorClass(err)
+			return answer{}, errorClass(err)
 		}
-		return code, ""
+		return a, ""
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.r.sendTo[node], bytes.NewReader(b))
+	if o.abandon {
+		// Hang up once the request is written, as keepAliveConn does.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{WroteRequest: func(httptrace.WroteRequestInfo) { cancel() }})
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.r.sendTo[node], bytes.NewReader(body))
 	if err != nil {
-		return 0, "request: " + err.Error()
+		return answer{}, "request: " + err.Error()
 	}
 	req.Header.Set("Content-Type", contentType)
-	req.Header.Set("Authorization", "Bearer "+e.APIKey)
+	req.Header.Set("Authorization", "Bearer "+s.r.e.APIKey)
+	if o.key != "" {
+		req.Header.Set("Idempotency-Key", o.key)
+	}
 	resp, err := s.r.http.Do(req)
+	if o.abandon {
+		if err == nil {
+			_ = resp.Body.Close() // hanging up: what the body held is not wanted
+		}
+		return answer{}, errorClass(errAbandoned)
+	}
 	if err != nil {
-		return 0, errorClass(err)
+		return answer{}, errorClass(err)
 	}
 	// Read the answer whole so that the keep-alive connection is reused.
-	_, err = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
+	buf := bytes.NewBuffer(s.kept[:0])
+	_, err = buf.ReadFrom(io.LimitReader(resp.Body, 1<<20))
 	_ = resp.Body.Close() // read above: closing has nothing to add to err
 	if err != nil {
-		return 0, errorClass(err)
+		return answer{}, errorClass(err)
 	}
-	return resp.StatusCode, ""
+	s.kept = buf.Bytes()
+	a := answer{code: resp.StatusCode, replayed: resp.Header.Get("Idempotent-Replayed") == "true"}
+	if o.keep {
+		a.body = s.kept
+	}
+	return a, ""
 }
 
 // errorClass names an error briefly, for the report's error counts: the
