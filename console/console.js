@@ -186,34 +186,100 @@ function connectPusher(url, token, onMessage, onState, onRecovered, since = "") 
     $("count").textContent = "(0)";
   });
 
+  // batchLines reads the message box for /send/batch: one message a
+  // line, blank lines skipped (the server refuses an empty message, and a
+  // blank line in a paste is never meant as one).
+  function batchLines(text) {
+    return text.split("\n").filter((line) => line.trim() !== "");
+  }
+
+  // shorten cuts text to max characters (code points, so an emoji is not
+  // split), ending in an ellipsis.
+  function shorten(text, max = 60) {
+    const chars = Array.from(text);
+    return chars.length <= max ? text : chars.slice(0, max - 1).join("") + "…";
+  }
+
+  // resultText is one /send/batch result: the id of a message sent, with
+  // who got it for a multicast, or the status and reason it was not sent.
+  function resultText(r) {
+    if (r.status) return `${r.status} ${r.error}`;
+    let text = `id ${r.id}`;
+    if (r.sent) text += `; sent: ${r.sent.join(", ") || "none"}; not_found: ${r.not_found.join(", ") || "none"}`;
+    return r.replayed ? text + " (replayed)" : text;
+  }
+
+  // showAnswer shows the answer to the whole request (or its failure).
+  function showAnswer(status, cls, text) {
+    const out = $("send-result");
+    out.dataset.status = status;
+    out.className = cls;
+    out.textContent = text;
+  }
+
+  // answerText explains a one-line answer of /send or /send/batch.
+  function answerText(path, res, body) {
+    let text = `${res.status} ${res.statusText}\n${body}`;
+    if (res.status === 404 && !body.startsWith("client not found")) {
+      text += `\n\n/${path} is not served on this address: the server runs with -internal-addr, so /${path} is only on the internal listener. Send from a backend that reaches it.`;
+    } else if (res.status === 404) {
+      text += "\n\nNobody with this uid is connected to this server.";
+    }
+    return text;
+  }
+
+  // showBatch lists each line of a batch with its result, in order.
+  function showBatch(res, lines, results) {
+    const list = $("batch-results");
+    let sent = 0;
+    results.forEach((r, i) => {
+      const li = document.createElement("li");
+      li.className = (r.status ? "error" : "ok") + (r.replayed ? " replayed" : "");
+      li.dataset.status = r.status || res.status;
+      const line = document.createElement("span");
+      line.className = "line";
+      line.textContent = shorten(lines[i] ?? "");
+      line.title = lines[i] ?? "";
+      const result = document.createElement("span");
+      result.className = "result";
+      result.textContent = resultText(r);
+      li.append(line, result);
+      list.append(li);
+      if (!r.status) sent++;
+    });
+    const failed = results.length - sent;
+    showAnswer(res.status, failed ? "error" : "ok", `${res.status} ${res.statusText}\n${results.length} line${results.length === 1 ? "" : "s"}: ${sent} sent, ${failed} not sent.`);
+  }
+
+  $("batch").addEventListener("change", () => {
+    const batch = $("batch").checked;
+    document.querySelector('label[for="message"]').textContent = batch ? "Messages, one per line" : "Message";
+    $("send").textContent = batch ? "Send batch" : "Send";
+  });
+
   $("send-form").addEventListener("submit", async (e) => {
     e.preventDefault();
-    const out = $("send-result");
-    out.dataset.status = "";
-    out.className = "";
-    out.textContent = "Sending…";
+    const batch = $("batch").checked;
+    const uid = $("uid").value;
+    const lines = batch ? batchLines($("message").value) : [];
+    $("batch-results").replaceChildren();
+    if (batch && lines.length === 0) return showAnswer("", "error", "Nothing to send: every line is blank.");
+    const path = batch ? "send/batch" : "send";
+    const body = batch ? { messages: lines.map((message) => ({ uid, message })) } : { uid, message: $("message").value };
+    showAnswer("", "", "Sending…");
     $("send").disabled = true;
     try {
-      const res = await fetch("send", {
+      const res = await fetch(path, {
         method: "POST",
         headers: { "Authorization": "Bearer " + $("key").value.trim(), "Content-Type": "application/json" },
-        body: JSON.stringify({ uid: $("uid").value, message: $("message").value }),
+        body: JSON.stringify(body),
         cache: "no-store",
       });
-      const body = (await res.text()).trim();
-      let text = `${res.status} ${res.statusText}\n${body}`;
-      if (res.status === 404 && !body.startsWith("client not found")) {
-        text += "\n\n/send is not served on this address: the server runs with -internal-addr, so /send is only on the internal listener. Send from a backend that reaches it.";
-      } else if (res.status === 404) {
-        text += "\n\nNobody with this uid is connected to this server.";
-      }
-      out.dataset.status = res.status;
-      out.className = res.ok ? "ok" : "error";
-      out.textContent = text;
+      const text = (await res.text()).trim();
+      if (batch && res.ok) showBatch(res, lines, JSON.parse(text).results);
+      else showAnswer(res.status, res.ok ? "ok" : "error", answerText(path, res, text));
     } catch (err) {
-      out.dataset.status = "error";
-      out.className = "error";
-      out.textContent = `Request failed: ${err.message}`;
+      showAnswer("error", "error", `Request failed: ${err.message}`);
     } finally {
       $("send").disabled = false;
     }
