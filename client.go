@@ -236,7 +236,7 @@ func (c *Client) onPing(data string) error {
 	start := !c.held && c.startWriterLocked()
 	c.mu.Unlock()
 	if start {
-		go c.writePump()
+		c.hub.pumps.start(c)
 	}
 	return nil
 }

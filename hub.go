@@ -88,6 +88,8 @@ type Hub struct {
 	// iovs *net.Buffers for their writev, so that a write allocates
 	// nothing and an idle connection holds no buffer.
 	frames, iovs sync.Pool
+	// pumps runs the connections' writePumps.
+	pumps pumps
 
 	// wg counts the goroutines of connections: readPumps (added when the
 	// hub registers the client) and writePumps (added under the client's
@@ -343,6 +345,7 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 		h.pinger.each((*Client).abort)
 		<-waited
 	}
+	h.pumps.stop()
 	close(h.quit)
 	<-h.done
 	return err

@@ -43,7 +43,7 @@ func (c *Client) enqueue(it stream.Item) bool {
 	start := !c.held && c.startWriterLocked()
 	c.mu.Unlock()
 	if start {
-		go c.writePump()
+		c.hub.pumps.start(c)
 	}
 	return true
 }
@@ -90,7 +90,7 @@ func (c *Client) release(replay []stream.Item, ok bool, since stream.Position) {
 	c.mu.Unlock()
 	c.uncount(skipped) // delivered by the replay instead
 	if start {
-		go c.writePump()
+		c.hub.pumps.start(c)
 	}
 }
 
@@ -136,7 +136,7 @@ func (c *Client) close(code int, text, reason string, flush bool) bool {
 	c.hub.failed(dropped, c.uid, reason)
 	c.hub.leave(c)
 	if start {
-		go c.writePump()
+		c.hub.pumps.start(c)
 	}
 	return true
 }
@@ -191,7 +191,7 @@ func (c *Client) requestPing() bool {
 	start := !c.held && c.startWriterLocked()
 	c.mu.Unlock()
 	if start {
-		go c.writePump()
+		c.hub.pumps.start(c)
 	}
 	return true
 }
