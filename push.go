@@ -37,9 +37,9 @@ type job struct {
 	req sendreq.Request
 	key string // idempotency key; "" when none
 
-	claim    *idempotency.Claim // the key, claimed by this request
-	pub      *cluster.Publication
-	notFound []string // of a multicast: the uids without a connection
+	claim    *idempotency.Claim  // the key, claimed by this request
+	pub      cluster.Publication // its message and uids, once it has somewhere to go
+	notFound []string            // of a multicast: the uids without a connection
 	res      result
 }
 
@@ -47,8 +47,17 @@ type job struct {
 // (404, 409, 422) and its reason. A zero status is not decided yet.
 type result struct {
 	status   int
-	body     string // JSON object without a newline; or the reason
+	body     string // JSON object without a newline, or the reason; "" for a unicast's 200
+	id       string // a unicast's 200: the message id (its answer is built when written)
 	replayed bool   // a remembered answer: nothing was sent
+}
+
+// answer is a 200's JSON object.
+func (r result) answer() string {
+	if r.body == "" {
+		return unicastAnswer(r.id)
+	}
+	return r.body
 }
 
 // The refusals of the idempotency rules.
@@ -78,19 +87,24 @@ func (s *Server) push(ctx context.Context, accepted time.Time, jobs []*job) *rep
 		return refusal(http.StatusServiceUnavailable, "cluster unavailable: the message was not sent")
 	}
 
-	var logs []message.Log
-	var pubs []*cluster.Publication
+	logs := make([]message.Log, 0, len(jobs))
+	pubs := make([]*cluster.Publication, 0, len(jobs))
 	for _, j := range jobs {
 		if j.res.status != 0 {
 			continue
 		}
-		var online []string
-		for _, uid := range j.req.UIDs {
-			if onlineSet(uid) {
-				online = append(online, uid)
-			} else {
-				j.notFound = append(j.notFound, uid)
+		online := j.req.UIDs
+		if j.req.Multicast {
+			online = nil
+			for _, uid := range j.req.UIDs {
+				if onlineSet(uid) {
+					online = append(online, uid)
+				} else {
+					j.notFound = append(j.notFound, uid)
+				}
 			}
+		} else if !onlineSet(online[0]) {
+			online = nil
 		}
 		if len(online) == 0 {
 			id := ""
@@ -103,12 +117,12 @@ func (s *Server) push(ctx context.Context, accepted time.Time, jobs []*job) *rep
 			continue
 		}
 		m := stream.NewMessage(s.ids.Next(accepted), StringToBytes(j.req.Message), accepted)
-		j.pub = &cluster.Publication{Message: m, UIDs: online, Claim: j.claim}
+		j.pub = cluster.Publication{Message: m, UIDs: online, Claim: j.claim}
 		if j.claim != nil && !j.req.Multicast {
 			j.pub.Answer = unicastAnswer(m.ID)
 		}
 		logs = append(logs, message.Log{ID: m.ID, UIDs: online, Message: j.req.Message, Time: accepted})
-		pubs = append(pubs, j.pub)
+		pubs = append(pubs, &j.pub)
 	}
 	if len(logs) > 0 {
 		// The log bounds the wait itself (-message-log-timeout).
@@ -128,7 +142,7 @@ func (s *Server) push(ctx context.Context, accepted time.Time, jobs []*job) *rep
 		}
 	}
 	for _, j := range jobs {
-		if j.pub != nil {
+		if j.pub.Message != nil {
 			s.published(j)
 		}
 	}
@@ -145,20 +159,30 @@ func refusal(status int, reason string) *reply {
 // lookup asks which of the uids of jobs (those not decided yet) have a
 // connection: one question for all.
 func (s *Server) lookup(ctx context.Context, jobs []*job) (func(uid string) bool, error) {
+	if len(jobs) == 1 {
+		// The uids of one request are distinct already.
+		if jobs[0].res.status != 0 {
+			return func(string) bool { return false }, nil
+		}
+		online, _, err := s.broker.Online(ctx, jobs[0].req.UIDs)
+		if err != nil {
+			return nil, err
+		}
+		if len(online) == 1 {
+			return func(uid string) bool { return uid == online[0] }, nil
+		}
+		return setOf(online, len(online)), nil
+	}
+	// uid → online; built with every uid first, to ask for each once.
+	set := make(map[string]bool)
 	var uids []string
-	seen := make(map[string]struct{})
 	for _, j := range jobs {
 		if j.res.status != 0 {
 			continue
 		}
-		if len(jobs) == 1 {
-			// The uids of one request are distinct already.
-			uids = j.req.UIDs
-			break
-		}
 		for _, uid := range j.req.UIDs {
-			if _, dup := seen[uid]; !dup {
-				seen[uid] = struct{}{}
+			if _, dup := set[uid]; !dup {
+				set[uid] = false
 				uids = append(uids, uid)
 			}
 		}
@@ -170,21 +194,25 @@ func (s *Server) lookup(ctx context.Context, jobs []*job) (func(uid string) bool
 	if err != nil {
 		return nil, err
 	}
-	if len(uids) == 1 {
-		return func(uid string) bool { return len(online) == 1 && uid == online[0] }, nil
-	}
-	set := make(map[string]struct{}, len(online))
 	for _, uid := range online {
+		set[uid] = true
+	}
+	return func(uid string) bool { return set[uid] }, nil
+}
+
+func setOf(uids []string, n int) func(string) bool {
+	set := make(map[string]struct{}, n)
+	for _, uid := range uids {
 		set[uid] = struct{}{}
 	}
-	return func(uid string) bool { _, ok := set[uid]; return ok }, nil
+	return func(uid string) bool { _, ok := set[uid]; return ok }
 }
 
 // published records what the publish of j's message found: uids that went
 // away between the lookup and the publish get nothing and count as not
 // found; a claim lost meanwhile is a 409.
 func (s *Server) published(j *job) {
-	p := j.pub
+	p := &j.pub
 	if p.Refused {
 		for _, uid := range p.UIDs {
 			s.msgLog.Update(p.Message.ID, uid, message.StatusFailed)
@@ -207,7 +235,7 @@ func (j *job) settle(id string, sent []string) {
 	case len(sent) == 0:
 		j.res = result{status: http.StatusNotFound, body: "client not found: " + j.req.UIDs[0]}
 	default:
-		j.res = result{status: http.StatusOK, body: unicastAnswer(id)}
+		j.res = result{status: http.StatusOK, id: id}
 	}
 }
 
@@ -314,8 +342,8 @@ func (s *Server) releaseKeys(ctx context.Context, jobs []*job, all bool) {
 func (s *Server) finishKeys(ctx context.Context, jobs []*job) {
 	var ds []idempotency.Done
 	for _, j := range jobs {
-		if j.claim != nil && j.res.status == http.StatusOK && (j.pub == nil || !j.pub.Finished) {
-			ds = append(ds, idempotency.Done{Claim: *j.claim, Answer: j.res.body})
+		if j.claim != nil && j.res.status == http.StatusOK && !j.pub.Finished {
+			ds = append(ds, idempotency.Done{Claim: *j.claim, Answer: j.res.answer()})
 		}
 	}
 	if len(ds) > 0 {
@@ -332,7 +360,7 @@ func (s *Server) finishKeys(ctx context.Context, jobs []*job) {
 func batchReply(jobs []*job) reply {
 	n := 16
 	for _, j := range jobs {
-		n += len(j.res.body) + 40
+		n += len(j.res.body) + len(j.res.id) + 40
 	}
 	b := make([]byte, 0, n)
 	b = append(b, `{"results":[`...)
@@ -343,7 +371,8 @@ func batchReply(jobs []*job) reply {
 		b = appendResult(b, j.res)
 	}
 	b = append(b, "]}\n"...)
-	return reply{status: http.StatusOK, json: true, body: string(b)}
+	// b is not written to again.
+	return reply{status: http.StatusOK, json: true, body: BytesToString(b)}
 }
 
 // appendResult appends r as a batch entry: a 200's object (with
@@ -355,6 +384,11 @@ func appendResult(b []byte, r result) []byte {
 		b = append(b, `,"error":`...)
 		b = stream.AppendJSONString(b, r.body)
 		return append(b, '}')
+	}
+	if r.body == "" {
+		b = append(b, `{"id":"`...)
+		b = append(b, r.id...)
+		return append(b, `"}`...)
 	}
 	if !r.replayed {
 		return append(b, r.body...)

@@ -80,7 +80,7 @@ func (s *Server) send(ctx context.Context, accepted time.Time, contentType, rawQ
 	if j.res.status != http.StatusOK {
 		return textReply(j.res.status, j.res.body)
 	}
-	return reply{status: http.StatusOK, json: true, body: j.res.body + "\n", replayed: j.res.replayed}
+	return reply{status: http.StatusOK, json: true, body: j.res.answer() + "\n", replayed: j.res.replayed}
 }
 
 // sendBatch is /send/batch after admitSend: every message is checked
@@ -90,9 +90,11 @@ func (s *Server) sendBatch(ctx context.Context, accepted time.Time, contentType 
 	if perr != nil {
 		return textReply(perr.Status, perr.Reason)
 	}
+	all := make([]job, len(items))
 	jobs := make([]*job, len(items))
 	for i, it := range items {
-		jobs[i] = &job{req: it.Request, key: it.Key}
+		all[i] = job{req: it.Request, key: it.Key}
+		jobs[i] = &all[i]
 	}
 	if fail := s.push(ctx, accepted, jobs); fail != nil {
 		return *fail
