@@ -1,6 +1,7 @@
 package sendreq
 
 import (
+	"fmt"
 	"net/http"
 	"reflect"
 	"strings"
@@ -120,4 +121,19 @@ func FuzzParseBatch(f *testing.F) {
 			}
 		}
 	})
+}
+
+func BenchmarkParseBatch(b *testing.B) {
+	var items []string
+	for i := range 100 {
+		items = append(items, fmt.Sprintf(`{"uid":"user-%d","message":"{\"type\":\"notice\",\"text\":\"a typical payload of about one hundred bytes, give or take a few\"}"}`, i))
+	}
+	body := []byte(`{"messages":[` + strings.Join(items, ",") + `]}`)
+	lim := Limits{MaxMessageSize: 65536, MaxMulticast: 10000, MaxBatch: 1000, MaxBatchBytes: 8 << 20}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := ParseBatch(typeJSON, body, lim); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
