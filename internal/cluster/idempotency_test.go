@@ -134,3 +134,67 @@ func TestClaimRedisDown(t *testing.T) {
 		t.Errorf("Claim with Redis down = %v, nil; want an error", out)
 	}
 }
+
+// replyError is an error reply of Redis, as go-redis reports one.
+type replyError string
+
+func (e replyError) Error() string { return string(e) }
+
+func (replyError) RedisError() {}
+
+func callsFor(uids []string, errs []error) []publishCall {
+	calls := make([]publishCall, len(uids))
+	for i, uid := range uids {
+		calls[i] = publishCall{uid: uid, cmd: redis.NewCmd(context.Background())}
+		if errs[i] != nil {
+			calls[i].cmd.SetErr(errs[i])
+		}
+	}
+	return calls
+}
+
+// TestNoScriptKeepsOrder: the calls Redis refused with NOSCRIPT are run
+// again only when no later message to the same uid ran already.
+func TestNoScriptKeepsOrder(t *testing.T) {
+	noscript := replyError("NOSCRIPT No matching script")
+	all := []int{0, 1, 2}
+	again, err := noScript(callsFor([]string{"a", "b", "a"}, []error{nil, noscript, nil}), all, 0)
+	if err != nil || fmt.Sprint(again) != "[1]" {
+		t.Errorf("b refused, a ran twice: again %v, %v; want [1]", again, err)
+	}
+	if _, err := noScript(callsFor([]string{"a", "b", "a"}, []error{noscript, nil, nil}), all, 0); err == nil {
+		t.Error("a's first message refused and its second ran: want an error, not a reordering retry")
+	}
+	if _, err := noScript(callsFor([]string{"a", "b", "c"}, []error{noscript, nil, nil}), all, 1); err == nil {
+		t.Error("NOSCRIPT on the second attempt: want an error")
+	}
+	if _, err := noScript(callsFor([]string{"a", "b", "c"}, []error{nil, replyError("ERR other"), nil}), all, 0); err == nil {
+		t.Error("another error: want it returned")
+	}
+}
+
+// TestMarkUnsent: after a failed pipeline the publications whose calls
+// never went to Redis are marked, and only those.
+func TestMarkUnsent(t *testing.T) {
+	p1 := &Publication{UIDs: []string{"a", "b"}}
+	p2 := &Publication{UIDs: []string{"c", "d"}}
+	p3 := &Publication{UIDs: []string{"e"}}
+	pubs := []*Publication{p1, p2, p3}
+	var calls []publishCall
+	for _, p := range pubs {
+		for _, uid := range p.UIDs {
+			calls = append(calls, publishCall{p: p, uid: uid})
+		}
+	}
+	// The failed pipeline held a, b, c: p2 is half sent, p3 not at all.
+	markUnsent(pubs, calls[3:])
+	if p1.Unsent || p2.Unsent || !p3.Unsent {
+		t.Errorf("unsent %v %v %v, want false false true", p1.Unsent, p2.Unsent, p3.Unsent)
+	}
+	p3.Unsent = false
+	// The failed pipeline held a, b: p2 and p3 never went.
+	markUnsent(pubs, calls[2:])
+	if p1.Unsent || !p2.Unsent || !p3.Unsent {
+		t.Errorf("unsent %v %v %v, want false true true", p1.Unsent, p2.Unsent, p3.Unsent)
+	}
+}

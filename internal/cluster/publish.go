@@ -83,11 +83,14 @@ type Publication struct {
 	// anywhere: nothing was stored for them.
 	Gone []string
 	// Refused: the claim was no longer this request's (it outlived
-	// ClaimTTL, and another request may hold the key): nothing was sent
+	// its claim TTL, and another request may hold the key): nothing was sent
 	// to the uids not in Gone from the first refusal on.
 	Refused bool
 	// Finished: the key was finished with Answer along with the publish.
 	Finished bool
+	// Unsent: PublishAll failed before any of its calls went to Redis,
+	// so it surely reached nobody.
+	Unsent bool
 }
 
 // Publish gives m the next offset of each of uids, stores it in their
@@ -110,7 +113,7 @@ type publishCall struct {
 // PublishAll publishes each of pubs to its uids, in order: the publish
 // script once per uid, pipelined, so that a batch costs Redis one round
 // trip (per redisBatch uids). An error means some may have been published
-// and others not.
+// and others not; those surely not are marked Unsent.
 func (b *Broker) PublishAll(ctx context.Context, pubs []*Publication) error {
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.OpTimeout)
 	defer cancel()
@@ -120,7 +123,7 @@ func (b *Broker) PublishAll(ctx context.Context, pubs []*Publication) error {
 	}
 	var calls []publishCall
 	for _, p := range pubs {
-		p.Gone, p.Refused, p.Finished = nil, false, false
+		p.Gone, p.Refused, p.Finished, p.Unsent = nil, false, false, false
 		for _, uid := range p.UIDs {
 			calls = append(calls, publishCall{p: p, uid: uid})
 		}
@@ -132,11 +135,27 @@ func (b *Broker) PublishAll(ctx context.Context, pubs []*Publication) error {
 	for len(calls) > 0 {
 		n := min(len(calls), redisBatch)
 		if err := b.runPublish(ctx, calls[:n], envelopes, epoch); err != nil {
+			markUnsent(pubs, calls[n:])
 			return fmt.Errorf("redis publish: %w", err)
 		}
 		calls = calls[n:]
 	}
 	return nil
+}
+
+// markUnsent marks Unsent the publications whose calls are all in rest,
+// the calls that never went to Redis.
+func markUnsent(pubs []*Publication, rest []publishCall) {
+	if len(rest) == 0 {
+		return
+	}
+	first := rest[0].p // it may have had calls in the failed pipeline
+	for i := len(pubs) - 1; i >= 0 && pubs[i] != first; i-- {
+		pubs[i].Unsent = true
+	}
+	if rest[0].uid == first.UIDs[0] {
+		first.Unsent = true
+	}
 }
 
 // runPublish runs calls in one pipeline and reads their results into
@@ -167,17 +186,9 @@ func (b *Broker) runPublish(ctx context.Context, calls []publishCall, envelopes 
 		if err == nil {
 			break
 		}
-		// Only the commands Redis refused with NOSCRIPT (it restarted
-		// and forgot the script) did not run; the others must not run
-		// twice.
-		var again []int
-		for _, i := range todo {
-			if e := calls[i].cmd.Err(); e != nil {
-				if !redis.HasErrorPrefix(e, "NOSCRIPT") || attempt > 0 {
-					return e
-				}
-				again = append(again, i)
-			}
+		again, err := noScript(calls, todo, attempt)
+		if err != nil {
+			return err
 		}
 		if err := b.publish.Load(ctx, b.rdb).Err(); err != nil {
 			return err
@@ -203,6 +214,32 @@ func (b *Broker) runPublish(ctx context.Context, calls []publishCall, envelopes 
 		}
 	}
 	return nil
+}
+
+// noScript returns the calls of todo that Redis refused with NOSCRIPT (it
+// restarted and forgot the script), to run again once the script is
+// loaded; the others ran and must not run twice. It fails when that is
+// not safe: on a second attempt, on any other error, or when a refused
+// call has a later call to the same uid that ran (running it again would
+// put its message after that one).
+func noScript(calls []publishCall, todo []int, attempt int) ([]int, error) {
+	var again []int
+	refused := make(map[string]bool)
+	for _, i := range todo {
+		e := calls[i].cmd.Err()
+		switch {
+		case e == nil:
+			if refused[calls[i].uid] {
+				return nil, fmt.Errorf("redis forgot the publish script in the middle of the messages to %q", calls[i].uid)
+			}
+		case !redis.HasErrorPrefix(e, "NOSCRIPT") || attempt > 0:
+			return nil, e
+		default:
+			refused[calls[i].uid] = true
+			again = append(again, i)
+		}
+	}
+	return again, nil
 }
 
 // The envelope of a message in Redis: message id, accept time in Unix
