@@ -241,8 +241,8 @@ func (c *Config) validate() []error {
 	if c.IdempotencyTTL < 0 {
 		bad("invalid -idempotency-ttl %s: must not be negative", c.IdempotencyTTL)
 	}
-	if c.IdempotencyMem < 0 {
-		bad("invalid -idempotency-bytes %d: must not be negative", c.IdempotencyMem)
+	if c.IdempotencyMem < 1 {
+		bad("invalid -idempotency-bytes %d: must be at least 1", c.IdempotencyMem)
 	}
 	positive("mysql-batch-size", c.MySQLBatchSize)
 	if c.HistorySize < 0 {

@@ -3,11 +3,13 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"strings"
 	"sync"
 	"testing"
 
+	"go-pusher/internal/cluster"
 	"go-pusher/internal/testutil"
 	"go-pusher/message"
 )
@@ -197,4 +199,78 @@ func TestIdempotencyTTLZeroIgnoresKeys(t *testing.T) {
 			t.Fatalf("got %q, want m", got)
 		}
 	}
+}
+
+// failingBroker fails PublishAll while fail is set, marking the
+// publications unsent (nothing reached Redis) or not (outcome unknown).
+type failingBroker struct {
+	Broker
+	mu           sync.Mutex
+	fail, unsent bool
+}
+
+func (b *failingBroker) set(fail, unsent bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.fail, b.unsent = fail, unsent
+}
+
+func (b *failingBroker) PublishAll(ctx context.Context, pubs []*cluster.Publication) error {
+	b.mu.Lock()
+	fail, unsent := b.fail, b.unsent
+	b.mu.Unlock()
+	if !fail {
+		return b.Broker.PublishAll(ctx, pubs)
+	}
+	for _, p := range pubs {
+		p.Unsent = unsent
+	}
+	return errors.New("redis went away")
+}
+
+// TestPublishFailureReleasesWhatSurelyWentNowhere: after a failed publish
+// the keys of messages that surely reached nobody can be retried at once
+// (and their log rows say failed); a key whose message may have gone out
+// stays claimed, so a retry gets 409, not a second send.
+func TestPublishFailureReleasesWhatSurelyWentNowhere(t *testing.T) {
+	fb := &failingBroker{}
+	ts := startServerWith(t, testConfig(t), func(s *Server) {
+		fb.Broker = s.broker
+		s.broker = fb
+	})
+	conn := ts.dial("u")
+	keyed := func(key, uid, msg string) map[string]any {
+		return map[string]any{"uid": uid, "message": msg, "idempotency_key": key}
+	}
+	batch := `{"messages":[{"uid":"u","message":"m1","idempotency_key":"k1"},{"uid":"off","message":"m2","idempotency_key":"k2"}]}`
+
+	fb.set(true, true)
+	if code, _, body := ts.post("/send/batch", "application/json", batch, nil); code != http.StatusServiceUnavailable {
+		t.Fatalf("batch with the publish failing = %d %q, want 503", code, body)
+	}
+	logged := ts.msgLog.logged()
+	if len(logged) != 1 {
+		t.Fatalf("logged %+v, want m1", logged)
+	}
+	if st, ok := ts.msgLog.status(logged[0].ID, "u"); !ok || st != message.StatusFailed {
+		t.Errorf("m1's row: %v (%v), want failed: it surely went nowhere", st, ok)
+	}
+	fb.set(false, false)
+	res := ts.batch(keyed("k1", "u", "m1"), keyed("k2", "off", "m2"))
+	if res[0].ID == "" || res[0].Replayed || res[1].Status != http.StatusNotFound {
+		t.Fatalf("retry = %+v, want m1 sent and m2 404", res)
+	}
+	if got := readText(t, conn); got != "m1" {
+		t.Fatalf("got %q, want m1", got)
+	}
+
+	fb.set(true, false)
+	if code, _, _ := ts.sendKey("k3", "u", "m3"); code != http.StatusServiceUnavailable {
+		t.Fatalf("send with the publish failing = %d, want 503", code)
+	}
+	fb.set(false, false)
+	if code, _, body := ts.sendKey("k3", "u", "m3"); code != http.StatusConflict {
+		t.Errorf("retry of a message whose publish may have gone out = %d %q, want 409", code, body)
+	}
+	assertNothingPushed(t, ts, conn, "u")
 }

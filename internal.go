@@ -80,8 +80,14 @@ func (s *Server) newFastFront(ops http.Handler) fastFront {
 		// Each path has its own body limit: a /send body over /send's is
 		// refused unread, not read up to /send/batch's.
 		HeaderReceived: func(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
+			// The raw path: routing sees it normalized (//send is /send),
+			// so only the exact /send gets the smaller limit here, and the
+			// handler checks the limit of the path it routes to.
 			path, _, _ := strings.Cut(BytesToString(h.RequestURI()), "?")
-			return fasthttp.RequestConfig{MaxRequestBodySize: int(s.bodyLimit(path))}
+			if path == "/send" {
+				return fasthttp.RequestConfig{MaxRequestBodySize: int(s.limits.MaxBody())}
+			}
+			return fasthttp.RequestConfig{}
 		},
 		// /send parses multipart bodies itself (sendreq); fasthttp's own
 		// parsing would hand it a re-encoded copy and answer malformed

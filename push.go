@@ -76,6 +76,14 @@ func (s *Server) push(ctx context.Context, accepted time.Time, jobs []*job) *rep
 		return refusal(http.StatusServiceUnavailable, "server shutting down")
 	}
 	defer s.leave()
+	defer func() {
+		// The fronts answer a panic with 500; the keys must not stay
+		// claimed (on a single node, for ever).
+		if v := recover(); v != nil {
+			s.releaseKeys(ctx, jobs, true)
+			panic(v)
+		}
+	}()
 
 	if fail := s.claimKeys(ctx, jobs); fail != nil {
 		return fail
@@ -134,10 +142,8 @@ func (s *Server) push(ctx context.Context, accepted time.Time, jobs []*job) *rep
 		// The broker bounds the publish itself; a client that hangs up
 		// must not cut it in half.
 		if err := s.broker.PublishAll(context.WithoutCancel(ctx), pubs); err != nil {
-			// Redis may have run some publishes before it failed to
-			// answer: the outcome is unknown, so the log rows stay queued
-			// and the keys stay claimed until they lapse.
 			s.log.Warn("publish failed", "messages", len(pubs), "id", pubs[0].Message.ID, "err", err)
+			s.publishFailed(ctx, jobs)
 			return refusal(http.StatusServiceUnavailable, "cluster unavailable: the message may not have been delivered")
 		}
 	}
@@ -148,6 +154,33 @@ func (s *Server) push(ctx context.Context, accepted time.Time, jobs []*job) *rep
 	}
 	s.finishKeys(ctx, jobs)
 	return nil
+}
+
+// publishFailed settles jobs after a failed publish. Redis may have run
+// some publishes before it failed to answer: their outcome is unknown, so
+// their log rows stay queued and their keys stay claimed until the claims
+// lapse (a retry meanwhile gets 409, not a second send). Messages that
+// surely went nowhere are marked failed, and the keys of every other job
+// are released: the request as a whole failed.
+func (s *Server) publishFailed(ctx context.Context, jobs []*job) {
+	var free []idempotency.Claim
+	for _, j := range jobs {
+		p := &j.pub
+		if p.Message != nil && !p.Unsent {
+			continue // outcome unknown
+		}
+		if p.Message != nil {
+			for _, uid := range p.UIDs {
+				s.msgLog.Update(p.Message.ID, uid, message.StatusFailed)
+			}
+		}
+		if j.claim != nil {
+			free = append(free, *j.claim)
+		}
+	}
+	if len(free) > 0 {
+		s.idem.Release(context.WithoutCancel(ctx), free)
+	}
 }
 
 // refusal is the reply of a request refused whole.
@@ -350,7 +383,7 @@ func (s *Server) finishKeys(ctx context.Context, jobs []*job) {
 		if err := s.idem.Finish(context.WithoutCancel(ctx), ds); err != nil {
 			// The messages went out; their keys answer 409 until the
 			// claims lapse, then a retry would send again.
-			s.log.Warn("idempotency finish failed", "keys", len(ds), "lapse", cluster.ClaimTTL, "err", err)
+			s.log.Warn("idempotency finish failed: the keys answer 409 until their claims lapse", "keys", len(ds), "err", err)
 		}
 	}
 	s.releaseKeys(ctx, jobs, false)

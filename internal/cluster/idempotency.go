@@ -19,11 +19,17 @@ import (
 // key still holds the request's claim (see publishScript), which is what
 // keeps two nodes from both sending one key.
 
-// ClaimTTL is how long a claim lasts in Redis if its node never finishes
-// or releases it (the node died): until then the key answers 409. A
-// request that takes longer than this to publish finds its claim gone and
-// is refused (409) rather than risking a second send.
-const ClaimTTL = time.Minute
+// MinClaimTTL is the least a claim lasts in Redis if its node never
+// finishes or releases it (the node died): until then the key answers
+// 409. A request that takes longer than its claim to publish finds the
+// claim gone and is refused (409) rather than risking a second send, so a
+// claim outlives the longest request: claim, lookup, log and publish,
+// each bounded by OpTimeout (see claimTTL).
+const MinClaimTTL = time.Minute
+
+// claimTTL is how long b's claims last: MinClaimTTL, or four OpTimeouts
+// when that is longer.
+func (b *Broker) claimTTL() time.Duration { return max(MinClaimTTL, 4*b.cfg.OpTimeout) }
 
 func claimValue(c idempotency.Claim) string {
 	return "p|" + c.Token + "|" + c.Fingerprint
@@ -61,7 +67,7 @@ func (b *Broker) Claim(ctx context.Context, cs []idempotency.Claim) ([]idempoten
 	pipe := b.rdb.Pipeline()
 	cmds := make([]*redis.StatusCmd, len(cs))
 	for i, c := range cs {
-		cmds[i] = pipe.SetArgs(ctx, b.idemKey(c.Key), claimValue(c), redis.SetArgs{Mode: "NX", Get: true, TTL: ClaimTTL})
+		cmds[i] = pipe.SetArgs(ctx, b.idemKey(c.Key), claimValue(c), redis.SetArgs{Mode: "NX", Get: true, TTL: b.claimTTL()})
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, fmt.Errorf("redis claim idempotency keys: %w", err)
@@ -106,7 +112,7 @@ func (b *Broker) Finish(ctx context.Context, ds []idempotency.Done) error {
 }
 
 // Release lets cs be claimed again at once. It is best effort: a claim it
-// cannot release lapses after ClaimTTL.
+// cannot release lapses after claimTTL.
 func (b *Broker) Release(ctx context.Context, cs []idempotency.Claim) {
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.OpTimeout)
 	defer cancel()
@@ -115,6 +121,6 @@ func (b *Broker) Release(ctx context.Context, cs []idempotency.Claim) {
 		pipe.Eval(ctx, releaseScript, []string{b.idemKey(c.Key)}, claimValue(c))
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
-		b.log.Warn("release idempotency keys failed: they lapse by themselves", "keys", len(cs), "lapse", ClaimTTL, "err", err)
+		b.log.Warn("release idempotency keys failed: they lapse by themselves", "keys", len(cs), "lapse", b.claimTTL(), "err", err)
 	}
 }
