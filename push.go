@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"strconv"
 	"time"
@@ -90,8 +91,13 @@ func (s *Server) push(ctx context.Context, accepted time.Time, jobs []*job) *rep
 	}
 	onlineSet, err := s.lookup(ctx, jobs)
 	if err != nil {
-		s.log.Warn("cluster lookup failed", "err", err)
 		s.releaseKeys(ctx, jobs, true)
+		if errors.Is(err, cluster.ErrResyncing) {
+			// Brief and expected after an outage: not worth a line each.
+			s.log.Debug("cluster lookup uncertain", "err", err)
+			return refusal(http.StatusServiceUnavailable, "cluster resubscribing after a Redis outage: the message was not sent; retry")
+		}
+		s.log.Warn("cluster lookup failed", "err", err)
 		return refusal(http.StatusServiceUnavailable, "cluster unavailable: the message was not sent")
 	}
 

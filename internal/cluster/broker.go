@@ -86,6 +86,7 @@ type Broker struct {
 	// hung Redis is a 503 within about 4 s, TestClusterRedisOutage).
 	ap      *redis.AutoPipeliner
 	local   Local
+	nodeID  string // names this node's channel and registration (nodes.go)
 	log     *slog.Logger
 	prefix  string // channel of uid u is prefix + "u:" + u; keys prefix + "s:" and "h:"
 	cfg     Config
@@ -114,6 +115,10 @@ type Broker struct {
 	// expected holds the offsets Expect read for uids about to register.
 	expected map[string]expectation
 	workKick chan struct{} // wakes the repairer; capacity 1
+	// nodeSubscribed: the current pub/sub connection was asked for the
+	// node channel; nodeUp: Redis confirmed it (nodes.go).
+	nodeSubscribed, nodeUp bool
+	beatKick               chan struct{} // wakes beatLoop; capacity 1
 
 	// ctx is cancelled by Close: background Redis calls end with it.
 	ctx      context.Context
@@ -181,9 +186,14 @@ func New(ctx context.Context, cfg Config, local Local, log *slog.Logger, reg pro
 		opt.MaxRetries = -1
 	}
 	opt.ContextTimeoutEnabled = true
+	nodeID, err := stream.NewEpoch()
+	if err != nil {
+		return nil, err
+	}
 	b := &Broker{
 		rdb:        redis.NewClient(opt),
 		local:      local,
+		nodeID:     nodeID,
 		log:        log,
 		prefix:     cfg.Prefix + ":",
 		cfg:        cfg,
@@ -196,6 +206,7 @@ func New(ctx context.Context, cfg Config, local Local, log *slog.Logger, reg pro
 		base:       map[string]stream.Position{},
 		expected:   map[string]expectation{},
 		workKick:   make(chan struct{}, 1),
+		beatKick:   make(chan struct{}, 1),
 		wanted:     map[string]struct{}{},
 		pending:    map[string]bool{},
 		subscribed: map[string]struct{}{},
@@ -240,10 +251,11 @@ func New(ctx context.Context, cfg Config, local Local, log *slog.Logger, reg pro
 // Start runs the pub/sub connection, the syncer and the repairer until
 // Close.
 func (b *Broker) Start() {
-	b.wg.Add(3)
+	b.wg.Add(4)
 	go b.run()
 	go b.syncLoop()
 	go b.repairLoop()
+	go b.beatLoop()
 }
 
 func (b *Broker) channel(uid string) string  { return b.prefix + "u:" + uid }
@@ -322,6 +334,14 @@ func (b *Broker) Online(ctx context.Context, uids []string) (online, offline []s
 			offline = append(offline, uid)
 		}
 	}
+	if len(offline) > 0 {
+		switch unsure, err := b.resyncing(ctx); {
+		case err != nil:
+			return nil, nil, fmt.Errorf("redis node check: %w", err)
+		case unsure:
+			return nil, nil, ErrResyncing
+		}
+	}
 	return online, offline, nil
 }
 
@@ -357,6 +377,15 @@ func (b *Broker) Close(ctx context.Context) error {
 const maxDrain = 2 * time.Second
 
 func (b *Broker) close(ctx context.Context) error {
+	// Unregistered first: other nodes then do not take this node's
+	// unsubscribing for a resubscription (nodes.go).
+	u := maxDrain / 4
+	if dl, ok := ctx.Deadline(); ok {
+		u = min(u, time.Until(dl)/6)
+	}
+	uctx, cancel := context.WithTimeout(ctx, u)
+	b.unregister(uctx)
+	cancel()
 	b.mu.Lock()
 	ps := b.ps
 	drained := make(chan struct{})

@@ -59,6 +59,7 @@ func (b *Broker) session() error {
 	}
 	b.ps = ps
 	b.subscribed = map[string]struct{}{}
+	b.nodeSubscribed, b.nodeUp = false, false
 	for uid := range b.wanted {
 		b.pending[uid] = true
 		if b.repairFrom(uid) != nil && b.lostLink {
@@ -72,6 +73,7 @@ func (b *Broker) session() error {
 	err := b.receive(ctx, ps)
 	b.mu.Lock()
 	b.ps, b.healthy, b.lastErr, b.lostLink = nil, false, err, true
+	b.nodeSubscribed, b.nodeUp = false, false
 	b.subscribed = map[string]struct{}{}
 	clear(b.confirmed)
 	clear(b.inflight)
@@ -125,6 +127,17 @@ func (b *Broker) answered(m *redis.Subscription) {
 	} else {
 		delete(b.inflight, m.Channel)
 	}
+	if m.Channel == b.nodeChannel() {
+		if m.Kind == "subscribe" {
+			b.nodeUp = true
+			select {
+			case b.beatKick <- struct{}{}:
+			default: // a beat is due already
+			}
+		}
+		b.drained(m)
+		return
+	}
 	switch m.Kind {
 	case "subscribe":
 		if n <= 0 {
@@ -136,10 +149,15 @@ func (b *Broker) answered(m *redis.Subscription) {
 		}
 	case "unsubscribe":
 		delete(b.confirmed, m.Channel)
-		if m.Count == 0 && b.draining != nil {
-			close(b.draining)
-			b.draining = nil
-		}
+		b.drained(m)
+	}
+}
+
+// drained tells Close when the unsubscribe from everything is done.
+func (b *Broker) drained(m *redis.Subscription) {
+	if m.Kind == "unsubscribe" && m.Count == 0 && b.draining != nil {
+		close(b.draining)
+		b.draining = nil
 	}
 }
 
@@ -264,6 +282,15 @@ func (b *Broker) sync() {
 		}
 	}
 	clear(b.pending)
+	// The node channel goes after the uid channels of the session's first
+	// sync: its subscriber tells other nodes that this one's uids are in
+	// place (nodes.go).
+	var node string
+	if !b.nodeSubscribed {
+		b.nodeSubscribed = true
+		node = b.nodeChannel()
+		b.inflight[node]++
+	}
 	for uid, e := range b.expected {
 		if time.Since(e.at) >= maxExpectationAge {
 			delete(b.expected, uid) // its connection never came
@@ -277,6 +304,9 @@ func (b *Broker) sync() {
 	err := inBatches(add, func(chs []string) error { return ps.Subscribe(ctx, chs...) })
 	if err == nil {
 		err = inBatches(remove, func(chs []string) error { return ps.Unsubscribe(ctx, chs...) })
+	}
+	if err == nil && node != "" {
+		err = ps.Subscribe(ctx, node)
 	}
 	if err != nil {
 		// The receiver sees the same failure and starts a new connection,

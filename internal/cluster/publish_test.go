@@ -1,0 +1,137 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+
+	"go-pusher/internal/testutil"
+)
+
+// pipelineCounter counts the pipelines a client sends: each is one round
+// trip.
+type pipelineCounter struct{ n atomic.Int64 }
+
+func (*pipelineCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (*pipelineCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+
+func (c *pipelineCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		c.n.Add(1)
+		return next(ctx, cmds)
+	}
+}
+
+// TestPublishAllIsOneRoundTrip: the messages of a batch, to many uids,
+// reach Redis in one pipeline, and each uid's in order.
+func TestPublishAllIsOneRoundTrip(t *testing.T) {
+	u := testutil.Redis(t)
+	b := newTestBroker(t, u.String(), testutil.Prefix(t), newFakeLocal())
+	subA, subB := subscribeAside(t, u.Host, b, "a"), subscribeAside(t, u.Host, b, "b")
+	var pubs []*Publication
+	for i := range 100 {
+		uids := []string{"a"}
+		if i%2 == 1 {
+			uids = []string{"a", "b", "nobody"}
+		}
+		pubs = append(pubs, &Publication{Message: message(fmt.Sprint(i)), UIDs: uids})
+	}
+	var count pipelineCounter
+	b.rdb.AddHook(&count)
+	if err := b.PublishAll(context.Background(), pubs); err != nil {
+		t.Fatal(err)
+	}
+	if n := count.n.Load(); n != 1 {
+		t.Errorf("PublishAll of 100 messages took %d round trips, want 1", n)
+	}
+	for i, p := range pubs {
+		if want := map[bool]string{true: "[nobody]", false: "[]"}[i%2 == 1]; fmt.Sprint(p.Gone) != want {
+			t.Errorf("publication %d: gone %v, want %s", i, p.Gone, want)
+		}
+	}
+	// a got every message, b the odd ones, each in order.
+	for _, r := range []struct {
+		name        string
+		sub         *redis.PubSub
+		first, step int
+	}{{"a", subA, 0, 1}, {"b", subB, 1, 2}} {
+		for want := r.first; want < 100; want += r.step {
+			m, err := r.sub.ReceiveMessage(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, text, _ := strings.Cut(m.Payload[strings.LastIndex(m.Payload, "|"):], "|"); text != fmt.Sprint(want) {
+				t.Fatalf("%s got %q, want message %d next", r.name, m.Payload, want)
+			}
+		}
+	}
+}
+
+// replyError is an error reply of Redis, as go-redis reports one.
+type replyError string
+
+func (e replyError) Error() string { return string(e) }
+
+func (replyError) RedisError() {}
+
+func callsFor(uids []string, errs []error) []publishCall {
+	calls := make([]publishCall, len(uids))
+	for i, uid := range uids {
+		calls[i] = publishCall{uid: uid, cmd: redis.NewCmd(context.Background())}
+		if errs[i] != nil {
+			calls[i].cmd.SetErr(errs[i])
+		}
+	}
+	return calls
+}
+
+// TestNoScriptKeepsOrder: the calls Redis refused with NOSCRIPT are run
+// again only when no later message to the same uid ran already.
+func TestNoScriptKeepsOrder(t *testing.T) {
+	noscript := replyError("NOSCRIPT No matching script")
+	all := []int{0, 1, 2}
+	again, err := noScript(callsFor([]string{"a", "b", "a"}, []error{nil, noscript, nil}), all, 0)
+	if err != nil || fmt.Sprint(again) != "[1]" {
+		t.Errorf("b refused, a ran twice: again %v, %v; want [1]", again, err)
+	}
+	if _, err := noScript(callsFor([]string{"a", "b", "a"}, []error{noscript, nil, nil}), all, 0); err == nil {
+		t.Error("a's first message refused and its second ran: want an error, not a reordering retry")
+	}
+	if _, err := noScript(callsFor([]string{"a", "b", "c"}, []error{noscript, nil, nil}), all, 1); err == nil {
+		t.Error("NOSCRIPT on the second attempt: want an error")
+	}
+	if _, err := noScript(callsFor([]string{"a", "b", "c"}, []error{nil, replyError("ERR other"), nil}), all, 0); err == nil {
+		t.Error("another error: want it returned")
+	}
+}
+
+// TestMarkUnsent: after a failed pipeline the publications whose calls
+// never went to Redis are marked, and only those.
+func TestMarkUnsent(t *testing.T) {
+	p1 := &Publication{UIDs: []string{"a", "b"}}
+	p2 := &Publication{UIDs: []string{"c", "d"}}
+	p3 := &Publication{UIDs: []string{"e"}}
+	pubs := []*Publication{p1, p2, p3}
+	var calls []publishCall
+	for _, p := range pubs {
+		for _, uid := range p.UIDs {
+			calls = append(calls, publishCall{p: p, uid: uid})
+		}
+	}
+	// The failed pipeline held a, b, c: p2 is half sent, p3 not at all.
+	markUnsent(pubs, calls[3:])
+	if p1.Unsent || p2.Unsent || !p3.Unsent {
+		t.Errorf("unsent %v %v %v, want false false true", p1.Unsent, p2.Unsent, p3.Unsent)
+	}
+	p3.Unsent = false
+	// The failed pipeline held a, b: p2 and p3 never went.
+	markUnsent(pubs, calls[2:])
+	if p1.Unsent || !p2.Unsent || !p3.Unsent {
+		t.Errorf("unsent %v %v %v, want false true true", p1.Unsent, p2.Unsent, p3.Unsent)
+	}
+}
