@@ -32,7 +32,7 @@ const redialBackoff = 100 * time.Millisecond
 type pool struct {
 	r       *runner
 	rep     *reporter
-	wsURLs  []string            // /ws of each node
+	wsURLs  []string            // /ws (Centrifugo: /connection/websocket) of each node
 	dialers []*websocket.Dialer // one per source address
 
 	ctx    context.Context // ended by stop: every connection closes
@@ -76,7 +76,11 @@ func newPool(r *runner, rep *reporter) (*pool, error) {
 		} else {
 			u.Scheme = "ws"
 		}
-		u.Path = strings.TrimSuffix(u.Path, "/") + "/ws"
+		path := "/ws"
+		if e.centrifugo() {
+			path = centrifugoWSPath
+		}
+		u.Path = strings.TrimSuffix(u.Path, "/") + path
 		wsURLs = append(wsURLs, u.String())
 		if host == "" {
 			host = u.Hostname()
@@ -176,7 +180,7 @@ func (p *pool) runSlot(slot int32) {
 		}
 		dialStart := time.Now().UnixNano()
 		node := p.wsURLs[(int(slot)+attempt)%len(p.wsURLs)]
-		conn, err := p.dial(slot, node, since)
+		conn, hello, err := p.dial(slot, node, since)
 		// Taken before the first dial counts as done: a /send issued
 		// after connect returns is then after every first connection's
 		// up, however late this goroutine reaches hold.
@@ -207,9 +211,10 @@ func (p *pool) runSlot(slot int32) {
 			}
 			continue
 		}
-		run := &connRun{since: since != "", dial: dialStart, up: up, pos: &pos, dead: make(chan struct{})}
+		run := &connRun{since: since != "", dial: dialStart, up: up, pos: &pos, dead: make(chan struct{}), hello: hello}
 		if len(p.wsURLs) > 1 {
-			run.node = strings.TrimSuffix(strings.TrimPrefix(strings.TrimPrefix(node, "ws://"), "wss://"), "/ws")
+			run.node = strings.TrimPrefix(strings.TrimPrefix(node, "ws://"), "wss://")
+			run.node = strings.TrimSuffix(strings.TrimSuffix(run.node, "/ws"), centrifugoWSPath)
 		}
 		run.canDrop.Store(pos.known)
 		var life time.Duration
@@ -234,13 +239,18 @@ func (p *pool) runSlot(slot int32) {
 }
 
 // dial makes one handshake for slot to node (its /ws URL), with ?since=
-// when not empty; its error is already a short class.
-func (p *pool) dial(slot int32, node, since string) (*websocket.Conn, error) {
+// when not empty; its error is already a short class. With Centrifugo
+// the handshake goes on to the connect reply (cfConnect), which it
+// returns.
+func (p *pool) dial(slot int32, node, since string) (*websocket.Conn, cfHello, error) {
 	r := p.r
 	user := int(slot) / r.e.ConnsPerUser
 	d := p.dialers[int(slot)%len(p.dialers)]
 	ctx, cancel := context.WithTimeout(p.ctx, r.e.RequestTimeout)
 	defer cancel()
+	if r.e.centrifugo() {
+		return p.dialCentrifugo(ctx, d, node, user)
+	}
 	u := node + "?token=" + r.tokens[user]
 	if p.reconnect {
 		u += "&format=json"
@@ -250,17 +260,22 @@ func (p *pool) dial(slot int32, node, since string) (*websocket.Conn, error) {
 	}
 	conn, resp, err := d.DialContext(ctx, u, nil)
 	if err != nil {
-		if resp != nil {
-			// gorilla has read what it keeps of a refused handshake's
-			// body into memory: closing it cannot fail.
-			_ = resp.Body.Close()
-			if resp.StatusCode != http.StatusSwitchingProtocols {
-				return nil, fmt.Errorf("http %d", resp.StatusCode)
-			}
-		}
-		return nil, errors.New(errorClass(err))
+		return nil, cfHello{}, handshakeError(resp, err)
 	}
-	return conn, nil
+	return conn, cfHello{}, nil
+}
+
+// handshakeError is the short class of a failed WebSocket handshake.
+func handshakeError(resp *http.Response, err error) error {
+	if resp != nil {
+		// gorilla has read what it keeps of a refused handshake's body
+		// into memory: closing it cannot fail.
+		_ = resp.Body.Close()
+		if resp.StatusCode != http.StatusSwitchingProtocols {
+			return fmt.Errorf("http %d", resp.StatusCode)
+		}
+	}
+	return errors.New(errorClass(err))
 }
 
 // hold reads conn until it ends: the server closes it, life passes (the
@@ -319,9 +334,12 @@ func (p *pool) hold(slot, gen int32, conn *websocket.Conn, life time.Duration, a
 
 	var code int
 	var text string
-	if p.reconnect {
+	switch {
+	case p.reconnect:
 		code, text = p.readJSON(slot, gen, conn, run)
-	} else {
+	case p.r.e.centrifugo():
+		code, text = p.readCentrifugo(slot, gen, conn, run.hello)
+	default:
 		code, text = p.read(slot, gen, conn)
 	}
 	ended := time.Now().UnixNano()

@@ -33,8 +33,9 @@ const (
 // duplicated or reordered messages, or did not return to its baseline.
 var errCheckFailed = errors.New("check failed")
 
-// Engine runs one scenario against a go-pusher server and writes its
-// report to Out. The zero value is not usable: parseFlags (or a test)
+// Engine runs one scenario against a go-pusher server (or, with Target
+// centrifugo, a Centrifugo server: centrifugo.go) and writes its report
+// to Out. The zero value is not usable: parseFlags (or a test)
 // fills every field; validate says what is missing.
 type Engine struct {
 	// URL is the server's public base URL (http://host:port); /ws is
@@ -50,8 +51,16 @@ type Engine struct {
 	JWTSecret string
 	// APIKey is the server's PUSHER_API_KEY, presented on /send.
 	APIKey string
+	// Target is the server's protocol: go-pusher ("" too) or centrifugo
+	// (idle and send only; see centrifugo.go).
+	Target string
+	// CentrifugoNamespace is, with Target centrifugo, the namespace of
+	// the users' personal channels, <namespace>:#<uid> (#<uid> when
+	// empty), as Centrifugo's personal_channel_namespace.
+	CentrifugoNamespace string
 	// ServerPIDs, when not empty, are the server processes (one per
-	// node): their RSS and CPU time are read from /proc/PID and added up.
+	// node, or the server and its Redis): their RSS and CPU time are read
+	// from /proc/PID and added up.
 	// Empty: from the servers' own process_resident_memory_bytes and
 	// process_cpu_seconds_total.
 	ServerPIDs []int
@@ -197,6 +206,7 @@ func (e *Engine) validate() error {
 		bad("invalid -scenario %q: want idle, send, batch, multicast, churn, reconnect or retry", e.Scenario)
 	}
 	errs = append(errs, e.validateItems()...)
+	errs = append(errs, e.validateTarget()...)
 	positive := map[string]int{
 		"-users": e.Users, "-conns-per-user": e.ConnsPerUser, "-senders": e.Senders,
 		"-messages": e.Messages, "-rounds": e.Rounds, "-size": e.Size, "-dial-concurrency": e.DialConcurrency,
@@ -308,6 +318,10 @@ type runner struct {
 	e      *Engine
 	users  []string // uid of each user
 	tokens []string // token of each slot's user
+	// channels is, with Target centrifugo, each user's personal channel.
+	channels []string
+	// auth is the header that presents the API key on each send.
+	auth   apiAuth
 	probe  *probe
 	http   *http.Client // /send to https:// nodes (http:// ones: keepalive.go)
 	sendTo []string     // /send (or /send/batch) URL of each node
@@ -341,7 +355,10 @@ func (e *Engine) newRun() (*runner, error) {
 		keyPrefix: "pb" + strconv.FormatUint(rand.Uint64(), 36),
 	}
 	path := "/send"
-	if e.batched() {
+	switch {
+	case e.centrifugo():
+		path = centrifugoPublishPath
+	case e.batched():
 		path = "/send/batch"
 	}
 	metrics := make([]string, len(internal))
@@ -353,9 +370,18 @@ func (e *Engine) newRun() (*runner, error) {
 	// Tokens expire after the longest run, so a leaked one is worth little.
 	exp := jwt.NewNumericDate(time.Now().Add(e.MaxTime + time.Hour))
 	key := []byte(e.JWTSecret)
+	claim := "uid"
+	r.auth = bearer(e.APIKey)
+	if e.centrifugo() {
+		claim, r.auth = "sub", apiAuth{name: "X-API-Key", value: e.APIKey}
+		r.channels = make([]string, e.Users)
+	}
 	for i := range r.users {
 		r.users[i] = e.UIDPrefix + strconv.Itoa(i)
-		tok, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"uid": r.users[i], "exp": exp}).SignedString(key)
+		if r.channels != nil {
+			r.channels[i] = personalChannel(e.CentrifugoNamespace, r.users[i])
+		}
+		tok, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{claim: r.users[i], "exp": exp}).SignedString(key)
 		if err != nil {
 			return nil, fmt.Errorf("sign token: %w", err)
 		}
@@ -371,7 +397,7 @@ func (e *Engine) newRun() (*runner, error) {
 			ForceAttemptHTTP2:   false,
 		},
 	}
-	r.probe = newProbe(metrics, e.ServerPIDs, e.RequestTimeout)
+	r.probe = newProbe(metrics, metricsOf(e.Target), e.ServerPIDs, e.RequestTimeout)
 	return r, nil
 }
 

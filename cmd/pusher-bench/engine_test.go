@@ -22,8 +22,13 @@ func TestMain(m *testing.M) {
 
 // testEngine is a tiny run against fs, changed by opts.
 func testEngine(fs *fakeServer, scenario string, opts ...func(*Engine)) *Engine {
+	return testEngineAt(fs.URL, scenario, opts...)
+}
+
+// testEngineAt is a tiny run against the server at url, changed by opts.
+func testEngineAt(url, scenario string, opts ...func(*Engine)) *Engine {
 	e := &Engine{
-		URL: fs.URL, JWTSecret: testSecret, APIKey: testAPIKey, ServerPIDs: []int{os.Getpid()},
+		URL: url, JWTSecret: testSecret, APIKey: testAPIKey, ServerPIDs: []int{os.Getpid()},
 		Scenario: scenario, Users: 10, ConnsPerUser: 1, Senders: 3, Messages: 300, Rounds: 20, Size: 64,
 		Duration: time.Second, Settle: 50 * time.Millisecond, Drain: 2 * time.Second,
 		ConnectTimeout: 10 * time.Second, SettleTimeout: 5 * time.Second, RequestTimeout: 5 * time.Second, MaxTime: time.Minute,

@@ -24,7 +24,7 @@ import (
 // Used for http:// URLs; https:// goes through net/http.
 type keepAliveConn struct {
 	addr    string // host:port to dial
-	head    []byte // request line, Host, Authorization and User-Agent
+	head    []byte // request line, Host, the API key's header and User-Agent
 	timeout time.Duration
 	conn    net.Conn
 	br      *bufio.Reader
@@ -39,9 +39,16 @@ type keepAliveConn struct {
 // closing fails. A sender at a low -rate waits this long between posts.
 const maxIdle = 15 * time.Second
 
+// apiAuth is the header that presents the API key: go-pusher's
+// Authorization: Bearer, or Centrifugo's X-API-Key.
+type apiAuth struct{ name, value string }
+
+// bearer is go-pusher's header for key.
+func bearer(key string) apiAuth { return apiAuth{name: "Authorization", value: "Bearer " + key} }
+
 // newKeepAliveConn returns a connection for sendURL, not dialled yet, or
 // nil when sendURL is not http://.
-func newKeepAliveConn(sendURL, apiKey string, timeout time.Duration) (*keepAliveConn, error) {
+func newKeepAliveConn(sendURL string, auth apiAuth, timeout time.Duration) (*keepAliveConn, error) {
 	u, err := url.Parse(sendURL)
 	if err != nil {
 		return nil, fmt.Errorf("send URL: %w", err)
@@ -54,7 +61,7 @@ func newKeepAliveConn(sendURL, apiKey string, timeout time.Duration) (*keepAlive
 		addr = net.JoinHostPort(u.Hostname(), "80")
 	}
 	head := "POST " + u.RequestURI() + " HTTP/1.1\r\nHost: " + u.Host +
-		"\r\nAuthorization: Bearer " + apiKey + "\r\nUser-Agent: pusher-bench\r\n"
+		"\r\n" + auth.name + ": " + auth.value + "\r\nUser-Agent: pusher-bench\r\n"
 	return &keepAliveConn{addr: addr, head: []byte(head), timeout: timeout}, nil
 }
 

@@ -51,7 +51,7 @@ func echoLength(t *testing.T) http.HandlerFunc {
 
 func TestKeepAliveConnReusesOneConnection(t *testing.T) {
 	srv, conns := keepAliveServer(t, echoLength(t))
-	k, err := newKeepAliveConn(srv.URL+"/send", "k", 5*time.Second)
+	k, err := newKeepAliveConn(srv.URL+"/send", bearer("k"), 5*time.Second)
 	if err != nil || k == nil {
 		t.Fatalf("newKeepAliveConn = %v, %v", k, err)
 	}
@@ -70,7 +70,7 @@ func TestKeepAliveConnReusesOneConnection(t *testing.T) {
 
 func TestKeepAliveConnRedialsAfterConnectionClose(t *testing.T) {
 	srv, conns := keepAliveServer(t, echoLength(t))
-	k, _ := newKeepAliveConn(srv.URL+"/send", "k", 5*time.Second)
+	k, _ := newKeepAliveConn(srv.URL+"/send", bearer("k"), 5*time.Second)
 	defer k.close()
 	for i, body := range []string{"close", "x", "close", "yy"} {
 		code, err := k.post(context.Background(), "application/json", []byte(body))
@@ -89,7 +89,7 @@ func TestKeepAliveConnStopsWhenContextEnds(t *testing.T) {
 		<-release
 	})
 	defer close(release) // before srv.Close, which waits for the handler
-	k, _ := newKeepAliveConn(srv.URL+"/send", "k", time.Minute)
+	k, _ := newKeepAliveConn(srv.URL+"/send", bearer("k"), time.Minute)
 	defer k.close()
 	ctx, cancel := context.WithCancel(context.Background())
 	time.AfterFunc(50*time.Millisecond, cancel)
@@ -107,11 +107,11 @@ func TestKeepAliveConnStopsWhenContextEnds(t *testing.T) {
 }
 
 func TestKeepAliveConnIsOnlyForHTTP(t *testing.T) {
-	k, err := newKeepAliveConn("https://example.com/send", "k", time.Second)
+	k, err := newKeepAliveConn("https://example.com/send", bearer("k"), time.Second)
 	if k != nil || err != nil {
 		t.Errorf("https URL gave %v, %v; want nil, nil (net/http serves https)", k, err)
 	}
-	k, err = newKeepAliveConn("http://[::1/send", "k", time.Second)
+	k, err = newKeepAliveConn("http://[::1/send", bearer("k"), time.Second)
 	if k != nil || err == nil {
 		t.Errorf("malformed URL gave %v, %v; want an error", k, err)
 	}
@@ -126,7 +126,7 @@ func TestKeepAliveConnSkipsInformationalAnswers(t *testing.T) {
 		w.WriteHeader(http.StatusEarlyHints)
 		w.WriteHeader(http.StatusAccepted)
 	})
-	k, _ := newKeepAliveConn(srv.URL+"/send", "k", 5*time.Second)
+	k, _ := newKeepAliveConn(srv.URL+"/send", bearer("k"), 5*time.Second)
 	defer k.close()
 	for i := range 3 {
 		if code, err := k.post(context.Background(), "application/json", []byte("{}")); err != nil || code != http.StatusAccepted {
@@ -142,7 +142,7 @@ func TestKeepAliveConnSkipsInformationalAnswers(t *testing.T) {
 // server may be closing it.
 func TestKeepAliveConnRedialsAfterRest(t *testing.T) {
 	srv, conns := keepAliveServer(t, echoLength(t))
-	k, _ := newKeepAliveConn(srv.URL+"/send", "k", 5*time.Second)
+	k, _ := newKeepAliveConn(srv.URL+"/send", bearer("k"), 5*time.Second)
 	defer k.close()
 	for i := range 3 {
 		if i == 2 {
@@ -193,7 +193,7 @@ func TestExchangeKeyAnswerAbandon(t *testing.T) {
 				srv.Start()
 			}
 			t.Cleanup(srv.Close)
-			r := &runner{e: &Engine{APIKey: "k", RequestTimeout: 5 * time.Second}, http: srv.Client(), sendTo: []string{srv.URL + "/send"}}
+			r := &runner{e: &Engine{APIKey: "k", RequestTimeout: 5 * time.Second}, auth: bearer("k"), http: srv.Client(), sendTo: []string{srv.URL + "/send"}}
 			s, err := r.newSender(nil, 0)
 			if err != nil {
 				t.Fatal(err)

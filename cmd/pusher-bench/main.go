@@ -12,7 +12,8 @@
 //	pusher-bench table run1.json run2.json   # one table row per -json report
 //
 // Scenarios: idle, send, batch, multicast, churn, reconnect, retry (see
-// Engine).
+// Engine). With -target centrifugo, idle and send run against Centrifugo
+// instead (centrifugo.go).
 package main
 
 import (
@@ -51,7 +52,8 @@ func main() {
 const usageHead = `Usage: pusher-bench [flags]            run a scenario against a server
        pusher-bench table FILE.json...  print -json reports as one table
 
-JWT_SECRET and PUSHER_API_KEY come from the environment, as the server's.
+JWT_SECRET and PUSHER_API_KEY come from the environment, as the server's
+(-target centrifugo: client.token.hmac_secret_key and http_api.key).
 
 Flags:
 `
@@ -106,6 +108,8 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*E
 	fs.Var(urls, "url", "server base URL: /ws is dialled there; several nodes of a cluster: repeat the flag or separate with commas")
 	fs.Var(internal, "internal-url", "base URL of /send and /metrics (default: -url); with several nodes, one per node")
 	fs.Var(pids, "server-pid", "server process id: RSS and CPU from /proc/PID (none: from the server's process_* metrics); several nodes: one per node, repeated or comma-separated")
+	fs.StringVar(&e.Target, "target", targetGoPusher, "the server: go-pusher, or centrifugo (Centrifugo v6's JSON protocol and HTTP API; idle and send only; see docs/centrifugo-bench.md)")
+	fs.StringVar(&e.CentrifugoNamespace, "centrifugo-namespace", "personal", "centrifugo: the namespace of the users' personal channels, <namespace>:#<uid> (Centrifugo's personal_channel_namespace; \"\": #<uid>)")
 	fs.StringVar(&e.Scenario, "scenario", "send", "idle, send, batch, multicast, churn, reconnect or retry")
 	fs.StringVar(&e.Label, "label", "", "a name for this run in the report (e.g. message-log=none)")
 	fs.IntVar(&e.Users, "users", 100, "distinct uids, each with -conns-per-user connections")

@@ -32,19 +32,47 @@ type serverState struct {
 	SlowConsumers float64 `json:"slow_consumers"`
 }
 
+// metricNames are the series the probe reads that differ by server;
+// "" is a series the server does not have (its figure stays 0). The Go
+// runtime's and the process's series are the Prometheus client's, the
+// same in both.
+type metricNames struct {
+	server                      string // the product, for the error when the gauge is missing
+	connections, pending, users string
+	sent, failed, slowConsumers string
+}
+
+// metricsOf returns the series of the target's server: go-pusher's, or
+// Centrifugo's (prometheus.enabled). Centrifugo refreshes its gauges
+// every 10 s, not at each connect (see connect), and has no queue gauge:
+// drain then waits for the deliveries alone.
+func metricsOf(target string) metricNames {
+	if target == targetCentrifugo {
+		return metricNames{
+			server: "Centrifugo with prometheus.enabled", connections: "centrifugo_node_num_clients", users: "centrifugo_node_num_users",
+		}
+	}
+	return metricNames{
+		server: "go-pusher", connections: "connections", pending: "pending", users: "pusher_users",
+		sent: "pusher_messages_sent_total", failed: "pusher_messages_failed_total", slowConsumers: "pusher_slow_consumers_total",
+	}
+}
+
 // probe reads the server's /metrics and, when the pid is known, its
 // /proc entries. With several nodes (a cluster) it adds up what each
 // node reports.
 type probe struct {
 	urls   []string
+	names  metricNames
 	pids   []int
 	client *http.Client
 }
 
-func newProbe(metricsURLs []string, pids []int, timeout time.Duration) *probe {
+func newProbe(metricsURLs []string, names metricNames, pids []int, timeout time.Duration) *probe {
 	return &probe{
-		urls: metricsURLs,
-		pids: pids,
+		urls:  metricsURLs,
+		names: names,
+		pids:  pids,
 		// Its own keep-alive connection per node, so that a leak check
 		// counts the same server goroutines before and after.
 		client: &http.Client{Timeout: timeout, Transport: &http.Transport{MaxIdleConnsPerHost: 1}},
@@ -61,16 +89,18 @@ func (p *probe) read(ctx context.Context) (serverState, error) {
 		if err != nil {
 			return serverState{}, err
 		}
-		st.Connections += m["connections"]
-		st.Pending += m["pending"]
-		st.Users += m["pusher_users"] // a uid on two nodes counts twice: fine for a baseline
+		n := &p.names
+		// A missing key ("" included) reads 0.
+		st.Connections += m[n.connections]
+		st.Pending += m[n.pending]
+		st.Users += m[n.users] // a uid on two nodes counts twice: fine for a baseline
 		st.Goroutines += m["go_goroutines"]
 		st.RSS += int64(m["process_resident_memory_bytes"])
 		st.HeapInuse += m["go_memstats_heap_inuse_bytes"]
 		st.CPUSeconds += m["process_cpu_seconds_total"]
-		st.Sent += m["pusher_messages_sent_total"]
-		st.Failed += m["pusher_messages_failed_total"]
-		st.SlowConsumers += m["pusher_slow_consumers_total"]
+		st.Sent += m[n.sent]
+		st.Failed += m[n.failed]
+		st.SlowConsumers += m[n.slowConsumers]
 	}
 	if len(p.pids) > 0 {
 		st.RSS, st.CPUSeconds = 0, 0
@@ -114,8 +144,8 @@ func (p *probe) scrape(ctx context.Context, url string) (map[string]float64, err
 	if err != nil {
 		return nil, fmt.Errorf("parse %s: %w", url, err)
 	}
-	if _, ok := m["connections"]; !ok {
-		return nil, fmt.Errorf("%s has no connections gauge: is it a go-pusher?", url)
+	if _, ok := m[p.names.connections]; !ok {
+		return nil, fmt.Errorf("%s has no %s gauge: is it a %s?", url, p.names.connections, p.names.server)
 	}
 	return m, nil
 }

@@ -53,6 +53,7 @@ type connRun struct {
 	canDrop   atomic.Bool   // the slot knows its offset: a drop can come back with since=
 	stalled   atomic.Bool   // the dropper began: the reader reads nothing more
 	dead      chan struct{} // closed once a closer has run
+	hello     cfHello       // Centrifugo: what the connect reply said
 }
 
 // wireFrame is a format=json frame: a message, or the recovered flag.

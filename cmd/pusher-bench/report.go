@@ -18,6 +18,7 @@ import (
 type Report struct {
 	Scenario      string  `json:"scenario"`
 	Label         string  `json:"label,omitempty"`
+	Target        string  `json:"target,omitempty"` // -target; "" in reports of go-pusher from before the flag
 	Users         int     `json:"users"`
 	ConnsPerUser  int     `json:"conns_per_user"`
 	Senders       int     `json:"senders,omitempty"`
@@ -166,6 +167,9 @@ func (r *Report) print(w io.Writer, asJSON bool) error {
 		name += " (" + r.Label + ")"
 	}
 	line("scenario", "%s", name)
+	if r.Target != "" {
+		line("target", "%s", r.Target)
+	}
 	line("connections", "%d of %d (%d users × %d)", r.Connected, r.Users*r.ConnsPerUser, r.Users, r.ConnsPerUser)
 	if r.Senders > 0 {
 		line("senders", "%d, message size %d B", r.Senders, r.Size)
@@ -349,6 +353,9 @@ func writeTable(w io.Writer, reps []*Report) error {
 	}
 	for _, r := range reps {
 		name := r.Scenario
+		if r.Target == targetCentrifugo {
+			name += " " + r.Target
+		}
 		if r.Label != "" {
 			name += " " + r.Label
 		}

@@ -87,7 +87,7 @@ func (r *runner) measureTo(ctx context.Context, s *session, useExpect bool, when
 func (r *runner) newReport() *Report {
 	e := r.e
 	rep := &Report{
-		Scenario: e.Scenario, Label: e.Label, Users: e.Users, ConnsPerUser: e.ConnsPerUser,
+		Scenario: e.Scenario, Label: e.Label, Target: e.Target, Users: e.Users, ConnsPerUser: e.ConnsPerUser,
 		CPUs: runtime.NumCPU(), LoadAvg: loadAverage(),
 	}
 	if e.Scenario != scenarioIdle {
@@ -131,6 +131,13 @@ func (r *runner) connect(ctx context.Context, s *session, base serverState, conf
 		rep.UpgradesPerSec = float64(n) / d.Seconds()
 	}
 	if !confirm {
+		return nil
+	}
+	if r.e.centrifugo() {
+		// Each first dial ended with its connect reply, which Centrifugo
+		// sends once the client is registered and subscribed; its gauge
+		// is refreshed every 10 s only.
+		rep.ConfirmedPerSec = rep.UpgradesPerSec
 		return nil
 	}
 	var seen, open float64

@@ -89,7 +89,7 @@ type sender struct {
 func (r *runner) newSender(rep *reporter, id int) (*sender, error) {
 	s := &sender{r: r, rep: rep, id: int32(id), rnd: rand.New(rand.NewPCG(uint64(id), 0x5e11de))}
 	for _, to := range r.sendTo {
-		k, err := newKeepAliveConn(to, r.e.APIKey, r.e.RequestTimeout)
+		k, err := newKeepAliveConn(to, r.auth, r.e.RequestTimeout)
 		if err != nil {
 			return nil, err
 		}
@@ -131,6 +131,9 @@ func (s *sender) send(ctx context.Context, first, count int) (int, string) {
 // error when there was no answer.
 func (s *sender) post(ctx context.Context, first, count int, sentAt int64) (int, string) {
 	e := s.r.e
+	if e.centrifugo() {
+		return s.publish(ctx, first, sentAt) // validate allows unicasts only
+	}
 	users := s.r.users
 	b := s.body[:0]
 	contentType := "application/json"
@@ -202,7 +205,7 @@ func (s *sender) exchange(ctx context.Context, node int, contentType string, bod
 		return answer{}, "request: " + err.Error()
 	}
 	req.Header.Set("Content-Type", contentType)
-	req.Header.Set("Authorization", "Bearer "+s.r.e.APIKey)
+	req.Header.Set(s.r.auth.name, s.r.auth.value)
 	if o.key != "" {
 		req.Header.Set("Idempotency-Key", o.key)
 	}
