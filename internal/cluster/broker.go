@@ -78,13 +78,7 @@ const (
 // Start and stopped by Close. Lock order: Broker.mu, then whatever Local
 // takes.
 type Broker struct {
-	rdb *redis.Client
-	// ap sends the commands of concurrent /sends (lookups, single
-	// publishes) together, in shared round trips (go-redis's automatic
-	// pipelining). A command it has queued runs on its own context, not
-	// the request's: the client's read and write timeouts bound it (a
-	// hung Redis is a 503 within about 4 s, TestClusterRedisOutage).
-	ap      *redis.AutoPipeliner
+	rdb     *redis.Client
 	local   Local
 	nodeID  string // names this node's channel and registration (nodes.go)
 	log     *slog.Logger
@@ -233,10 +227,6 @@ func New(ctx context.Context, cfg Config, local Local, log *slog.Logger, reg pro
 		_ = b.rdb.Close()
 		return nil, fmt.Errorf("PUSHER_REDIS_URL: load the publish script into redis at %s: %w", opt.Addr, err)
 	}
-	if b.ap, err = b.rdb.AutoPipeline(); err != nil {
-		_ = b.rdb.Close()
-		return nil, fmt.Errorf("redis automatic pipelining: %w", err)
-	}
 	reg.MustRegister(b.published, b.received, b.reconnects, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "pusher_redis_subscriptions", Help: "uid channels this node is subscribed to.",
 	}, func() float64 {
@@ -320,7 +310,7 @@ func (b *Broker) Online(ctx context.Context, uids []string) (online, offline []s
 		for i, uid := range batch {
 			chs[i] = b.channel(uid)
 		}
-		res, err := b.ap.PubSubNumSub(ctx, chs...).Result()
+		res, err := b.rdb.PubSubNumSub(ctx, chs...).Result()
 		maps.Copy(counts, res)
 		return err
 	})

@@ -167,12 +167,7 @@ func (b *Broker) runPublish(ctx context.Context, calls []publishCall, envelopes 
 		todo[i] = i
 	}
 	for attempt := 0; ; attempt++ {
-		var pipe redis.Scripter = b.rdb.Pipeline()
-		if len(todo) == 1 {
-			// One call: automatic pipelining shares its round trip with
-			// those of concurrent /sends.
-			pipe = b.ap
-		}
+		pipe := b.rdb.Pipeline()
 		for _, i := range todo {
 			c := &calls[i]
 			keys := []string{b.stateKey(c.uid), b.histKey(c.uid)}
@@ -187,10 +182,7 @@ func (b *Broker) runPublish(ctx context.Context, calls []publishCall, envelopes 
 			}
 			c.cmd = b.publish.EvalSha(ctx, pipe, keys, args...)
 		}
-		err := calls[todo[0]].cmd.Err()
-		if p, ok := pipe.(redis.Pipeliner); ok {
-			_, err = p.Exec(ctx)
-		}
+		_, err := pipe.Exec(ctx)
 		if err == nil {
 			break
 		}
