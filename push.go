@@ -61,11 +61,15 @@ func (r result) answer() string {
 	return r.body
 }
 
-// The refusals of the idempotency rules.
+// The refusals of the idempotency rules, and of a unicast whose uid may
+// be connected to a node that is resubscribing (a batch item's result).
 var (
-	resInFlight = result{status: http.StatusConflict, body: "request with this idempotency key in progress"}
-	resMismatch = result{status: http.StatusUnprocessableEntity, body: "idempotency key reused with a different request"}
+	resInFlight  = result{status: http.StatusConflict, body: "request with this idempotency key in progress"}
+	resMismatch  = result{status: http.StatusUnprocessableEntity, body: "idempotency key reused with a different request"}
+	resResyncing = result{status: http.StatusServiceUnavailable, body: resyncingReason}
 )
+
+const resyncingReason = "cluster resubscribing after a Redis outage: the message was not sent; retry"
 
 // push sends jobs: it claims their idempotency keys, looks their uids up,
 // logs every message that has somewhere to go (one write for all: a log
@@ -95,7 +99,7 @@ func (s *Server) push(ctx context.Context, accepted time.Time, jobs []*job) *rep
 		if errors.Is(err, cluster.ErrResyncing) {
 			// Brief and expected after an outage: not worth a line each.
 			s.log.Debug("cluster lookup uncertain", "err", err)
-			return refusal(http.StatusServiceUnavailable, "cluster resubscribing after a Redis outage: the message was not sent; retry")
+			return refusal(http.StatusServiceUnavailable, resyncingReason)
 		}
 		s.log.Warn("cluster lookup failed", "err", err)
 		return refusal(http.StatusServiceUnavailable, "cluster unavailable: the message was not sent")
@@ -259,10 +263,17 @@ func (s *Server) published(j *job) {
 		j.res = resInFlight
 		return
 	}
-	for _, uid := range p.Gone {
+	for _, uid := range append(p.Gone, p.Unsure...) {
 		s.msgLog.Update(p.Message.ID, uid, message.StatusFailed)
 	}
-	p.UIDs, j.notFound = moveGone(p.UIDs, j.notFound, p.Gone)
+	if len(p.Unsure) > 0 && !j.req.Multicast {
+		// Its node is resubscribing: the uid may be connected there.
+		j.res = resResyncing
+		return
+	}
+	// A multicast's other uids went out: the unsure ones are listed as
+	// not found rather than failing the whole message.
+	p.UIDs, j.notFound = moveGone(p.UIDs, j.notFound, append(p.Gone, p.Unsure...))
 	j.settle(p.Message.ID, p.UIDs)
 }
 

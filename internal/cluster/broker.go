@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"sync"
 	"time"
 
@@ -113,6 +112,8 @@ type Broker struct {
 	// node channel; nodeUp: Redis confirmed it (nodes.go).
 	nodeSubscribed, nodeUp bool
 	beatKick               chan struct{} // wakes beatLoop; capacity 1
+	beatStop, beatDone     chan struct{} // closed by unregister; by beatLoop when it ends
+	beating                bool          // Start ran beatLoop
 
 	// ctx is cancelled by Close: background Redis calls end with it.
 	ctx      context.Context
@@ -201,6 +202,8 @@ func New(ctx context.Context, cfg Config, local Local, log *slog.Logger, reg pro
 		expected:   map[string]expectation{},
 		workKick:   make(chan struct{}, 1),
 		beatKick:   make(chan struct{}, 1),
+		beatStop:   make(chan struct{}),
+		beatDone:   make(chan struct{}),
 		wanted:     map[string]struct{}{},
 		pending:    map[string]bool{},
 		subscribed: map[string]struct{}{},
@@ -241,11 +244,12 @@ func New(ctx context.Context, cfg Config, local Local, log *slog.Logger, reg pro
 // Start runs the pub/sub connection, the syncer and the repairer until
 // Close.
 func (b *Broker) Start() {
-	b.wg.Add(4)
+	b.wg.Add(3)
 	go b.run()
 	go b.syncLoop()
 	go b.repairLoop()
-	go b.beatLoop()
+	b.beating = true
+	b.wg.Go(b.beatLoop)
 }
 
 func (b *Broker) channel(uid string) string  { return b.prefix + "u:" + uid }
@@ -306,30 +310,37 @@ func inBatches(items []string, f func([]string) error) error {
 func (b *Broker) Online(ctx context.Context, uids []string) (online, offline []string, err error) {
 	counts := make(map[string]int64, len(uids))
 	err = inBatches(uids, func(batch []string) error {
-		chs := make([]string, len(batch))
-		for i, uid := range batch {
-			chs[i] = b.channel(uid)
+		args := make([]any, 2, len(batch)+2)
+		args[0], args[1] = b.prefix+"n:", nodeDeadAfter.Milliseconds()
+		for _, uid := range batch {
+			args = append(args, b.channel(uid))
 		}
-		res, err := b.rdb.PubSubNumSub(ctx, chs...).Result()
-		maps.Copy(counts, res)
-		return err
+		res, err := lookup.Run(ctx, b.rdb, []string{b.nodesKey()}, args...).Int64Slice()
+		if err != nil {
+			return err
+		}
+		if len(res) != len(batch)+1 {
+			return fmt.Errorf("lookup script: %d results for %d channels", len(res), len(batch))
+		}
+		if res[0] > 0 {
+			return ErrResyncing
+		}
+		for i, uid := range batch {
+			counts[uid] = res[i+1]
+		}
+		return nil
 	})
+	if errors.Is(err, ErrResyncing) {
+		return nil, nil, err
+	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("redis PUBSUB NUMSUB: %w", err)
+		return nil, nil, fmt.Errorf("redis lookup: %w", err)
 	}
 	for _, uid := range uids {
-		if counts[b.channel(uid)] > 0 {
+		if counts[uid] > 0 {
 			online = append(online, uid)
 		} else {
 			offline = append(offline, uid)
-		}
-	}
-	if len(offline) > 0 {
-		switch unsure, err := b.resyncing(ctx); {
-		case err != nil:
-			return nil, nil, fmt.Errorf("redis node check: %w", err)
-		case unsure:
-			return nil, nil, ErrResyncing
 		}
 	}
 	return online, offline, nil

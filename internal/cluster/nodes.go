@@ -44,57 +44,77 @@ redis.call('HSET', KEYS[1], ARGV[1], tonumber(t[1]) * 1000 + math.floor(tonumber
 return 0
 `
 
-// uncertainScript counts the registered nodes whose channel has no
-// subscriber, and forgets those not heard of for ARGV[2] ms.
-// KEYS: the nodes hash. ARGV: the prefix of node channels, ARGV[2].
-const uncertainScript = `
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local nodes = redis.call('HGETALL', KEYS[1])
-local n = 0
-for i = 1, #nodes, 2 do
-  if now - tonumber(nodes[i + 1]) > tonumber(ARGV[2]) then
-    redis.call('HDEL', KEYS[1], nodes[i])
-  else
-    local subs = redis.call('PUBSUB', 'NUMSUB', ARGV[1] .. nodes[i])
-    if tonumber(subs[2]) == 0 then n = n + 1 end
+// unsureLua defines unsure(nodes, prefix, deadAfter): the number of
+// registered nodes whose channel has no subscriber, forgetting those not
+// heard of for deadAfter ms. The lookup and the publish script run it in
+// the same step as their own PUBSUB NUMSUB, so that a node cannot come
+// and go between the two answers.
+const unsureLua = `
+local function unsure(nodes, prefix, deadAfter)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local all = redis.call('HGETALL', nodes)
+  local n = 0
+  for i = 1, #all, 2 do
+    if now - tonumber(all[i + 1]) > tonumber(deadAfter) then
+      redis.call('HDEL', nodes, all[i])
+    else
+      local subs = redis.call('PUBSUB', 'NUMSUB', prefix .. all[i])
+      if tonumber(subs[2]) == 0 then n = n + 1 end
+    end
   end
+  return n
 end
-return n
+`
+
+// lookupScript counts the subscribers of channels ARGV[3..] and, when
+// one has none, whether some node is resubscribing: {unsure, count...}.
+// KEYS: the nodes hash. ARGV: the prefix of node channels, the dead-after
+// ms, the channels.
+const lookupScript = unsureLua + `
+local counts = redis.call('PUBSUB', 'NUMSUB', unpack(ARGV, 3))
+local out = {0}
+local offline = false
+for i = 2, #counts, 2 do
+  local c = tonumber(counts[i])
+  out[#out + 1] = c
+  if c == 0 then offline = true end
+end
+if offline then out[1] = unsure(KEYS[1], ARGV[1], ARGV[2]) end
+return out
 `
 
 var (
-	register  = redis.NewScript(registerScript)
-	uncertain = redis.NewScript(uncertainScript)
+	register = redis.NewScript(registerScript)
+	lookup   = redis.NewScript(lookupScript)
 )
 
 func (b *Broker) nodeChannel() string { return b.prefix + "n:" + b.nodeID }
 func (b *Broker) nodesKey() string    { return b.prefix + "nodes" }
 
-// resyncing reports whether some node of the cluster is (re)subscribing,
-// so that uids without a subscriber may be connected there.
-func (b *Broker) resyncing(ctx context.Context) (bool, error) {
-	n, err := uncertain.Run(ctx, b.rdb, []string{b.nodesKey()}, b.prefix+"n:", nodeDeadAfter.Milliseconds()).Int()
-	return n > 0, err
-}
-
-// beatLoop registers this node every nodeBeat while its node channel is
-// subscribed, and at once when it becomes so, until Close.
+// beatLoop registers this node every nodeBeat, until Close stops it
+// (beatStop). The first registration waits until the node channel is
+// subscribed, so that a starting node makes nobody unsure; after that
+// the node beats whether its pub/sub connection is up or not, so that
+// after a Redis restart that lost the hash, or a cut longer than
+// nodeDeadAfter, it is registered again within a beat of reaching Redis,
+// and until it has resubscribed others answer 503, not 404.
 func (b *Broker) beatLoop() {
-	defer b.wg.Done()
+	defer close(b.beatDone)
 	t := time.NewTicker(nodeBeat)
 	defer t.Stop()
+	started := false
 	for {
 		select {
-		case <-b.stop:
+		case <-b.beatStop:
 			return
 		case <-t.C:
 		case <-b.beatKick:
 		}
 		b.mu.Lock()
-		up := b.nodeUp
+		started = started || b.nodeUp
 		b.mu.Unlock()
-		if !up {
+		if !started {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(b.ctx, nodeBeat)
@@ -105,9 +125,21 @@ func (b *Broker) beatLoop() {
 	}
 }
 
-// unregister takes this node out of the nodes hash, so that its leaving
-// does not make other nodes' offline uids uncertain.
+// unregister stops the beats and takes this node out of the nodes hash,
+// so that its leaving does not make other nodes' offline uids uncertain.
+// The beats stop first: one in flight could register the node again.
 func (b *Broker) unregister(ctx context.Context) {
+	close(b.beatStop)
+	if !b.beating {
+		return // never started, never registered
+	}
+	select {
+	case <-b.beatDone:
+	case <-ctx.Done():
+		// A beat stuck on a hung Redis: it ends with the client's read
+		// timeout, and Close waits for it with the other goroutines.
+		return
+	}
 	if err := b.rdb.HDel(ctx, b.nodesKey(), b.nodeID).Err(); err != nil {
 		b.log.Warn("redis unregister node failed: other nodes forget it by themselves", "after", nodeDeadAfter, "err", err)
 	}

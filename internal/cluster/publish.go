@@ -21,26 +21,30 @@ import (
 // publishScript gives a message its uid's next offset, stores it in the
 // uid's history and publishes it, atomically, so that any node can serve
 // a since= and offsets follow publish order. A uid nobody subscribes to
-// gets nothing stored and 0 receivers (its /send is a 404).
+// gets nothing stored and 0 receivers (its /send is a 404), or -2 when
+// some node is resubscribing and the uid may be connected there (nodes.go;
+// a 503).
 //
-// With an idempotency key (KEYS[3]) the publish is the claim's: it runs
-// only while the key still holds this request's claim (ARGV[7]), else it
+// With an idempotency key (KEYS[4]) the publish is the claim's: it runs
+// only while the key still holds this request's claim (ARGV[9]), else it
 // returns -1 and does nothing, so that two nodes never both send one key.
-// For a unicast (ARGV[8], the key's finished value, not empty) the key is
-// finished in the same step: the message and the remembered answer can
-// not part, whatever happens to the node afterwards. A unicast nobody
+// For a unicast (ARGV[10], the key's finished value, not empty) the key
+// is finished in the same step: the message and the remembered answer
+// can not part, whatever happens to the node afterwards. A unicast nobody
 // receives releases the key instead (a 404 is not remembered).
 //
 // KEYS: the uid's state hash (epoch e, last offset n), history stream,
-// and optionally the idempotency key.
+// the nodes hash, and optionally the idempotency key.
 // ARGV: channel, message ("id|nanos|message"), an epoch for a new state,
-// history size, history TTL in ms, state TTL in ms; with KEYS[3]: the
-// claim's value, the finished value or ”, its TTL in ms.
-const publishScript = `
-if KEYS[3] and redis.call('GET', KEYS[3]) ~= ARGV[7] then return {-1, '', 0} end
+// history size, history TTL in ms, state TTL in ms, the prefix of node
+// channels, the dead-after ms of nodes; with KEYS[4]: the claim's value,
+// the finished value or ”, its TTL in ms.
+const publishScript = unsureLua + `
+if KEYS[4] and redis.call('GET', KEYS[4]) ~= ARGV[9] then return {-1, '', 0} end
 local subs = redis.call('PUBSUB', 'NUMSUB', ARGV[1])
 if tonumber(subs[2]) == 0 then
-  if KEYS[3] and ARGV[8] ~= '' then redis.call('DEL', KEYS[3]) end
+  if KEYS[4] and ARGV[10] ~= '' then redis.call('DEL', KEYS[4]) end
+  if unsure(KEYS[3], ARGV[7], ARGV[8]) > 0 then return {-2, '', 0} end
   return {0, '', 0}
 end
 local epoch = redis.call('HGET', KEYS[1], 'e')
@@ -59,7 +63,7 @@ if tonumber(ARGV[4]) > 0 then
   redis.call('PEXPIRE', KEYS[2], ARGV[5])
 end
 local rcv = redis.call('PUBLISH', ARGV[1], epoch .. ':' .. n .. '|' .. ARGV[2])
-if KEYS[3] and ARGV[8] ~= '' then redis.call('SET', KEYS[3], ARGV[8], 'PX', ARGV[9]) end
+if KEYS[4] and ARGV[10] ~= '' then redis.call('SET', KEYS[4], ARGV[10], 'PX', ARGV[11]) end
 return {rcv, epoch, n}
 `
 
@@ -82,6 +86,10 @@ type Publication struct {
 	// Gone lists the uids that turned out to have no connection
 	// anywhere: nothing was stored for them.
 	Gone []string
+	// Unsure lists the uids that had no subscriber while some node was
+	// resubscribing (they may be connected there): nothing was stored
+	// for them either.
+	Unsure []string
 	// Refused: the claim was no longer this request's (it outlived
 	// its claim TTL, and another request may hold the key): nothing was sent
 	// to the uids not in Gone from the first refusal on.
@@ -123,7 +131,7 @@ func (b *Broker) PublishAll(ctx context.Context, pubs []*Publication) error {
 	}
 	var calls []publishCall
 	for _, p := range pubs {
-		p.Gone, p.Refused, p.Finished, p.Unsent = nil, false, false, false
+		p.Gone, p.Unsure, p.Refused, p.Finished, p.Unsent = nil, nil, false, false, false
 		for _, uid := range p.UIDs {
 			calls = append(calls, publishCall{p: p, uid: uid})
 		}
@@ -170,8 +178,11 @@ func (b *Broker) runPublish(ctx context.Context, calls []publishCall, envelopes 
 		pipe := b.rdb.Pipeline()
 		for _, i := range todo {
 			c := &calls[i]
-			keys := []string{b.stateKey(c.uid), b.histKey(c.uid)}
-			args := []any{b.channel(c.uid), envelopes[c.p], epoch, b.cfg.HistorySize, b.cfg.HistoryTTL.Milliseconds(), stateTTL}
+			keys := []string{b.stateKey(c.uid), b.histKey(c.uid), b.nodesKey()}
+			args := []any{
+				b.channel(c.uid), envelopes[c.p], epoch, b.cfg.HistorySize, b.cfg.HistoryTTL.Milliseconds(), stateTTL,
+				b.prefix + "n:", nodeDeadAfter.Milliseconds(),
+			}
 			if cl := c.p.Claim; cl != nil {
 				keys = append(keys, b.idemKey(cl.Key))
 				done := ""
@@ -205,6 +216,8 @@ func (b *Broker) runPublish(ctx context.Context, calls []publishCall, envelopes 
 			return fmt.Errorf("publish script: %d results, want 3", len(res))
 		}
 		switch rcv, _ := res[0].(int64); {
+		case rcv == -2:
+			c.p.Unsure = append(c.p.Unsure, c.uid)
 		case rcv < 0:
 			c.p.Refused = true
 		case rcv == 0:

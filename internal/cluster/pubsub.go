@@ -87,6 +87,12 @@ func (b *Broker) receive(ctx context.Context, ps *redis.PubSub) error {
 	if err := ps.Ping(ctx); err != nil {
 		return fmt.Errorf("connect: %w", err)
 	}
+	// Redis is back: register again at once (it may have lost the nodes
+	// hash), so that others are unsure until this node has resubscribed.
+	select {
+	case b.beatKick <- struct{}{}:
+	default:
+	}
 	b.kick()
 	pinged := false
 	for {
@@ -128,8 +134,8 @@ func (b *Broker) answered(m *redis.Subscription) {
 		delete(b.inflight, m.Channel)
 	}
 	if m.Channel == b.nodeChannel() {
-		if m.Kind == "subscribe" {
-			b.nodeUp = true
+		b.nodeUp = m.Kind == "subscribe"
+		if b.nodeUp {
 			select {
 			case b.beatKick <- struct{}{}:
 			default: // a beat is due already
