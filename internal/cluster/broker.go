@@ -77,7 +77,16 @@ const (
 // Start and stopped by Close. Lock order: Broker.mu, then whatever Local
 // takes.
 type Broker struct {
-	rdb     *redis.Client
+	rdb *redis.Client
+	// ap sends the lookups and single publishes of concurrent /sends
+	// together, in shared round trips (go-redis's automatic pipelining),
+	// on a client of its own, apc. A command it has queued runs on the
+	// pipeliner's context, not the request's, so apc's dial, pool, read
+	// and write timeouts are each a quarter of OpTimeout: a command waits
+	// for at most the batch in flight and its own, so OpTimeout still
+	// bounds a /send against a hung Redis (TestHungRedisBoundsPublish).
+	apc     *redis.Client
+	ap      *redis.AutoPipeliner
 	local   Local
 	nodeID  string // names this node's channel and registration (nodes.go)
 	log     *slog.Logger
@@ -230,6 +239,15 @@ func New(ctx context.Context, cfg Config, local Local, log *slog.Logger, reg pro
 		_ = b.rdb.Close()
 		return nil, fmt.Errorf("PUSHER_REDIS_URL: load the publish script into redis at %s: %w", opt.Addr, err)
 	}
+	apOpt := *opt
+	per := max(cfg.OpTimeout/4, 50*time.Millisecond)
+	apOpt.DialTimeout, apOpt.PoolTimeout, apOpt.ReadTimeout, apOpt.WriteTimeout = per, per, per, per
+	b.apc = redis.NewClient(&apOpt)
+	if b.ap, err = b.apc.AutoPipeline(); err != nil {
+		_ = b.rdb.Close()
+		_ = b.apc.Close()
+		return nil, fmt.Errorf("redis automatic pipelining: %w", err)
+	}
 	reg.MustRegister(b.published, b.received, b.reconnects, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "pusher_redis_subscriptions", Help: "uid channels this node is subscribed to.",
 	}, func() float64 {
@@ -315,7 +333,7 @@ func (b *Broker) Online(ctx context.Context, uids []string) (online, offline []s
 		for _, uid := range batch {
 			args = append(args, b.channel(uid))
 		}
-		res, err := lookup.Run(ctx, b.rdb, []string{b.nodesKey()}, args...).Int64Slice()
+		res, err := lookup.Run(ctx, b.ap, []string{b.nodesKey()}, args...).Int64Slice()
 		if err != nil {
 			return err
 		}
@@ -431,9 +449,13 @@ func (b *Broker) close(ctx context.Context) error {
 		// now.
 		_ = b.rdb.Close()
 		<-waited
+		_ = b.apc.Close()
 		return ctx.Err()
 	}
-	if err := b.rdb.Close(); err != nil {
+	// No request is under way: the server closes the broker after the
+	// listeners. What apc's pipeliner still holds ends within its
+	// timeouts.
+	if err := errors.Join(b.rdb.Close(), b.apc.Close()); err != nil {
 		return fmt.Errorf("close redis client: %w", err)
 	}
 	return nil

@@ -175,7 +175,12 @@ func (b *Broker) runPublish(ctx context.Context, calls []publishCall, envelopes 
 		todo[i] = i
 	}
 	for attempt := 0; ; attempt++ {
-		pipe := b.rdb.Pipeline()
+		var pipe redis.Scripter = b.rdb.Pipeline()
+		if len(todo) == 1 {
+			// One call (a /send): automatic pipelining shares its round
+			// trip with those of concurrent /sends.
+			pipe = b.ap
+		}
 		for _, i := range todo {
 			c := &calls[i]
 			keys := []string{b.stateKey(c.uid), b.histKey(c.uid), b.nodesKey()}
@@ -193,7 +198,10 @@ func (b *Broker) runPublish(ctx context.Context, calls []publishCall, envelopes 
 			}
 			c.cmd = b.publish.EvalSha(ctx, pipe, keys, args...)
 		}
-		_, err := pipe.Exec(ctx)
+		err := calls[todo[0]].cmd.Err()
+		if p, ok := pipe.(redis.Pipeliner); ok {
+			_, err = p.Exec(ctx)
+		}
 		if err == nil {
 			break
 		}

@@ -3,10 +3,14 @@ package cluster
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"go-pusher/internal/testutil"
@@ -133,5 +137,54 @@ func TestMarkUnsent(t *testing.T) {
 	markUnsent(pubs, calls[2:])
 	if p1.Unsent || !p2.Unsent || !p3.Unsent {
 		t.Errorf("unsent %v %v %v, want false true true", p1.Unsent, p2.Unsent, p3.Unsent)
+	}
+}
+
+// TestHungRedisBoundsPublish: with Redis hung, concurrent lookups and
+// single publishes (automatic pipelining: they run on the pipeliner's
+// context, not the caller's) still end within about OpTimeout, and Close
+// keeps to its deadline.
+func TestHungRedisBoundsPublish(t *testing.T) {
+	u := testutil.Redis(t)
+	p := testutil.StartProxy(t, u.Host)
+	const op = time.Second
+	b, err := New(context.Background(), Config{URL: testutil.Via(u, p.Addr()), Prefix: testutil.Prefix(t), HistorySize: 100, HistoryTTL: time.Minute, OpTimeout: op, IdempotencyTTL: time.Minute},
+		newFakeLocal(), slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Start()
+	p.SetMode(testutil.Blackhole)
+	var wg sync.WaitGroup
+	var worst atomic.Int64
+	for i := range 32 {
+		wg.Go(func() {
+			start := time.Now()
+			ctx, cancel := context.WithTimeout(context.Background(), op)
+			defer cancel()
+			var err error
+			if i%2 == 0 {
+				_, err = b.Publish(ctx, message("m"), []string{"u"})
+			} else {
+				_, _, err = b.Online(ctx, []string{"u"})
+			}
+			if err == nil {
+				t.Error("a call with Redis hung succeeded")
+			}
+			if d := time.Since(start); int64(d) > worst.Load() {
+				worst.Store(int64(d))
+			}
+		})
+	}
+	wg.Wait()
+	if d := time.Duration(worst.Load()); d > 2*op {
+		t.Errorf("the slowest call with Redis hung took %s, OpTimeout %s", d.Round(time.Millisecond), op)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), op)
+	defer cancel()
+	start := time.Now()
+	_ = b.Close(ctx) // its error is the deadline's
+	if d := time.Since(start); d > op+op/2 {
+		t.Errorf("Close with a %s deadline took %s", op, d.Round(time.Millisecond))
 	}
 }
