@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sync"
 	"time"
 
@@ -326,8 +327,62 @@ func inBatches(items []string, f func([]string) error) error {
 // (some node, this one included, is subscribed to the uid's channel) and
 // the others, keeping their order.
 func (b *Broker) Online(ctx context.Context, uids []string) (online, offline []string, err error) {
+	// A plain PUBSUB NUMSUB first: usually every uid has a subscriber,
+	// and then that is the whole answer. The uids it finds without one
+	// are asked again with the node check in the same step (lookupScript),
+	// so that a node resubscribing between two answers is not missed.
+	counts, err := b.numSub(ctx, uids)
+	if err != nil {
+		return nil, nil, err
+	}
+	var none []string
+	for _, uid := range uids {
+		if counts[uid] == 0 {
+			none = append(none, uid)
+		}
+	}
+	if len(none) > 0 {
+		again, err := b.recount(ctx, none)
+		if err != nil {
+			return nil, nil, err
+		}
+		maps.Copy(counts, again)
+	}
+	for _, uid := range uids {
+		if counts[uid] > 0 {
+			online = append(online, uid)
+		} else {
+			offline = append(offline, uid)
+		}
+	}
+	return online, offline, nil
+}
+
+// numSub counts the subscribers of uids' channels.
+func (b *Broker) numSub(ctx context.Context, uids []string) (map[string]int64, error) {
 	counts := make(map[string]int64, len(uids))
-	err = inBatches(uids, func(batch []string) error {
+	err := inBatches(uids, func(batch []string) error {
+		chs := make([]string, len(batch))
+		for i, uid := range batch {
+			chs[i] = b.channel(uid)
+		}
+		res, err := b.ap.PubSubNumSub(ctx, chs...).Result()
+		for i, uid := range batch {
+			counts[uid] = res[chs[i]]
+		}
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("redis PUBSUB NUMSUB: %w", err)
+	}
+	return counts, nil
+}
+
+// recount counts the subscribers of uids' channels again, with the node
+// check: ErrResyncing when one has none and some node is resubscribing.
+func (b *Broker) recount(ctx context.Context, uids []string) (map[string]int64, error) {
+	counts := make(map[string]int64, len(uids))
+	err := inBatches(uids, func(batch []string) error {
 		args := make([]any, 2, len(batch)+2)
 		args[0], args[1] = b.prefix+"n:", nodeDeadAfter.Milliseconds()
 		for _, uid := range batch {
@@ -349,19 +404,12 @@ func (b *Broker) Online(ctx context.Context, uids []string) (online, offline []s
 		return nil
 	})
 	if errors.Is(err, ErrResyncing) {
-		return nil, nil, err
+		return nil, err
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("redis lookup: %w", err)
+		return nil, fmt.Errorf("redis lookup: %w", err)
 	}
-	for _, uid := range uids {
-		if counts[uid] > 0 {
-			online = append(online, uid)
-		} else {
-			offline = append(offline, uid)
-		}
-	}
-	return online, offline, nil
+	return counts, nil
 }
 
 // Ready reports why the broker cannot route messages now, or nil.
