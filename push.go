@@ -256,6 +256,15 @@ func setOf(uids []string, n int) func(string) bool {
 // found; a claim lost meanwhile is a 409.
 func (s *Server) published(j *job) {
 	p := &j.pub
+	if p.Replay != "" {
+		// An earlier claim of the key sent it (Redis Cluster): its answer.
+		for _, uid := range p.UIDs {
+			s.msgLog.Update(p.Message.ID, uid, message.StatusFailed)
+		}
+		j.res = result{status: http.StatusOK, body: p.Replay, replayed: true}
+		s.metrics.replays.Inc()
+		return
+	}
 	if p.Refused {
 		for _, uid := range p.UIDs {
 			s.msgLog.Update(p.Message.ID, uid, message.StatusFailed)

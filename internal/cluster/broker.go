@@ -10,7 +10,9 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -78,31 +80,39 @@ const (
 // Start and stopped by Close. Lock order: Broker.mu, then whatever Local
 // takes.
 type Broker struct {
-	rdb *redis.Client
+	// opt are the options of a client of a master; seeds the addresses
+	// of PUSHER_REDIS_URL, where a Redis Cluster's topology is first read.
+	opt       *redis.Options
+	seeds     []string
+	clustered bool // a Redis Cluster (topology.go)
+	// routes says which shard serves which key; topologyLoop replaces
+	// it when the cluster's masters change.
+	routes   atomic.Pointer[routing]
+	topoKick chan struct{} // wakes topologyLoop; capacity 1
 	// ap sends the lookups and single publishes of concurrent /sends
 	// together, in shared round trips (go-redis's automatic pipelining),
-	// on a client of its own, apc. A command it has queued runs on the
-	// pipeliner's context, not the request's, so apc's dial, pool, read
-	// and write timeouts are each a quarter of OpTimeout: a command waits
-	// for at most the batch in flight and its own, so OpTimeout still
-	// bounds a /send against a hung Redis (TestHungRedisBoundsPublish).
+	// on a client of its own, apc (a single Redis only). A command it has
+	// queued runs on the pipeliner's context, not the request's, so apc's
+	// dial, pool, read and write timeouts are each a quarter of OpTimeout:
+	// a command waits for at most the batch in flight and its own, so
+	// OpTimeout still bounds a /send against a hung Redis
+	// (TestHungRedisBoundsPublish).
 	apc     *redis.Client
 	ap      *redis.AutoPipeliner
 	local   Local
 	nodeID  string // names this node's channel and registration (nodes.go)
 	log     *slog.Logger
-	prefix  string // channel of uid u is prefix + "u:" + u; keys prefix + "s:" and "h:"
+	prefix  string // channel of uid u is prefix + "u:" + tag(u); keys prefix + "s:" and "h:"
 	cfg     Config
 	publish *redis.Script
 
-	mu         sync.Mutex
-	wanted     map[string]struct{} // uids with an open local connection
-	pending    map[string]bool     // uid → wanted, changes not yet applied
-	subscribed map[string]struct{} // uids asked of the current pub/sub connection
-	ps         *redis.PubSub       // the current pub/sub connection, nil between two
-	confirmed  map[string]struct{} // channels subscribed on ps, with no (UN)SUBSCRIBE unanswered
-	inflight   map[string]int      // channel → SUBSCRIBE/UNSUBSCRIBE sent and not yet answered
-	waiters    map[string][]chan struct{}
+	mu       sync.Mutex
+	wanted   map[string]struct{} // uids with an open local connection
+	pending  map[string]bool     // uid → wanted, changes not yet applied
+	assigned map[string]*shard   // uid → the shard whose pub/sub connection was asked for it
+	// confirmed: channels subscribed, with no (UN)SUBSCRIBE unanswered.
+	confirmed map[string]struct{}
+	waiters   map[string][]chan struct{}
 	// last is the position of the latest message handed to the hub, per
 	// uid. repairing holds a uid's messages from Redis until what it
 	// missed is delivered from history (see repair): after a lost pub/sub
@@ -110,7 +120,6 @@ type Broker struct {
 	// between the baseline read and the subscription taking effect).
 	last      map[string]stream.Position
 	repairing map[string]*repairState
-	lostLink  bool // a pub/sub connection was lost: the next one repairs
 	// base is a uid's offset read just before this node subscribed to
 	// it: where a repair starts for a uid that has had no message here
 	// yet. Unlike last it says nothing of what was delivered.
@@ -118,24 +127,24 @@ type Broker struct {
 	// expected holds the offsets Expect read for uids about to register.
 	expected map[string]expectation
 	workKick chan struct{} // wakes the repairer; capacity 1
-	// nodeSubscribed: the current pub/sub connection was asked for the
-	// node channel; nodeUp: Redis confirmed it (nodes.go).
-	nodeSubscribed, nodeUp bool
-	beatKick               chan struct{} // wakes beatLoop; capacity 1
-	beatStop, beatDone     chan struct{} // closed by unregister; by beatLoop when it ends
-	beating                bool          // Start ran beatLoop
+	// nodeIDs are the nodes registered when this one last beat: on a
+	// Redis Cluster, a script asks whether their channels have a
+	// subscriber on its master (nodes.go).
+	nodeIDs            []string
+	beatKick           chan struct{} // wakes beatLoop; capacity 1
+	beatStop, beatDone chan struct{} // closed by unregister; by beatLoop when it ends
+	beating            bool          // Start ran beatLoop
+	started            bool          // Start ran: new shards get a receiver at once
 
 	// ctx is cancelled by Close: background Redis calls end with it.
-	ctx      context.Context
-	cancel   context.CancelFunc
-	healthy  bool          // ps is subscribed to every wanted uid and answering
-	lastErr  error         // why the last pub/sub connection ended
-	draining chan struct{} // closed when Close has unsubscribed everything
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	notify    chan struct{} // wakes the syncer; capacity 1
 	stop      chan struct{} // closed by Close
 	closeOnce sync.Once
-	wg        sync.WaitGroup
+	wg        sync.WaitGroup // the syncer, the repairer, the beats and the topology loop
+	shardsWG  sync.WaitGroup // the shards' receivers
 
 	published  prometheus.Counter
 	received   prometheus.Counter
@@ -150,23 +159,51 @@ type repairState struct {
 
 // ErrBadURL is the error of a PUSHER_REDIS_URL that does not parse. It
 // never quotes the URL, which may hold a password.
-var ErrBadURL = errors.New("invalid PUSHER_REDIS_URL: want redis://[user:password@]host:port[/db] or rediss://...") //nolint:revive,staticcheck // error-strings, ST1005: the "..." belongs to the URL, and operators see this text; not changed in the lint pass
+var ErrBadURL = errors.New("invalid PUSHER_REDIS_URL: want redis://[user:password@]host:port[/db], rediss://..., or for a Redis Cluster redis+cluster://[user:password@]host:port[?addr=host:port...]")
 
-// CheckURL reports whether rawURL names a Redis, without saying more of
-// it than ErrBadURL does.
+// CheckURL reports whether rawURL names a Redis or a Redis Cluster,
+// without saying more of it than ErrBadURL does.
 func CheckURL(rawURL string) error {
-	if _, err := redis.ParseURL(rawURL); err != nil {
-		return ErrBadURL
+	_, _, _, err := parseURL(rawURL)
+	return err
+}
+
+// parseURL reads PUSHER_REDIS_URL: redis[s]://... names one Redis, and
+// redis[s]+cluster://host:port?addr=host:port&... a Redis Cluster, by
+// one or more of its nodes (go-redis's cluster URL, scheme aside). It
+// returns the options of a client of one master, and the addresses to
+// read the cluster's topology from.
+func parseURL(rawURL string) (opt *redis.Options, seeds []string, clustered bool, err error) {
+	scheme, rest, _ := strings.Cut(rawURL, "://")
+	base, clustered := strings.CutSuffix(scheme, "+cluster")
+	if !clustered {
+		if opt, err = redis.ParseURL(rawURL); err != nil {
+			return nil, nil, false, ErrBadURL
+		}
+		return opt, []string{opt.Addr}, false, nil
 	}
-	return nil
+	co, err := redis.ParseClusterURL(base + "://" + rest)
+	if err != nil {
+		return nil, nil, false, ErrBadURL
+	}
+	return &redis.Options{
+		ClientName: co.ClientName, Protocol: co.Protocol,
+		Username: co.Username, Password: co.Password, TLSConfig: co.TLSConfig,
+		MaxRetries: co.MaxRetries, DialTimeout: co.DialTimeout, ReadTimeout: co.ReadTimeout, WriteTimeout: co.WriteTimeout,
+		PoolSize: co.PoolSize, PoolTimeout: co.PoolTimeout, MinIdleConns: co.MinIdleConns, MaxIdleConns: co.MaxIdleConns,
+		MaxActiveConns: co.MaxActiveConns, ConnMaxIdleTime: co.ConnMaxIdleTime, ConnMaxLifetime: co.ConnMaxLifetime,
+	}, co.Addrs, true, nil
 }
 
 // New connects to cfg.URL and checks that Redis answers; errors name
 // PUSHER_REDIS_URL and never show its password. Start runs the broker.
 func New(ctx context.Context, cfg Config, local Local, log *slog.Logger, reg prometheus.Registerer) (*Broker, error) {
-	opt, err := redis.ParseURL(cfg.URL)
+	opt, seeds, clustered, err := parseURL(cfg.URL)
 	if err != nil {
-		return nil, ErrBadURL
+		return nil, err
+	}
+	if clustered && strings.ContainsAny(cfg.Prefix, "{}") {
+		return nil, errors.New("PUSHER_REDIS_PREFIX: no { or } on a Redis Cluster: they would pick the keys' hash slot")
 	}
 	// Maintenance notifications are a Redis Enterprise feature; plain
 	// Redis answers the handshake with an error on every connection.
@@ -196,29 +233,31 @@ func New(ctx context.Context, cfg Config, local Local, log *slog.Logger, reg pro
 		return nil, err
 	}
 	b := &Broker{
-		rdb:        redis.NewClient(opt),
-		local:      local,
-		nodeID:     nodeID,
-		log:        log,
-		prefix:     cfg.Prefix + ":",
-		cfg:        cfg,
-		publish:    redis.NewScript(publishScript),
-		confirmed:  map[string]struct{}{},
-		inflight:   map[string]int{},
-		waiters:    map[string][]chan struct{}{},
-		last:       map[string]stream.Position{},
-		repairing:  map[string]*repairState{},
-		base:       map[string]stream.Position{},
-		expected:   map[string]expectation{},
-		workKick:   make(chan struct{}, 1),
-		beatKick:   make(chan struct{}, 1),
-		beatStop:   make(chan struct{}),
-		beatDone:   make(chan struct{}),
-		wanted:     map[string]struct{}{},
-		pending:    map[string]bool{},
-		subscribed: map[string]struct{}{},
-		notify:     make(chan struct{}, 1),
-		stop:       make(chan struct{}),
+		opt:       opt,
+		seeds:     seeds,
+		clustered: clustered,
+		topoKick:  make(chan struct{}, 1),
+		local:     local,
+		nodeID:    nodeID,
+		log:       log,
+		prefix:    cfg.Prefix + ":",
+		cfg:       cfg,
+		publish:   redis.NewScript(publishScript),
+		assigned:  map[string]*shard{},
+		confirmed: map[string]struct{}{},
+		waiters:   map[string][]chan struct{}{},
+		last:      map[string]stream.Position{},
+		repairing: map[string]*repairState{},
+		base:      map[string]stream.Position{},
+		expected:  map[string]expectation{},
+		workKick:  make(chan struct{}, 1),
+		beatKick:  make(chan struct{}, 1),
+		beatStop:  make(chan struct{}),
+		beatDone:  make(chan struct{}),
+		wanted:    map[string]struct{}{},
+		pending:   map[string]bool{},
+		notify:    make(chan struct{}, 1),
+		stop:      make(chan struct{}),
 		published: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "pusher_redis_published_total", Help: "Messages published to Redis (one per uid).",
 		}),
@@ -226,55 +265,110 @@ func New(ctx context.Context, cfg Config, local Local, log *slog.Logger, reg pro
 			Name: "pusher_redis_received_total", Help: "Messages received from Redis (one per uid).",
 		}),
 		reconnects: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "pusher_redis_reconnects_total", Help: "Times the Redis pub/sub connection was lost and made again.",
+			Name: "pusher_redis_reconnects_total", Help: "Times a Redis pub/sub connection was lost and made again.",
 		}),
 	}
-	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	if err := b.rdb.Ping(pctx).Err(); err != nil {
-		// The client has started nothing yet; its error is of no use.
-		_ = b.rdb.Close()
-		return nil, fmt.Errorf("PUSHER_REDIS_URL: redis at %s does not answer: %w", opt.Addr, err)
+	if clustered {
+		b.publish = redis.NewScript(publishClusterScript)
 	}
-	if err := b.publish.Load(pctx, b.rdb).Err(); err != nil {
-		_ = b.rdb.Close()
-		return nil, fmt.Errorf("PUSHER_REDIS_URL: load the publish script into redis at %s: %w", opt.Addr, err)
-	}
-	apOpt := *opt
-	per := max(cfg.OpTimeout/4, 50*time.Millisecond)
-	apOpt.DialTimeout, apOpt.PoolTimeout, apOpt.ReadTimeout, apOpt.WriteTimeout = per, per, per, per
-	b.apc = redis.NewClient(&apOpt)
-	if b.ap, err = b.apc.AutoPipeline(); err != nil {
-		_ = b.rdb.Close()
-		_ = b.apc.Close()
-		return nil, fmt.Errorf("redis automatic pipelining: %w", err)
+	b.ctx, b.cancel = context.WithCancel(context.Background())
+	if err := b.connect(ctx); err != nil {
+		b.cancel()
+		return nil, err
 	}
 	reg.MustRegister(b.published, b.received, b.reconnects, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "pusher_redis_subscriptions", Help: "uid channels this node is subscribed to.",
 	}, func() float64 {
 		b.mu.Lock()
 		defer b.mu.Unlock()
-		return float64(len(b.subscribed))
-	}))
-	b.ctx, b.cancel = context.WithCancel(context.Background())
+		return float64(len(b.assigned))
+	}), prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "pusher_redis_masters", Help: "Redis masters this node routes to (1 for a single Redis).",
+	}, func() float64 { return float64(len(b.routes.Load().shards)) }))
 	return b, nil
 }
 
-// Start runs the pub/sub connection, the syncer and the repairer until
-// Close.
+// connect checks that Redis answers and reads its topology: for a
+// single Redis one shard, with the automatic pipeliner; for a Redis
+// Cluster a shard per master.
+func (b *Broker) connect(ctx context.Context) error {
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if b.clustered {
+		b.routes.Store(&routing{})
+		shards, err := b.clusterShards(pctx, b.routes.Load())
+		if err != nil {
+			return fmt.Errorf("PUSHER_REDIS_URL: redis cluster at %s does not answer: %w", strings.Join(b.seeds, ","), err)
+		}
+		b.applyShards(shards)
+		if len(b.routes.Load().shards) == 0 {
+			return fmt.Errorf("PUSHER_REDIS_URL: redis cluster at %s serves no slot", strings.Join(b.seeds, ","))
+		}
+		return nil
+	}
+	s := newShard(b.opt.Addr, redis.NewClient(b.opt))
+	if err := s.rdb.Ping(pctx).Err(); err != nil {
+		// The client has started nothing yet; its error is of no use.
+		_ = s.rdb.Close()
+		return fmt.Errorf("PUSHER_REDIS_URL: redis at %s does not answer: %w", b.opt.Addr, err)
+	}
+	if err := b.publish.Load(pctx, s.rdb).Err(); err != nil {
+		_ = s.rdb.Close()
+		return fmt.Errorf("PUSHER_REDIS_URL: load the publish script into redis at %s: %w", b.opt.Addr, err)
+	}
+	apOpt := *b.opt
+	per := max(b.cfg.OpTimeout/4, 50*time.Millisecond)
+	apOpt.DialTimeout, apOpt.PoolTimeout, apOpt.ReadTimeout, apOpt.WriteTimeout = per, per, per, per
+	b.apc = redis.NewClient(&apOpt)
+	var err error
+	if b.ap, err = b.apc.AutoPipeline(); err != nil {
+		_ = s.rdb.Close()
+		_ = b.apc.Close()
+		return fmt.Errorf("redis automatic pipelining: %w", err)
+	}
+	b.routes.Store(&routing{shards: []*shard{s}})
+	if err := b.refreshTopology(pctx); err != nil {
+		b.log.Warn("read redis replicas", "err", err)
+	}
+	return nil
+}
+
+// Start runs the pub/sub connections, the syncer, the repairer, the
+// beats and the topology reader until Close.
 func (b *Broker) Start() {
-	b.wg.Add(3)
-	go b.run()
+	b.mu.Lock()
+	b.started = true
+	shards := b.routes.Load().shards
+	b.mu.Unlock()
+	for _, s := range shards {
+		b.startShard(s)
+	}
+	b.wg.Add(2)
 	go b.syncLoop()
 	go b.repairLoop()
 	b.beating = true
 	b.wg.Go(b.beatLoop)
+	b.wg.Go(b.topologyLoop)
 }
 
-func (b *Broker) channel(uid string) string  { return b.prefix + "u:" + uid }
-func (b *Broker) stateKey(uid string) string { return b.prefix + "s:" + uid }
-func (b *Broker) histKey(uid string) string  { return b.prefix + "h:" + uid }
+func (b *Broker) channel(uid string) string  { return b.prefix + "u:" + b.tag(uid) }
+func (b *Broker) stateKey(uid string) string { return b.prefix + "s:" + b.tag(uid) }
+func (b *Broker) histKey(uid string) string  { return b.prefix + "h:" + b.tag(uid) }
 func (b *Broker) idemKey(key string) string  { return b.prefix + "i:" + key }
+
+// guardKey is, on a Redis Cluster, where the publish script records that
+// idempotency key key went to uid: in uid's slot (publishClusterScript).
+func (b *Broker) guardKey(uid, key string) string { return b.prefix + "g:" + b.tag(uid) + ":" + key }
+
+// client is the client of the master that serves key.
+func (b *Broker) client(key string) (*redis.Client, error) {
+	s := b.routes.Load().forKey(key)
+	if s.rdb == nil {
+		b.kickTopology()
+		return nil, errNoMaster
+	}
+	return s.rdb, nil
+}
 
 // UserOnline tells the broker that uid has an open connection here. It
 // never blocks: the syncer subscribes.
@@ -358,22 +452,53 @@ func (b *Broker) Online(ctx context.Context, uids []string) (online, offline []s
 	return online, offline, nil
 }
 
-// numSub counts the subscribers of uids' channels.
+// byShard groups uids by the shard of their keys, shards in the order
+// of their first uid.
+func (b *Broker) byShard(uids []string) ([]*shard, map[*shard][]string) {
+	rt := b.routes.Load()
+	var order []*shard
+	groups := make(map[*shard][]string, 1)
+	for _, uid := range uids {
+		s := rt.forKey(b.channel(uid))
+		if _, ok := groups[s]; !ok {
+			order = append(order, s)
+		}
+		groups[s] = append(groups[s], uid)
+	}
+	return order, groups
+}
+
+// numSub counts the subscribers of uids' channels: PUBSUB NUMSUB, or on
+// a Redis Cluster PUBSUB SHARDNUMSUB of each master for its uids.
 func (b *Broker) numSub(ctx context.Context, uids []string) (map[string]int64, error) {
 	counts := make(map[string]int64, len(uids))
-	err := inBatches(uids, func(batch []string) error {
-		chs := make([]string, len(batch))
-		for i, uid := range batch {
-			chs[i] = b.channel(uid)
+	order, groups := b.byShard(uids)
+	for _, s := range order {
+		if s.rdb == nil {
+			b.kickTopology()
+			return nil, errNoMaster
 		}
-		res, err := b.ap.PubSubNumSub(ctx, chs...).Result()
-		for i, uid := range batch {
-			counts[uid] = res[chs[i]]
+		err := inBatches(groups[s], func(batch []string) error {
+			chs := make([]string, len(batch))
+			for i, uid := range batch {
+				chs[i] = b.channel(uid)
+			}
+			var cmd *redis.MapStringIntCmd
+			if b.clustered {
+				cmd = s.rdb.PubSubShardNumSub(ctx, chs...)
+			} else {
+				cmd = b.ap.PubSubNumSub(ctx, chs...)
+			}
+			res, err := cmd.Result()
+			for i, uid := range batch {
+				counts[uid] = res[chs[i]]
+			}
+			return err
+		})
+		if err != nil {
+			b.failed(err)
+			return nil, fmt.Errorf("redis PUBSUB NUMSUB: %w", err)
 		}
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("redis PUBSUB NUMSUB: %w", err)
 	}
 	return counts, nil
 }
@@ -382,49 +507,89 @@ func (b *Broker) numSub(ctx context.Context, uids []string) (map[string]int64, e
 // check: ErrResyncing when one has none and some node is resubscribing.
 func (b *Broker) recount(ctx context.Context, uids []string) (map[string]int64, error) {
 	counts := make(map[string]int64, len(uids))
-	err := inBatches(uids, func(batch []string) error {
-		args := make([]any, 2, len(batch)+2)
-		args[0], args[1] = b.prefix+"n:", nodeDeadAfter.Milliseconds()
-		for _, uid := range batch {
-			args = append(args, b.channel(uid))
+	order, groups := b.byShard(uids)
+	nodes := b.nodeArgs()
+	for _, s := range order {
+		if s.rdb == nil {
+			return nil, errNoMaster
 		}
-		res, err := lookup.Run(ctx, b.ap, []string{b.nodesKey()}, args...).Int64Slice()
+		err := inBatches(groups[s], func(batch []string) error {
+			var cmd *redis.Cmd
+			if b.clustered {
+				args := append(append([]any(nil), nodes...), toAny(b.channels(batch))...)
+				cmd = lookupCluster.Run(ctx, s.rdb, nil, args...)
+			} else {
+				args := append([]any{b.prefix + "n:", nodeDeadAfter.Milliseconds()}, toAny(b.channels(batch))...)
+				cmd = lookup.Run(ctx, b.ap, []string{b.nodesKey()}, args...)
+			}
+			res, err := cmd.Int64Slice()
+			if err != nil {
+				return err
+			}
+			if len(res) != len(batch)+1 {
+				return fmt.Errorf("lookup script: %d results for %d channels", len(res), len(batch))
+			}
+			if res[0] > 0 {
+				return ErrResyncing
+			}
+			for i, uid := range batch {
+				counts[uid] = res[i+1]
+			}
+			return nil
+		})
+		if errors.Is(err, ErrResyncing) {
+			return nil, err
+		}
 		if err != nil {
-			return err
+			b.failed(err)
+			return nil, fmt.Errorf("redis lookup: %w", err)
 		}
-		if len(res) != len(batch)+1 {
-			return fmt.Errorf("lookup script: %d results for %d channels", len(res), len(batch))
-		}
-		if res[0] > 0 {
-			return ErrResyncing
-		}
-		for i, uid := range batch {
-			counts[uid] = res[i+1]
-		}
-		return nil
-	})
-	if errors.Is(err, ErrResyncing) {
-		return nil, err
-	}
-	if err != nil {
-		return nil, fmt.Errorf("redis lookup: %w", err)
 	}
 	return counts, nil
 }
 
+func (b *Broker) channels(uids []string) []string {
+	chs := make([]string, len(uids))
+	for i, uid := range uids {
+		chs[i] = b.channel(uid)
+	}
+	return chs
+}
+
+func toAny(ss []string) []any {
+	out := make([]any, len(ss))
+	for i, s := range ss {
+		out[i] = s
+	}
+	return out
+}
+
+// failed reads the topology again after a command failed on a Redis
+// Cluster: a master may have gone, or a slot moved.
+func (b *Broker) failed(err error) {
+	if b.clustered && err != nil && !errors.Is(err, context.Canceled) {
+		b.kickTopology()
+	}
+}
+
 // Ready reports why the broker cannot route messages now, or nil.
 func (b *Broker) Ready(ctx context.Context) error {
-	b.mu.Lock()
-	healthy, lastErr := b.healthy, b.lastErr
-	b.mu.Unlock()
-	if err := b.rdb.Ping(ctx).Err(); err != nil {
-		return fmt.Errorf("redis: %w", err)
-	}
-	if !healthy {
-		if lastErr != nil {
-			return fmt.Errorf("redis pub/sub not subscribed yet (last error: %w)", lastErr)
+	for _, s := range b.routes.Load().shards {
+		if err := s.rdb.Ping(ctx).Err(); err != nil {
+			return fmt.Errorf("redis %s: %w", s.addr, err)
 		}
-		return errors.New("redis pub/sub not subscribed yet")
+		b.mu.Lock()
+		healthy, lastErr := s.healthy, s.lastErr
+		b.mu.Unlock()
+		if !healthy {
+			if lastErr != nil {
+				return fmt.Errorf("redis %s: pub/sub not subscribed yet (last error: %w)", s.addr, lastErr)
+			}
+			return fmt.Errorf("redis %s: pub/sub not subscribed yet", s.addr)
+		}
+	}
+	if len(b.routes.Load().shards) == 0 {
+		return errNoMaster
 	}
 	return nil
 }
@@ -453,58 +618,96 @@ func (b *Broker) close(ctx context.Context) error {
 	uctx, cancel := context.WithTimeout(ctx, u)
 	b.unregister(uctx)
 	cancel()
-	b.mu.Lock()
-	ps := b.ps
-	drained := make(chan struct{})
-	wait := ps != nil && len(b.subscribed) > 0
-	if wait {
-		b.draining = drained
+	d := maxDrain
+	if dl, ok := ctx.Deadline(); ok {
+		d = min(d, time.Until(dl)/3)
 	}
-	b.mu.Unlock()
-	if wait {
-		d := maxDrain
-		if dl, ok := ctx.Deadline(); ok {
-			d = min(d, time.Until(dl)/3)
-		}
-		dctx, cancel := context.WithTimeout(ctx, d)
-		if err := ps.Unsubscribe(dctx); err == nil {
-			select {
-			case <-drained:
-			case <-dctx.Done():
-			}
-		}
-		cancel()
-	}
+	dctx, cancel := context.WithTimeout(ctx, d)
+	b.drain(dctx)
+	cancel()
 
 	close(b.stop)
-	b.cancel() // ends the repairer's and the syncer's Redis calls
+	b.cancel() // ends the repairer's, the syncer's and the topology's Redis calls
+	shards := b.routes.Load().shards
 	b.mu.Lock()
-	if b.ps != nil {
-		// Ends the receiver's blocking read; its error is the receiver's.
-		_ = b.ps.Close()
+	for _, s := range shards {
+		if s.ps != nil {
+			// Ends the receiver's blocking read; its error is the receiver's.
+			_ = s.ps.Close()
+		}
 	}
 	b.mu.Unlock()
 	waited := make(chan struct{})
 	go func() {
 		b.wg.Wait()
+		b.shardsWG.Wait()
 		close(waited)
 	}()
+	closeAll := func() error {
+		var errs []error
+		for _, s := range shards {
+			if s.rdb != nil {
+				errs = append(errs, s.rdb.Close())
+			}
+		}
+		if b.apc != nil {
+			errs = append(errs, b.apc.Close())
+		}
+		return errors.Join(errs...)
+	}
 	select {
 	case <-waited:
 	case <-ctx.Done():
 		// A call blocked on a hung Redis notices the cancellation only
-		// at its read timeout; closing the client's connections ends it
+		// at its read timeout; closing the clients' connections ends it
 		// now.
-		_ = b.rdb.Close()
+		_ = closeAll()
 		<-waited
-		_ = b.apc.Close()
 		return ctx.Err()
 	}
 	// No request is under way: the server closes the broker after the
 	// listeners. What apc's pipeliner still holds ends within its
 	// timeouts.
-	if err := errors.Join(b.rdb.Close(), b.apc.Close()); err != nil {
+	if err := closeAll(); err != nil {
 		return fmt.Errorf("close redis client: %w", err)
 	}
 	return nil
+}
+
+// drain unsubscribes every shard's connection from its uid channels and
+// waits, until ctx ends, for Redis to confirm it: the messages it sent
+// before reach the hub.
+func (b *Broker) drain(ctx context.Context) {
+	type wait struct {
+		ps      *redis.PubSub
+		drained chan struct{}
+	}
+	var waits []wait
+	b.mu.Lock()
+	for _, s := range b.routes.Load().shards {
+		if s.ps != nil && len(s.subscribed) > 0 {
+			s.draining = make(chan struct{})
+			waits = append(waits, wait{s.ps, s.draining})
+		}
+	}
+	b.mu.Unlock()
+	var sent []wait
+	for _, w := range waits {
+		var err error
+		if b.clustered {
+			err = w.ps.SUnsubscribe(ctx)
+		} else {
+			err = w.ps.Unsubscribe(ctx)
+		}
+		if err == nil {
+			sent = append(sent, w)
+		}
+	}
+	for _, w := range sent {
+		select {
+		case <-w.drained:
+		case <-ctx.Done():
+			return
+		}
+	}
 }

@@ -49,9 +49,8 @@ func TestNoStaleSubscriptionConfirmation(t *testing.T) {
 	b := newTestBroker(t, u.String(), testutil.Prefix(t), newFakeLocal())
 	// Run the receiver only; the test plays the syncer, so the order of
 	// SUBSCRIBE/UNSUBSCRIBE is the test's.
-	b.wg.Add(1)
-	go b.run()
-	waitFor(t, "pub/sub connected", func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.ps != nil })
+	b.startShard(b.one())
+	waitFor(t, "pub/sub connected", func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.one().ps != nil })
 
 	probe := redis.NewClient(&redis.Options{Addr: u.Host})
 	defer probe.Close()
@@ -114,7 +113,7 @@ func TestRepairDropsTheLiveCopy(t *testing.T) {
 
 	// The pub/sub connection is lost and made again (what session does).
 	b.mu.Lock()
-	b.lostLink = true
+	b.one().lostLink = true
 	b.repairing["u"] = &repairState{lost: true}
 	b.mu.Unlock()
 	publish("m2")
@@ -165,7 +164,7 @@ func TestLateMessageLeavesNoStalePosition(t *testing.T) {
 	waitFor(t, "unsubscribed here", func() bool {
 		b.mu.Lock()
 		defer b.mu.Unlock()
-		_, sub := b.subscribed["u"]
+		_, sub := b.one().subscribed["u"]
 		return !sub && len(b.pending) == 0
 	})
 	// What Redis may still deliver after the UNSUBSCRIBE: offset 2.
@@ -209,13 +208,13 @@ func TestOfflineUIDsDoNotStallTheSyncer(t *testing.T) {
 	u := testutil.Redis(t)
 	p := testutil.StartProxy(t, u.Host)
 	b := newTestBroker(t, testutil.Via(u, p.Addr()), testutil.Prefix(t), newFakeLocal())
-	b.wg.Add(2)
-	go b.run() // the test plays the syncer
+	b.startShard(b.one()) // the test plays the syncer
+	b.wg.Add(1)
 	go b.repairLoop()
 	other := redis.NewClient(&redis.Options{Addr: u.Host})
 	defer other.Close()
 	defer other.Del(context.Background(), b.stateKey("x1"), b.histKey("x1"), b.stateKey("x2"), b.histKey("x2"))
-	waitFor(t, "pub/sub connected", func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.ps != nil })
+	waitFor(t, "pub/sub connected", func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.one().ps != nil })
 	for _, uid := range []string{"x1", "x2"} {
 		b.want(uid, true)
 	}
@@ -233,9 +232,9 @@ func TestOfflineUIDsDoNotStallTheSyncer(t *testing.T) {
 	waitFor(t, "delivered", func() bool { b.mu.Lock(); defer b.mu.Unlock(); return len(b.last) == 2 })
 
 	p.SetMode(testutil.Cut)
-	waitFor(t, "link lost", func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.lostLink && b.ps == nil })
+	waitFor(t, "link lost", func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.one().lostLink && b.one().ps == nil })
 	p.SetMode(testutil.Forward)
-	waitFor(t, "new session", func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.ps != nil && len(b.repairing) == 2 })
+	waitFor(t, "new session", func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.one().ps != nil && len(b.repairing) == 2 })
 	// Both uids' last connections leave before the syncer runs.
 	b.want("x1", false)
 	b.want("x2", false)
@@ -266,7 +265,7 @@ func TestCloseBoundedDuringARepair(t *testing.T) {
 	for _, uid := range uids {
 		b.want(uid, true)
 	}
-	waitFor(t, "healthy", func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.healthy && len(b.confirmed) == len(uids) })
+	waitFor(t, "healthy", func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.one().healthy && len(b.confirmed) == len(uids) })
 	// As after a reconnection: every uid is held for repair.
 	b.mu.Lock()
 	for _, uid := range uids {
@@ -314,10 +313,8 @@ func TestExpectHoldsUntilTheSubscription(t *testing.T) {
 	b.mu.Lock()
 	b.expected["v"] = expectation{b.expected["v"].pos, time.Now().Add(-2 * maxExpectationAge)}
 	b.mu.Unlock()
-	b.wg.Add(1) // the receiver only: the test runs the syncer once
-
-	go b.run()
-	waitFor(t, "connected", func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.ps != nil })
+	b.startShard(b.one()) // the receiver only: the test runs the syncer once
+	waitFor(t, "connected", func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.one().ps != nil })
 	b.sync()
 	b.mu.Lock()
 	_, stale := b.expected["v"]

@@ -44,9 +44,13 @@ func (b *Broker) readSince(ctx context.Context, uid string, from stream.Position
 	if b.cfg.HistorySize == 0 {
 		return nil, false, nil
 	}
+	rdb, err := b.uidClient(uid)
+	if err != nil {
+		return nil, false, err
+	}
 	var state *redis.SliceCmd
 	var now *redis.TimeCmd
-	_, err := b.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+	_, err = rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		state = p.HMGet(ctx, b.stateKey(uid), "e", "n")
 		now = p.Time(ctx)
 		return nil
@@ -73,7 +77,7 @@ func (b *Broker) readSince(ctx context.Context, uid string, from stream.Position
 	// top, hence the margin, and once more with the whole stream.
 	cutoff := now.Val().Add(-b.cfg.HistoryTTL).UnixMilli()
 	for _, count := range []int64{int64(missing) + 16, int64(b.cfg.HistorySize)} {
-		entries, err := b.rdb.XRevRangeN(ctx, b.histKey(uid), "+", "-", count).Result()
+		entries, err := rdb.XRevRangeN(ctx, b.histKey(uid), "+", "-", count).Result()
 		if err != nil {
 			return nil, false, err
 		}

@@ -64,12 +64,11 @@ func outcome(v string, c idempotency.Claim) (idempotency.Outcome, error) {
 func (b *Broker) Claim(ctx context.Context, cs []idempotency.Claim) ([]idempotency.Outcome, error) {
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.OpTimeout)
 	defer cancel()
-	pipe := b.rdb.Pipeline()
 	cmds := make([]*redis.StatusCmd, len(cs))
-	for i, c := range cs {
-		cmds[i] = pipe.SetArgs(ctx, b.idemKey(c.Key), claimValue(c), redis.SetArgs{Mode: "NX", Get: true, TTL: b.claimTTL()})
-	}
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+	err := b.pipelined(ctx, len(cs), func(i int) string { return b.idemKey(cs[i].Key) }, func(p redis.Pipeliner, i int) {
+		cmds[i] = p.SetArgs(ctx, b.idemKey(cs[i].Key), claimValue(cs[i]), redis.SetArgs{Mode: "NX", Get: true, TTL: b.claimTTL()})
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
 		return nil, fmt.Errorf("redis claim idempotency keys: %w", err)
 	}
 	out := make([]idempotency.Outcome, len(cs))
@@ -101,11 +100,11 @@ const (
 func (b *Broker) Finish(ctx context.Context, ds []idempotency.Done) error {
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.OpTimeout)
 	defer cancel()
-	pipe := b.rdb.Pipeline()
-	for _, d := range ds {
-		pipe.Eval(ctx, finishScript, []string{b.idemKey(d.Key)}, claimValue(d.Claim), finishedValue(d.Fingerprint, d.Answer), b.cfg.IdempotencyTTL.Milliseconds())
-	}
-	if _, err := pipe.Exec(ctx); err != nil {
+	err := b.pipelined(ctx, len(ds), func(i int) string { return b.idemKey(ds[i].Key) }, func(p redis.Pipeliner, i int) {
+		d := ds[i]
+		p.Eval(ctx, finishScript, []string{b.idemKey(d.Key)}, claimValue(d.Claim), finishedValue(d.Fingerprint, d.Answer), b.cfg.IdempotencyTTL.Milliseconds())
+	})
+	if err != nil {
 		return fmt.Errorf("redis finish idempotency keys: %w", err)
 	}
 	return nil
@@ -116,11 +115,42 @@ func (b *Broker) Finish(ctx context.Context, ds []idempotency.Done) error {
 func (b *Broker) Release(ctx context.Context, cs []idempotency.Claim) {
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.OpTimeout)
 	defer cancel()
-	pipe := b.rdb.Pipeline()
-	for _, c := range cs {
-		pipe.Eval(ctx, releaseScript, []string{b.idemKey(c.Key)}, claimValue(c))
-	}
-	if _, err := pipe.Exec(ctx); err != nil {
+	err := b.pipelined(ctx, len(cs), func(i int) string { return b.idemKey(cs[i].Key) }, func(p redis.Pipeliner, i int) {
+		p.Eval(ctx, releaseScript, []string{b.idemKey(cs[i].Key)}, claimValue(cs[i]))
+	})
+	if err != nil {
 		b.log.Warn("release idempotency keys failed: they lapse by themselves", "keys", len(cs), "lapse", b.claimTTL(), "err", err)
 	}
+}
+
+// pipelined runs n commands, command i on key(i), in a pipeline per
+// master that serves some of them.
+func (b *Broker) pipelined(ctx context.Context, n int, key func(int) string, add func(redis.Pipeliner, int)) error {
+	rt := b.routes.Load()
+	var order []*shard
+	groups := map[*shard][]int{}
+	for i := range n {
+		s := rt.forKey(key(i))
+		if _, ok := groups[s]; !ok {
+			order = append(order, s)
+		}
+		groups[s] = append(groups[s], i)
+	}
+	var errs []error
+	for _, s := range order {
+		if s.rdb == nil {
+			errs = append(errs, errNoMaster)
+			continue
+		}
+		pipe := s.rdb.Pipeline()
+		for _, i := range groups[s] {
+			add(pipe, i)
+		}
+		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+			errs = append(errs, err)
+		}
+	}
+	err := errors.Join(errs...)
+	b.failed(err)
+	return err
 }

@@ -21,12 +21,12 @@ func TestPublishNeedsItsClaim(t *testing.T) {
 	if out, err := b.Claim(ctx, []idempotency.Claim{mine}); err != nil || out[0].State != idempotency.Claimed {
 		t.Fatalf("Claim = %v, %v", out, err)
 	}
-	t.Cleanup(func() { b.rdb.Del(ctx, b.idemKey("k")) })
+	t.Cleanup(func() { b.one().rdb.Del(ctx, b.idemKey("k")) })
 	if out, err := b.Claim(ctx, []idempotency.Claim{theirs}); err != nil || out[0].State != idempotency.InFlight {
 		t.Fatalf("second Claim = %v, %v; want InFlight", out, err)
 	}
 	// The claim lapses; another request claims the key.
-	b.rdb.Del(ctx, b.idemKey("k"))
+	b.one().rdb.Del(ctx, b.idemKey("k"))
 	if out, err := b.Claim(ctx, []idempotency.Claim{theirs}); err != nil || out[0].State != idempotency.Claimed {
 		t.Fatalf("Claim after the lapse = %v, %v", out, err)
 	}

@@ -15,10 +15,22 @@ import (
 	"go-pusher/internal/testutil"
 )
 
+// redisCluster is the Redis Cluster this package's tests share.
+var redisCluster testutil.SharedRedisCluster
+
 // TestMain fails the package when a test leaves a goroutine behind: the
 // broker's goroutines end with Close.
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(withRedisCluster{m})
+}
+
+// withRedisCluster stops the shared Redis Cluster once the tests ran,
+// before goleak looks for goroutines left.
+type withRedisCluster struct{ m *testing.M }
+
+func (w withRedisCluster) Run() int {
+	defer redisCluster.Stop()
+	return w.m.Run()
 }
 
 // fakeLocal is this node's connections as the broker sees them: it keeps
@@ -103,3 +115,6 @@ func message(text string) *stream.Message {
 }
 
 var waitFor = testutil.WaitFor
+
+// one is the shard of a broker on a single Redis.
+func (b *Broker) one() *shard { return b.routes.Load().shards[0] }

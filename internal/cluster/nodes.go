@@ -36,12 +36,57 @@ const (
 // a node of the cluster is (re)subscribing: they may be connected there.
 var ErrResyncing = errors.New("a node of the cluster is resubscribing its connections: which uids are online is not known yet")
 
-// registerScript records node ARGV[1] as alive at Redis's time.
-// KEYS: the nodes hash.
+// registerScript records node ARGV[1] as alive at Redis's time, forgets
+// the nodes not heard of for ARGV[2] ms, and returns the ids of the
+// others. KEYS: the nodes hash.
 const registerScript = `
 local t = redis.call('TIME')
-redis.call('HSET', KEYS[1], ARGV[1], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
-return 0
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], ARGV[1], now)
+local all = redis.call('HGETALL', KEYS[1])
+local ids = {}
+for i = 1, #all, 2 do
+  if now - tonumber(all[i + 1]) > tonumber(ARGV[2]) then
+    redis.call('HDEL', KEYS[1], all[i])
+  else
+    ids[#ids + 1] = all[i]
+  end
+end
+return ids
+`
+
+// unsureListLua defines unsureOf(prefix, from, to): the number of nodes
+// ARGV[from..to] whose channel has no subscriber on this master. On a
+// Redis Cluster the nodes hash lives in a slot of its own, out of a
+// script's reach, so the script is given the nodes registered at the
+// caller's last beat; each node's pub/sub connection to a master
+// subscribes its node channel there after that master's uid channels.
+const unsureListLua = `
+local function unsureOf(prefix, from, to)
+  local n = 0
+  for i = from, to do
+    local subs = redis.call('PUBSUB', 'NUMSUB', prefix .. ARGV[i])
+    if tonumber(subs[2]) == 0 then n = n + 1 end
+  end
+  return n
+end
+`
+
+// lookupClusterScript is lookupScript on a Redis Cluster master. ARGV:
+// the prefix of node channels, the number k of node ids, the node ids,
+// then the channels.
+const lookupClusterScript = unsureListLua + `
+local k = tonumber(ARGV[2])
+local counts = redis.call('PUBSUB', 'SHARDNUMSUB', unpack(ARGV, 3 + k))
+local out = {0}
+local offline = false
+for i = 2, #counts, 2 do
+  local c = tonumber(counts[i])
+  out[#out + 1] = c
+  if c == 0 then offline = true end
+end
+if offline then out[1] = unsureOf(ARGV[1], 3, 2 + k) end
+return out
 `
 
 // unsureLua defines unsure(nodes, prefix, deadAfter): the number of
@@ -85,8 +130,9 @@ return out
 `
 
 var (
-	register = redis.NewScript(registerScript)
-	lookup   = redis.NewScript(lookupScript)
+	register      = redis.NewScript(registerScript)
+	lookup        = redis.NewScript(lookupScript)
+	lookupCluster = redis.NewScript(lookupClusterScript)
 )
 
 func (b *Broker) nodeChannel() string { return b.prefix + "n:" + b.nodeID }
@@ -111,16 +157,12 @@ func (b *Broker) beatLoop() {
 		case <-t.C:
 		case <-b.beatKick:
 		}
-		b.mu.Lock()
-		started = started || b.nodeUp
-		b.mu.Unlock()
+		started = started || b.nodeUpEverywhere()
 		if !started {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(b.ctx, nodeBeat)
-		if err := register.Run(ctx, b.rdb, []string{b.nodesKey()}, b.nodeID).Err(); err != nil {
-			b.log.Debug("redis node beat failed", "err", err)
-		}
+		b.beat(ctx)
 		cancel()
 	}
 }
@@ -140,7 +182,53 @@ func (b *Broker) unregister(ctx context.Context) {
 		// timeout, and Close waits for it with the other goroutines.
 		return
 	}
-	if err := b.rdb.HDel(ctx, b.nodesKey(), b.nodeID).Err(); err != nil {
+	rdb, err := b.client(b.nodesKey())
+	if err == nil {
+		err = rdb.HDel(ctx, b.nodesKey(), b.nodeID).Err()
+	}
+	if err != nil {
 		b.log.Warn("redis unregister node failed: other nodes forget it by themselves", "after", nodeDeadAfter, "err", err)
 	}
+}
+
+// beat registers this node and keeps the list of registered nodes.
+func (b *Broker) beat(ctx context.Context) {
+	rdb, err := b.client(b.nodesKey())
+	var ids []string
+	if err == nil {
+		ids, err = register.Run(ctx, rdb, []string{b.nodesKey()}, b.nodeID, nodeDeadAfter.Milliseconds()).StringSlice()
+	}
+	if err != nil {
+		b.log.Debug("redis node beat failed", "err", err)
+		return
+	}
+	b.mu.Lock()
+	b.nodeIDs = ids
+	b.mu.Unlock()
+}
+
+// nodeUpEverywhere reports whether every master has confirmed this
+// node's channel.
+func (b *Broker) nodeUpEverywhere() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, s := range b.routes.Load().shards {
+		if !s.nodeUp {
+			return false
+		}
+	}
+	return true
+}
+
+// nodeArgs are the node arguments of a script on a Redis Cluster master:
+// the prefix of node channels, the number of node ids, the ids.
+func (b *Broker) nodeArgs() []any {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	args := make([]any, 0, len(b.nodeIDs)+2)
+	args = append(args, b.prefix+"n:", len(b.nodeIDs))
+	for _, id := range b.nodeIDs {
+		args = append(args, id)
+	}
+	return args
 }

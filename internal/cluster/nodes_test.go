@@ -17,7 +17,7 @@ func TestUnsureWhileANodeIsSilent(t *testing.T) {
 	u := testutil.Redis(t)
 	b := newTestBroker(t, u.String(), testutil.Prefix(t), newFakeLocal())
 	ctx := context.Background()
-	t.Cleanup(func() { b.rdb.Del(ctx, b.nodesKey()) })
+	t.Cleanup(func() { b.one().rdb.Del(ctx, b.nodesKey()) })
 	offline := func() error {
 		online, off, err := b.Online(ctx, []string{"x"})
 		if err == nil && (len(online) != 0 || fmt.Sprint(off) != "[x]") {
@@ -28,19 +28,19 @@ func TestUnsureWhileANodeIsSilent(t *testing.T) {
 	if err := offline(); err != nil {
 		t.Fatalf("no node registered: %v, want x offline", err)
 	}
-	now, err := b.rdb.Time(ctx).Result()
+	now, err := b.one().rdb.Time(ctx).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
-	b.rdb.HSet(ctx, b.nodesKey(), "gone", now.Add(-2*nodeDeadAfter).UnixMilli())
+	b.one().rdb.HSet(ctx, b.nodesKey(), "gone", now.Add(-2*nodeDeadAfter).UnixMilli())
 	if err := offline(); err != nil {
 		t.Errorf("a node dead for %s: %v, want x offline", 2*nodeDeadAfter, err)
 	}
-	if n := b.rdb.HLen(ctx, b.nodesKey()).Val(); n != 0 {
+	if n := b.one().rdb.HLen(ctx, b.nodesKey()).Val(); n != 0 {
 		t.Errorf("the dead node is still registered (%d nodes)", n)
 	}
 
-	b.rdb.HSet(ctx, b.nodesKey(), "silent", now.UnixMilli())
+	b.one().rdb.HSet(ctx, b.nodesKey(), "silent", now.UnixMilli())
 	if err := offline(); !errors.Is(err, ErrResyncing) {
 		t.Errorf("a node alive and not subscribed: lookup %v, want ErrResyncing", err)
 	}

@@ -40,6 +40,7 @@ import (
 // channels, the dead-after ms of nodes; with KEYS[4]: the claim's value,
 // the finished value or ”, its TTL in ms.
 const publishScript = unsureLua + `
+local PUBLISH = 'PUBLISH'
 if KEYS[4] and redis.call('GET', KEYS[4]) ~= ARGV[9] then return {-1, '', 0} end
 local subs = redis.call('PUBSUB', 'NUMSUB', ARGV[1])
 if tonumber(subs[2]) == 0 then
@@ -47,6 +48,16 @@ if tonumber(subs[2]) == 0 then
   if unsure(KEYS[3], ARGV[7], ARGV[8]) > 0 then return {-2, '', 0} end
   return {0, '', 0}
 end
+` + publishCore + `
+if KEYS[4] and ARGV[10] ~= '' then redis.call('SET', KEYS[4], ARGV[10], 'PX', ARGV[11]) end
+return {rcv, epoch, n}
+`
+
+// publishCore gives the message (ARGV[2]) the uid's next offset, keeps
+// it in history and publishes it on ARGV[1]: the part of the publish
+// that a single Redis and a Redis Cluster share. KEYS[1..2] and ARGV[1..6]
+// are publishScript's.
+const publishCore = `
 local epoch = redis.call('HGET', KEYS[1], 'e')
 if not epoch then
   epoch = ARGV[3]
@@ -62,8 +73,41 @@ if tonumber(ARGV[4]) > 0 then
   if cutoff > 0 then redis.call('XTRIM', KEYS[2], 'MINID', cutoff) end
   redis.call('PEXPIRE', KEYS[2], ARGV[5])
 end
-local rcv = redis.call('PUBLISH', ARGV[1], epoch .. ':' .. n .. '|' .. ARGV[2])
-if KEYS[4] and ARGV[10] ~= '' then redis.call('SET', KEYS[4], ARGV[10], 'PX', ARGV[11]) end
+local rcv = redis.call(PUBLISH, ARGV[1], epoch .. ':' .. n .. '|' .. ARGV[2])
+`
+
+// publishClusterScript is publishScript on a Redis Cluster master: keys
+// in the uid's slot only, sharded pub/sub, and for an idempotency key a
+// guard in the uid's slot rather than the key itself (which lives in a
+// slot of its own): the guard records, in the same step as the publish,
+// that this key went to this uid, so that no second claim of the key
+// (after the first lapsed with its node) sends it to the uid again; it
+// returns -3 and the guard instead, a unicast's remembered answer.
+//
+// KEYS: the uid's state hash, history stream, and optionally the guard.
+// ARGV: channel, message, epoch, history size, history TTL in ms, state
+// TTL in ms, the prefix of node channels, the number k of node ids, the
+// k node ids (nodes.go); with KEYS[3]: the claim's value, the finished
+// value or ”, the guard's TTL in ms.
+const publishClusterScript = unsureListLua + `
+local PUBLISH = 'SPUBLISH'
+local k = tonumber(ARGV[8])
+local g = 9 + k
+if KEYS[3] then
+  local v = redis.call('GET', KEYS[3])
+  if v then return {-3, v, 0} end
+end
+local subs = redis.call('PUBSUB', 'SHARDNUMSUB', ARGV[1])
+if tonumber(subs[2]) == 0 then
+  if unsureOf(ARGV[7], 9, 8 + k) > 0 then return {-2, '', 0} end
+  return {0, '', 0}
+end
+` + publishCore + `
+if KEYS[3] then
+  local v = ARGV[g + 1]
+  if v == '' then v = ARGV[g] end
+  redis.call('SET', KEYS[3], v, 'PX', ARGV[g + 2])
+end
 return {rcv, epoch, n}
 `
 
@@ -99,6 +143,10 @@ type Publication struct {
 	// Unsent: PublishAll failed before any of its calls went to Redis,
 	// so it surely reached nobody.
 	Unsent bool
+	// Replay, on a Redis Cluster, is the answer remembered for Claim's
+	// key when an earlier claim of it (lapsed with its node) had sent
+	// the unicast already: nothing was sent again.
+	Replay string
 }
 
 // Publish gives m the next offset of each of uids, stores it in their
@@ -119,9 +167,9 @@ type publishCall struct {
 }
 
 // PublishAll publishes each of pubs to its uids, in order: the publish
-// script once per uid, pipelined, so that a batch costs Redis one round
-// trip (per redisBatch uids). An error means some may have been published
-// and others not; those surely not are marked Unsent.
+// script once per uid, pipelined, so that a batch costs each Redis master
+// one round trip (per redisBatch uids). An error means some may have been
+// published and others not; those surely not are marked Unsent.
 func (b *Broker) PublishAll(ctx context.Context, pubs []*Publication) error {
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.OpTimeout)
 	defer cancel()
@@ -129,87 +177,103 @@ func (b *Broker) PublishAll(ctx context.Context, pubs []*Publication) error {
 	if err != nil {
 		return err
 	}
-	var calls []publishCall
+	rt := b.routes.Load()
+	var order []*shard
+	calls := map[*shard][]publishCall{}
 	for _, p := range pubs {
-		p.Gone, p.Unsure, p.Refused, p.Finished, p.Unsent = nil, nil, false, false, false
+		p.Gone, p.Unsure, p.Refused, p.Finished, p.Unsent, p.Replay = nil, nil, false, false, false, ""
 		for _, uid := range p.UIDs {
-			calls = append(calls, publishCall{p: p, uid: uid})
+			s := rt.forKey(b.channel(uid))
+			if _, ok := calls[s]; !ok {
+				order = append(order, s)
+			}
+			calls[s] = append(calls[s], publishCall{p: p, uid: uid})
 		}
 	}
 	envelopes := make(map[*Publication]string, len(pubs))
 	for _, p := range pubs {
 		envelopes[p] = encodeEnvelope(p.Message)
 	}
-	for len(calls) > 0 {
-		n := min(len(calls), redisBatch)
-		if err := b.runPublish(ctx, calls[:n], envelopes, epoch); err != nil {
-			markUnsent(pubs, calls[n:])
-			return fmt.Errorf("redis publish: %w", err)
+	tried := make(map[*Publication]bool, len(pubs))
+	fail := func(err error) error {
+		for _, p := range pubs {
+			p.Unsent = !tried[p]
 		}
-		calls = calls[n:]
+		b.failed(err)
+		return fmt.Errorf("redis publish: %w", err)
+	}
+	for _, s := range order {
+		if s.rdb == nil {
+			return fail(errNoMaster)
+		}
+		cs := calls[s]
+		for len(cs) > 0 {
+			n := min(len(cs), redisBatch)
+			for _, c := range cs[:n] {
+				tried[c.p] = true
+			}
+			if err := b.runPublish(ctx, s, cs[:n], envelopes, epoch); err != nil {
+				return fail(err)
+			}
+			cs = cs[n:]
+		}
 	}
 	return nil
 }
 
-// markUnsent marks Unsent the publications whose calls are all in rest,
-// the calls that never went to Redis.
-func markUnsent(pubs []*Publication, rest []publishCall) {
-	if len(rest) == 0 {
-		return
-	}
-	first := rest[0].p // it may have had calls in the failed pipeline
-	for i := len(pubs) - 1; i >= 0 && pubs[i] != first; i-- {
-		pubs[i].Unsent = true
-	}
-	if rest[0].uid == first.UIDs[0] {
-		first.Unsent = true
-	}
-}
+// errNotReplicated: a publish reached its master but no replica within
+// the wait, so a failover could lose it.
+var errNotReplicated = errors.New("no replica acknowledged the write in time")
 
-// runPublish runs calls in one pipeline and reads their results into
-// their publications.
-func (b *Broker) runPublish(ctx context.Context, calls []publishCall, envelopes map[*Publication]string, epoch string) error {
+// runPublish runs calls, all on shard s, in one pipeline and reads their
+// results into their publications. When s has replicas, the pipeline
+// ends with WAIT 1: the calls count as done only once a replica has them.
+func (b *Broker) runPublish(ctx context.Context, s *shard, calls []publishCall, envelopes map[*Publication]string, epoch string) error {
 	stateTTL := max(redisStateTTL, b.cfg.HistoryTTL).Milliseconds()
+	b.mu.Lock()
+	replicas := s.replicas
+	b.mu.Unlock()
+	var nodes []any
+	if b.clustered {
+		nodes = b.nodeArgs()
+	}
 	todo := make([]int, len(calls)) // indexes of calls still to run
 	for i := range todo {
 		todo[i] = i
 	}
 	for attempt := 0; ; attempt++ {
-		var pipe redis.Scripter = b.rdb.Pipeline()
-		if len(todo) == 1 {
+		var pipe redis.Scripter = s.rdb.Pipeline()
+		if len(todo) == 1 && b.ap != nil && replicas == 0 {
 			// One call (a /send): automatic pipelining shares its round
 			// trip with those of concurrent /sends.
 			pipe = b.ap
 		}
 		for _, i := range todo {
 			c := &calls[i]
-			keys := []string{b.stateKey(c.uid), b.histKey(c.uid), b.nodesKey()}
-			args := []any{
-				b.channel(c.uid), envelopes[c.p], epoch, b.cfg.HistorySize, b.cfg.HistoryTTL.Milliseconds(), stateTTL,
-				b.prefix + "n:", nodeDeadAfter.Milliseconds(),
-			}
-			if cl := c.p.Claim; cl != nil {
-				keys = append(keys, b.idemKey(cl.Key))
-				done := ""
-				if c.p.Answer != "" {
-					done = finishedValue(cl.Fingerprint, c.p.Answer)
-				}
-				args = append(args, claimValue(*cl), done, b.cfg.IdempotencyTTL.Milliseconds())
-			}
+			keys, args := b.publishArgs(c, envelopes[c.p], epoch, stateTTL, nodes)
 			c.cmd = b.publish.EvalSha(ctx, pipe, keys, args...)
 		}
+		var wait *redis.Cmd
 		err := calls[todo[0]].cmd.Err()
 		if p, ok := pipe.(redis.Pipeliner); ok {
+			if replicas > 0 {
+				wait = p.Do(ctx, "WAIT", 1, waitTimeout(ctx).Milliseconds())
+			}
 			_, err = p.Exec(ctx)
 		}
 		if err == nil {
+			if wait != nil {
+				if n, _ := wait.Int64(); n < 1 {
+					return errNotReplicated
+				}
+			}
 			break
 		}
 		again, err := noScript(calls, todo, attempt)
 		if err != nil {
 			return err
 		}
-		if err := b.publish.Load(ctx, b.rdb).Err(); err != nil {
+		if err := b.publish.Load(ctx, s.rdb).Err(); err != nil {
 			return err
 		}
 		todo = again
@@ -224,17 +288,79 @@ func (b *Broker) runPublish(ctx context.Context, calls []publishCall, envelopes 
 			return fmt.Errorf("publish script: %d results, want 3", len(res))
 		}
 		switch rcv, _ := res[0].(int64); {
+		case rcv == -3:
+			guard, _ := res[1].(string)
+			guarded(c, guard)
 		case rcv == -2:
 			c.p.Unsure = append(c.p.Unsure, c.uid)
 		case rcv < 0:
 			c.p.Refused = true
 		case rcv == 0:
 			c.p.Gone = append(c.p.Gone, c.uid)
-		case c.p.Claim != nil && c.p.Answer != "":
+		case c.p.Claim != nil && c.p.Answer != "" && !b.clustered:
+			// On a Redis Cluster the guard has the answer, the key not yet.
 			c.p.Finished = true
 		}
 	}
 	return nil
+}
+
+// publishArgs are the keys and arguments of c's publish script.
+func (b *Broker) publishArgs(c *publishCall, envelope, epoch string, stateTTL int64, nodes []any) ([]string, []any) {
+	keys := []string{b.stateKey(c.uid), b.histKey(c.uid)}
+	args := []any{b.channel(c.uid), envelope, epoch, b.cfg.HistorySize, b.cfg.HistoryTTL.Milliseconds(), stateTTL}
+	ttl := b.cfg.IdempotencyTTL
+	if b.clustered {
+		args = append(args, nodes...)
+		ttl += b.claimTTL() // the guard outlives a lapsed claim and its answer
+	} else {
+		keys = append(keys, b.nodesKey())
+		args = append(args, b.prefix+"n:", nodeDeadAfter.Milliseconds())
+	}
+	if cl := c.p.Claim; cl != nil {
+		if b.clustered {
+			keys = append(keys, b.guardKey(c.uid, cl.Key))
+		} else {
+			keys = append(keys, b.idemKey(cl.Key))
+		}
+		done := ""
+		if c.p.Answer != "" {
+			done = finishedValue(cl.Fingerprint, c.p.Answer)
+		}
+		args = append(args, claimValue(*cl), done, ttl.Milliseconds())
+	}
+	return keys, args
+}
+
+// guarded reads the guard a call found on a Redis Cluster: the key went
+// to c.uid already, under an earlier claim. A unicast gets the answer
+// remembered then; a multicast counts the uid as sent; a guard of a
+// different request refuses the publication.
+func guarded(c publishCall, guard string) {
+	kind, rest, _ := strings.Cut(guard, "|")
+	var fp, answer string
+	switch kind {
+	case "d":
+		fp, answer, _ = strings.Cut(rest, "|")
+	case "p":
+		_, fp, _ = strings.Cut(rest, "|")
+	}
+	switch {
+	case c.p.Claim == nil || fp != c.p.Claim.Fingerprint:
+		c.p.Refused = true
+	case answer != "":
+		c.p.Replay = answer
+	}
+}
+
+// waitTimeout is how long a WAIT may take: half of what is left of ctx,
+// at most a second (0 would be forever).
+func waitTimeout(ctx context.Context) time.Duration {
+	d := time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		d = min(d, time.Until(dl)/2)
+	}
+	return max(d, time.Millisecond)
 }
 
 // noScript returns the calls of todo that Redis refused with NOSCRIPT (it

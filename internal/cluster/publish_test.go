@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -46,7 +47,7 @@ func TestPublishAllIsOneRoundTrip(t *testing.T) {
 		pubs = append(pubs, &Publication{Message: message(fmt.Sprint(i)), UIDs: uids})
 	}
 	var count pipelineCounter
-	b.rdb.AddHook(&count)
+	b.one().rdb.AddHook(&count)
 	if err := b.PublishAll(context.Background(), pubs); err != nil {
 		t.Fatal(err)
 	}
@@ -114,32 +115,6 @@ func TestNoScriptKeepsOrder(t *testing.T) {
 	}
 }
 
-// TestMarkUnsent: after a failed pipeline the publications whose calls
-// never went to Redis are marked, and only those.
-func TestMarkUnsent(t *testing.T) {
-	p1 := &Publication{UIDs: []string{"a", "b"}}
-	p2 := &Publication{UIDs: []string{"c", "d"}}
-	p3 := &Publication{UIDs: []string{"e"}}
-	pubs := []*Publication{p1, p2, p3}
-	var calls []publishCall
-	for _, p := range pubs {
-		for _, uid := range p.UIDs {
-			calls = append(calls, publishCall{p: p, uid: uid})
-		}
-	}
-	// The failed pipeline held a, b, c: p2 is half sent, p3 not at all.
-	markUnsent(pubs, calls[3:])
-	if p1.Unsent || p2.Unsent || !p3.Unsent {
-		t.Errorf("unsent %v %v %v, want false false true", p1.Unsent, p2.Unsent, p3.Unsent)
-	}
-	p3.Unsent = false
-	// The failed pipeline held a, b: p2 and p3 never went.
-	markUnsent(pubs, calls[2:])
-	if p1.Unsent || !p2.Unsent || !p3.Unsent {
-		t.Errorf("unsent %v %v %v, want false true true", p1.Unsent, p2.Unsent, p3.Unsent)
-	}
-}
-
 // TestHungRedisBoundsPublish: with Redis hung, concurrent lookups and
 // single publishes (automatic pipelining: they run on the pipeliner's
 // context, not the caller's) still end within about OpTimeout, and Close
@@ -186,5 +161,30 @@ func TestHungRedisBoundsPublish(t *testing.T) {
 	_ = b.Close(ctx) // its error is the deadline's
 	if d := time.Since(start); d > op+op/2 {
 		t.Errorf("Close with a %s deadline took %s", op, d.Round(time.Millisecond))
+	}
+}
+
+// TestPublishWaitsForAReplica: on a master with replicas a publish ends
+// with WAIT 1, and one no replica acknowledged is an error (a 503), not
+// a 200 that a failover could take back. The Redis here has no replica;
+// the test says it has one.
+func TestPublishWaitsForAReplica(t *testing.T) {
+	u := testutil.Redis(t)
+	b := newTestBroker(t, u.String(), testutil.Prefix(t), newFakeLocal())
+	subscribeAside(t, u.Host, b, "u")
+	ctx := context.Background()
+	if _, err := b.Publish(ctx, message("m1"), []string{"u"}); err != nil {
+		t.Fatalf("no replica: %v", err)
+	}
+	b.mu.Lock()
+	b.one().replicas = 1
+	b.mu.Unlock()
+	start := time.Now()
+	_, err := b.Publish(ctx, message("m2"), []string{"u"})
+	if !errors.Is(err, errNotReplicated) {
+		t.Errorf("a replica that never acknowledges: %v, want errNotReplicated", err)
+	}
+	if took := time.Since(start); took > 3*time.Second {
+		t.Errorf("the WAIT took %s, want at most about a second", took)
 	}
 }

@@ -17,16 +17,17 @@ import (
 // per node, its reconnection, the syncer that batches SUBSCRIBE and
 // UNSUBSCRIBE, and the delivery of what Redis sends.
 
-// run keeps one pub/sub connection alive, making a new one with backoff
-// when it fails, until Close.
-func (b *Broker) run() {
-	defer b.wg.Done()
+// run keeps s's pub/sub connection alive, making a new one with backoff
+// when it fails, until Close or until s is retired (topology.go).
+func (b *Broker) run(s *shard) {
 	backoff := 100 * time.Millisecond
 	for {
 		start := time.Now()
-		err := b.session()
+		err := b.session(s)
 		select {
 		case <-b.stop:
+			return
+		case <-s.retired:
 			return
 		default:
 		}
@@ -34,9 +35,12 @@ func (b *Broker) run() {
 			backoff = 100 * time.Millisecond
 		}
 		b.reconnects.Inc()
-		b.log.Warn("redis pub/sub connection lost; reconnecting", "err", err, "retry_in", backoff)
+		b.log.Warn("redis pub/sub connection lost; reconnecting", "redis", s.addr, "err", err, "retry_in", backoff)
+		b.failed(err)
 		select {
 		case <-b.stop:
+			return
+		case <-s.retired:
 			return
 		case <-time.After(backoff):
 		}
@@ -44,25 +48,32 @@ func (b *Broker) run() {
 	}
 }
 
-// session runs one pub/sub connection: connect, have the syncer subscribe
-// every wanted uid, then receive until the connection fails or Close.
-func (b *Broker) session() error {
+// session runs one pub/sub connection of s: connect, have the syncer
+// subscribe every wanted uid of s, then receive until the connection
+// fails, s is retired, or Close.
+func (b *Broker) session(s *shard) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	ps := b.rdb.Subscribe(ctx)
+	ps := s.rdb.Subscribe(ctx)
 	b.mu.Lock()
 	select {
 	case <-b.stop:
 		b.mu.Unlock()
 		return ps.Close()
+	case <-s.retired:
+		b.mu.Unlock()
+		return ps.Close()
 	default:
 	}
-	b.ps = ps
-	b.subscribed = map[string]struct{}{}
-	b.nodeSubscribed, b.nodeUp = false, false
+	s.ps = ps
+	b.forgetSubscriptions(s)
+	rt := b.routes.Load()
 	for uid := range b.wanted {
+		if rt.forKey(b.channel(uid)) != s {
+			continue
+		}
 		b.pending[uid] = true
-		if b.repairFrom(uid) != nil && b.lostLink {
+		if b.repairFrom(uid) != nil && s.lostLink {
 			// Messages for uid may have been published while this node
 			// was not subscribed: hold what arrives until repair.
 			b.hold(uid).lost = true
@@ -70,20 +81,31 @@ func (b *Broker) session() error {
 	}
 	b.mu.Unlock()
 
-	err := b.receive(ctx, ps)
+	err := b.receive(ctx, s, ps)
 	b.mu.Lock()
-	b.ps, b.healthy, b.lastErr, b.lostLink = nil, false, err, true
-	b.nodeSubscribed, b.nodeUp = false, false
-	b.subscribed = map[string]struct{}{}
-	clear(b.confirmed)
-	clear(b.inflight)
+	s.ps, s.healthy, s.lastErr, s.lostLink = nil, false, err, true
+	b.forgetSubscriptions(s)
+	if s.draining != nil {
+		close(s.draining)
+		s.draining = nil
+	}
 	b.mu.Unlock()
 	// Closing an already failed connection reports that failure again.
 	_ = ps.Close()
 	return err
 }
 
-func (b *Broker) receive(ctx context.Context, ps *redis.PubSub) error {
+// forgetSubscriptions forgets what s's pub/sub connection was asked:
+// its uids are subscribed again on the next. Callers hold mu.
+func (b *Broker) forgetSubscriptions(s *shard) {
+	for uid := range s.subscribed {
+		b.unassign(uid, s)
+	}
+	s.nodeSubscribed, s.nodeUp = false, false
+	clear(s.inflight)
+}
+
+func (b *Broker) receive(ctx context.Context, s *shard, ps *redis.PubSub) error {
 	if err := ps.Ping(ctx); err != nil {
 		return fmt.Errorf("connect: %w", err)
 	}
@@ -115,37 +137,42 @@ func (b *Broker) receive(ctx context.Context, ps *redis.PubSub) error {
 		case *redis.Pong:
 			b.kick() // the syncer marks the connection healthy once it is in step
 		case *redis.Subscription:
-			b.answered(m)
+			b.answered(s, m)
 		}
 	}
 }
 
-// answered records Redis's answer to a SUBSCRIBE or UNSUBSCRIBE. A channel
-// counts as subscribed only once every command sent for it is answered
-// and the last was a SUBSCRIBE: a "subscribe" answer to an older command,
-// arriving after an UNSUBSCRIBE was sent, does not count.
-func (b *Broker) answered(m *redis.Subscription) {
+// answered records Redis's answer to a SUBSCRIBE or UNSUBSCRIBE (or
+// their sharded forms). A channel counts as subscribed only once every
+// command sent for it is answered and the last was a SUBSCRIBE: a
+// "subscribe" answer to an older command, arriving after an UNSUBSCRIBE
+// was sent, does not count. An unsubscribe nobody asked for is a Redis
+// Cluster taking the channel's slot away from this master: the uid
+// moves to its new master and is repaired.
+func (b *Broker) answered(s *shard, m *redis.Subscription) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	n := b.inflight[m.Channel] - 1
+	asked := s.inflight[m.Channel] > 0
+	n := s.inflight[m.Channel] - 1
 	if n > 0 {
-		b.inflight[m.Channel] = n
+		s.inflight[m.Channel] = n
 	} else {
-		delete(b.inflight, m.Channel)
+		delete(s.inflight, m.Channel)
 	}
+	subscribe := m.Kind == "subscribe" || m.Kind == "ssubscribe"
 	if m.Channel == b.nodeChannel() {
-		b.nodeUp = m.Kind == "subscribe"
-		if b.nodeUp {
+		s.nodeUp = subscribe
+		if s.nodeUp {
 			select {
 			case b.beatKick <- struct{}{}:
 			default: // a beat is due already
 			}
 		}
-		b.drained(m)
+		b.drained(s, m)
 		return
 	}
-	switch m.Kind {
-	case "subscribe":
+	switch {
+	case subscribe:
 		if n <= 0 {
 			b.confirmed[m.Channel] = struct{}{}
 			for _, w := range b.waiters[m.Channel] {
@@ -153,18 +180,42 @@ func (b *Broker) answered(m *redis.Subscription) {
 			}
 			delete(b.waiters, m.Channel)
 		}
-	case "unsubscribe":
+	default:
 		delete(b.confirmed, m.Channel)
-		b.drained(m)
+		b.drained(s, m)
+		if asked || s.draining != nil {
+			return
+		}
+		uid, ok := b.uidOf(m.Channel)
+		if !ok || b.assigned[uid] != s {
+			return
+		}
+		b.unassign(uid, s)
+		if _, ok := b.wanted[uid]; ok {
+			b.pending[uid] = true
+			if b.repairFrom(uid) != nil {
+				b.hold(uid).lost = true
+			}
+		}
+		b.kickTopology()
 	}
 }
 
 // drained tells Close when the unsubscribe from everything is done.
-func (b *Broker) drained(m *redis.Subscription) {
-	if m.Kind == "unsubscribe" && m.Count == 0 && b.draining != nil {
-		close(b.draining)
-		b.draining = nil
+func (b *Broker) drained(s *shard, m *redis.Subscription) {
+	if (m.Kind == "unsubscribe" || m.Kind == "sunsubscribe") && m.Count == 0 && s.draining != nil {
+		close(s.draining)
+		s.draining = nil
 	}
+}
+
+// uidOf is the uid of a uid channel.
+func (b *Broker) uidOf(channel string) (string, bool) {
+	t, ok := strings.CutPrefix(channel, b.prefix+"u:")
+	if !ok {
+		return "", false
+	}
+	return b.untag(t)
 }
 
 // handle delivers a message from Redis to this node's connections of its
@@ -172,7 +223,7 @@ func (b *Broker) drained(m *redis.Subscription) {
 // ran, which is offset order.
 func (b *Broker) handle(rm *redis.Message) {
 	b.received.Inc()
-	uid, ok := strings.CutPrefix(rm.Channel, b.prefix+"u:")
+	uid, ok := b.uidOf(rm.Channel)
 	if !ok {
 		return
 	}
@@ -257,27 +308,36 @@ func (b *Broker) syncLoop() {
 }
 
 func (b *Broker) sync() {
-	b.mu.Lock()
-	ps := b.ps
-	if ps == nil {
-		b.mu.Unlock()
-		return
+	type change struct {
+		ps          *redis.PubSub
+		add, remove []string // channels
+		node        string   // the node channel, after the session's first uids
 	}
-	var add, remove []string
+	changes := map[*shard]*change{}
+	changeOf := func(s *shard) *change {
+		c := changes[s]
+		if c == nil {
+			c = &change{ps: s.ps}
+			changes[s] = c
+		}
+		return c
+	}
+	b.mu.Lock()
+	rt := b.routes.Load()
+	var adds []string
 	for uid, on := range b.pending {
-		_, sub := b.subscribed[uid]
+		cur := b.assigned[uid]
 		ch := b.channel(uid)
-		switch {
-		case on && !sub:
-			add = append(add, ch)
-			b.subscribed[uid] = struct{}{}
-			b.inflight[ch]++
-			b.hold(uid)
-		case !on && sub:
-			remove = append(remove, ch)
-			delete(b.subscribed, uid)
-			b.inflight[ch]++
-			delete(b.confirmed, ch)
+		target := rt.forKey(ch)
+		if cur != nil && (!on || cur != target) {
+			// Off, or its slot moved: leave the old master (a failed
+			// one's connection is gone already).
+			b.unassign(uid, cur)
+			if cur.ps != nil {
+				c := changeOf(cur)
+				c.remove = append(c.remove, ch)
+				cur.inflight[ch]++
+			}
 		}
 		if !on {
 			// Subscribed or not (an outage, a session just begun), the uid
@@ -285,17 +345,34 @@ func (b *Broker) sync() {
 			delete(b.last, uid)
 			delete(b.base, uid)
 			delete(b.repairing, uid)
+			delete(b.pending, uid)
+			continue
 		}
+		if cur == target {
+			delete(b.pending, uid)
+			continue
+		}
+		if target.ps == nil {
+			continue // subscribed when target's connection is up
+		}
+		c := changeOf(target)
+		c.add = append(c.add, ch)
+		adds = append(adds, ch)
+		target.subscribed[uid] = struct{}{}
+		b.assigned[uid] = target
+		target.inflight[ch]++
+		b.hold(uid)
+		delete(b.pending, uid)
 	}
-	clear(b.pending)
 	// The node channel goes after the uid channels of the session's first
 	// sync: its subscriber tells other nodes that this one's uids are in
 	// place (nodes.go).
-	var node string
-	if !b.nodeSubscribed {
-		b.nodeSubscribed = true
-		node = b.nodeChannel()
-		b.inflight[node]++
+	for _, s := range rt.shards {
+		if s.ps != nil && !s.nodeSubscribed {
+			s.nodeSubscribed = true
+			changeOf(s).node = b.nodeChannel()
+			s.inflight[b.nodeChannel()]++
+		}
 	}
 	for uid, e := range b.expected {
 		if time.Since(e.at) >= maxExpectationAge {
@@ -306,24 +383,22 @@ func (b *Broker) sync() {
 
 	ctx, cancel := context.WithTimeout(b.ctx, healthInterval)
 	defer cancel()
-	b.takeBaselines(ctx, add)
-	err := inBatches(add, func(chs []string) error { return ps.Subscribe(ctx, chs...) })
-	if err == nil {
-		err = inBatches(remove, func(chs []string) error { return ps.Unsubscribe(ctx, chs...) })
-	}
-	if err == nil && node != "" {
-		err = ps.Subscribe(ctx, node)
-	}
-	if err != nil {
-		// The receiver sees the same failure and starts a new connection,
-		// which subscribes every wanted uid again.
-		b.log.Warn("redis subscribe failed", "err", err)
-		_ = ps.Close()
-		return
+	b.takeBaselines(ctx, adds)
+	for s, c := range changes {
+		if err := b.apply(ctx, c.ps, c.add, c.remove, c.node); err != nil {
+			// The receiver sees the same failure and starts a new
+			// connection, which subscribes every wanted uid again.
+			b.log.Warn("redis subscribe failed", "redis", s.addr, "err", err)
+			_ = c.ps.Close()
+		}
 	}
 	b.mu.Lock()
-	if b.ps == ps && len(b.pending) == 0 {
-		b.healthy = true
+	waiting := map[*shard]bool{}
+	for uid := range b.pending {
+		waiting[rt.forKey(b.channel(uid))] = true
+	}
+	for _, s := range rt.shards {
+		s.healthy = s.ps != nil && !waiting[s]
 	}
 	work := len(b.repairing) > 0
 	b.mu.Unlock()
@@ -333,4 +408,53 @@ func (b *Broker) sync() {
 		default: // the repairer is awake already
 		}
 	}
+}
+
+// apply sends one shard's subscription changes: SUBSCRIBE and
+// UNSUBSCRIBE in batches, or on a Redis Cluster their sharded forms, a
+// command per hash slot (a sharded command's channels share one).
+func (b *Broker) apply(ctx context.Context, ps *redis.PubSub, add, remove []string, node string) error {
+	sub, unsub := ps.Subscribe, ps.Unsubscribe
+	if b.clustered {
+		sub, unsub = ps.SSubscribe, ps.SUnsubscribe
+	}
+	for _, op := range []struct {
+		chs []string
+		f   func(context.Context, ...string) error
+	}{{add, sub}, {remove, unsub}} {
+		for _, group := range b.slotGroups(op.chs) {
+			if err := inBatches(group, func(chs []string) error { return op.f(ctx, chs...) }); err != nil {
+				return err
+			}
+		}
+	}
+	if node != "" {
+		return ps.Subscribe(ctx, node) // a plain channel: PUBSUB NUMSUB counts it on this master
+	}
+	return nil
+}
+
+// slotGroups splits channels by hash slot on a Redis Cluster; on a
+// single Redis they are one group.
+func (b *Broker) slotGroups(chs []string) [][]string {
+	if len(chs) == 0 {
+		return nil
+	}
+	if !b.clustered {
+		return [][]string{chs}
+	}
+	bySlot := map[int][]string{}
+	var order []int
+	for _, ch := range chs {
+		slot := keySlot(ch)
+		if _, ok := bySlot[slot]; !ok {
+			order = append(order, slot)
+		}
+		bySlot[slot] = append(bySlot[slot], ch)
+	}
+	out := make([][]string, len(order))
+	for i, slot := range order {
+		out[i] = bySlot[slot]
+	}
+	return out
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -57,34 +56,43 @@ func (b *Broker) takeBaselines(ctx context.Context, channels []string) {
 	var uids []string
 	b.mu.Lock()
 	for _, ch := range channels {
-		uid := strings.TrimPrefix(ch, b.prefix+"u:")
-		if b.repairFrom(uid) != nil {
+		uid, ok := b.uidOf(ch)
+		if !ok || b.repairFrom(uid) != nil {
 			continue
 		}
 		uids = append(uids, uid)
 	}
 	b.mu.Unlock()
 	// Errors are logged; see above.
-	_ = inBatches(uids, func(batch []string) error {
-		pipe := b.rdb.Pipeline()
-		cmds := make([]*redis.SliceCmd, len(batch))
-		for i, uid := range batch {
-			cmds[i] = pipe.HMGet(ctx, b.stateKey(uid), "e", "n")
+	order, groups := b.byShard(uids)
+	for _, s := range order {
+		if s.rdb == nil {
+			continue // no master: held until the move, and read then
 		}
-		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-			b.log.Warn("read the offsets of new subscriptions", "err", err)
-			return err
+		_ = inBatches(groups[s], func(batch []string) error { return b.readBaselines(ctx, s, batch) })
+	}
+}
+
+// readBaselines records the current offsets of batch, uids of s.
+func (b *Broker) readBaselines(ctx context.Context, s *shard, batch []string) error {
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.SliceCmd, len(batch))
+	for i, uid := range batch {
+		cmds[i] = pipe.HMGet(ctx, b.stateKey(uid), "e", "n")
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		b.log.Warn("read the offsets of new subscriptions", "redis", s.addr, "err", err)
+		return err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for i, uid := range batch {
+		if b.repairFrom(uid) != nil {
+			continue
 		}
-		b.mu.Lock()
-		defer b.mu.Unlock()
-		for i, uid := range batch {
-			if b.repairFrom(uid) != nil {
-				continue
-			}
-			b.base[uid] = offsetOf(cmds[i].Val())
-		}
-		return nil
-	})
+		b.base[uid] = offsetOf(cmds[i].Val())
+	}
+	return nil
 }
 
 // expectation is a uid's offset read just before a connection of it
@@ -116,7 +124,12 @@ func (b *Broker) Expect(ctx context.Context, uid string) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, healthInterval)
 	defer cancel()
-	v, err := b.rdb.HMGet(ctx, b.stateKey(uid), "e", "n").Result()
+	rdb, err := b.uidClient(uid)
+	if err != nil {
+		b.log.Warn("read the offset of a connecting uid", "uid", uid, "err", err)
+		return
+	}
+	v, err := rdb.HMGet(ctx, b.stateKey(uid), "e", "n").Result()
 	if err != nil && !errors.Is(err, redis.Nil) {
 		b.log.Warn("read the offset of a connecting uid", "uid", uid, "err", err)
 		return
