@@ -23,28 +23,30 @@ import (
 // network changed; A has not noticed), messages are sent through B, and
 // the client comes back on C with since=: C replays them from Redis.
 func TestClusterRecoveryOnAnotherNode(t *testing.T) {
-	nodes := startCluster(t, 3)
-	a, b, c := nodes[0], nodes[1], nodes[2]
-	conn := a.dialStream("u", "format=json")
-	b.sendWhenOnline("u", "m1")
-	first := readFrame(t, conn)
-	if first.Message != "m1" {
-		t.Fatalf("first frame %+v", first)
-	}
-	last := first.pos(t)
+	redisCluster.OnEveryRedis(t, func(t *testing.T, be testutil.RedisBackend) {
+		nodes := startCluster(t, be.URL, 3)
+		a, b, c := nodes[0], nodes[1], nodes[2]
+		conn := a.dialStream("u", "format=json")
+		b.sendWhenOnline("u", "m1")
+		first := readFrame(t, conn)
+		if first.Message != "m1" {
+			t.Fatalf("first frame %+v", first)
+		}
+		last := first.pos(t)
 
-	for i := 2; i <= 5; i++ {
-		b.sendOK("u", fmt.Sprintf("m%d", i)) // reach the dead socket on A
-	}
-	conn.Close() // the client never read them
+		for i := 2; i <= 5; i++ {
+			b.sendOK("u", fmt.Sprintf("m%d", i)) // reach the dead socket on A
+		}
+		conn.Close() // the client never read them
 
-	again := c.dialStream("u", "since="+last.String())
-	for i := 2; i <= 5; i++ {
-		wantMessage(t, again, fmt.Sprintf("m%d", i), stream.Position{Epoch: last.Epoch, N: uint64(i)})
-	}
-	wantRecovered(t, again, true)
-	a.sendWhenOnline("u", "live")
-	wantMessage(t, again, "live", stream.Position{Epoch: last.Epoch, N: 6})
+		again := c.dialStream("u", "since="+last.String())
+		for i := 2; i <= 5; i++ {
+			wantMessage(t, again, fmt.Sprintf("m%d", i), stream.Position{Epoch: last.Epoch, N: uint64(i)})
+		}
+		wantRecovered(t, again, true)
+		a.sendWhenOnline("u", "live")
+		wantMessage(t, again, "live", stream.Position{Epoch: last.Epoch, N: 6})
+	})
 }
 
 // TestClusterEpochSurvivesNodeRestart: the history lives in Redis, so a

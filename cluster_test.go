@@ -37,13 +37,14 @@ func startNode(t *testing.T, redisURL, prefix string, args ...string) *testServe
 	return startServer(t, cfg)
 }
 
-// startCluster starts n nodes on one Redis and waits until they are ready.
-func startCluster(t *testing.T, n int) []*testServer {
+// startCluster starts n nodes on the Redis (or Redis Cluster) of
+// redisURL and waits until they are ready.
+func startCluster(t *testing.T, redisURL string, n int) []*testServer {
 	t.Helper()
-	u, prefix := testutil.Redis(t), testutil.Prefix(t)
+	prefix := testutil.Prefix(t)
 	var nodes []*testServer
 	for range n {
-		nodes = append(nodes, startNode(t, u.String(), prefix))
+		nodes = append(nodes, startNode(t, redisURL, prefix))
 	}
 	for _, ts := range nodes {
 		waitReady(t, ts)
@@ -72,83 +73,89 @@ func dialSubscribed(t *testing.T, ts *testServer, uid string, others ...*testSer
 }
 
 func TestClusterCrossNodeDelivery(t *testing.T) {
-	nodes := startCluster(t, 2)
-	a, b := nodes[0], nodes[1]
-	conn := dialSubscribed(t, a, "alice", b)
+	redisCluster.OnEveryRedis(t, func(t *testing.T, be testutil.RedisBackend) {
+		nodes := startCluster(t, be.URL, 2)
+		a, b := nodes[0], nodes[1]
+		conn := dialSubscribed(t, a, "alice", b)
 
-	id := b.sendOK("alice", "from b")
-	if got := readText(t, conn); got != "from b" {
-		t.Fatalf("got %q, want %q", got, "from b")
-	}
-	if len(id) != 20 {
-		t.Errorf("id %q", id)
-	}
-	// Sent through a, whose own copy comes back from Redis: still once.
-	a.sendOK("alice", "from a")
-	if got := readText(t, conn); got != "from a" {
-		t.Fatalf("got %q, want %q", got, "from a")
-	}
-	assertNothingPushed(t, b, conn, "alice")
-
-	for _, ts := range nodes {
-		if code, body := ts.send("application/x-www-form-urlencoded", "uid=nobody&message=x"); code != http.StatusNotFound || body != "client not found: nobody\n" {
-			t.Errorf("send to an offline uid = %d %q, want 404", code, body)
+		id := b.sendOK("alice", "from b")
+		if got := readText(t, conn); got != "from b" {
+			t.Fatalf("got %q, want %q", got, "from b")
 		}
-	}
-	if got := b.metric("pusher_redis_published_total"); got < 2 {
-		t.Errorf("pusher_redis_published_total on b = %v, want at least 2", got)
-	}
-	if got := a.metric("pusher_redis_received_total"); got < 2 {
-		t.Errorf("pusher_redis_received_total on a = %v, want at least 2", got)
-	}
+		if len(id) != 20 {
+			t.Errorf("id %q", id)
+		}
+		// Sent through a, whose own copy comes back from Redis: still once.
+		a.sendOK("alice", "from a")
+		if got := readText(t, conn); got != "from a" {
+			t.Fatalf("got %q, want %q", got, "from a")
+		}
+		assertNothingPushed(t, b, conn, "alice")
+
+		for _, ts := range nodes {
+			if code, body := ts.send("application/x-www-form-urlencoded", "uid=nobody&message=x"); code != http.StatusNotFound || body != "client not found: nobody\n" {
+				t.Errorf("send to an offline uid = %d %q, want 404", code, body)
+			}
+		}
+		if got := b.metric("pusher_redis_published_total"); got < 2 {
+			t.Errorf("pusher_redis_published_total on b = %v, want at least 2", got)
+		}
+		if got := a.metric("pusher_redis_received_total"); got < 2 {
+			t.Errorf("pusher_redis_received_total on a = %v, want at least 2", got)
+		}
+	})
 }
 
 // TestClusterUIDOnSeveralNodes: every connection of a uid, on any node,
 // gets each message exactly once, in /send order, whichever node accepts.
 func TestClusterUIDOnSeveralNodes(t *testing.T) {
-	nodes := startCluster(t, 3)
-	a, b, c := nodes[0], nodes[1], nodes[2]
-	onA := dialSubscribed(t, a, "u", b, c)
-	onB := dialSubscribed(t, b, "u", a, c)
-	onB2 := b.dial("u")
+	redisCluster.OnEveryRedis(t, func(t *testing.T, be testutil.RedisBackend) {
+		nodes := startCluster(t, be.URL, 3)
+		a, b, c := nodes[0], nodes[1], nodes[2]
+		onA := dialSubscribed(t, a, "u", b, c)
+		onB := dialSubscribed(t, b, "u", a, c)
+		onB2 := b.dial("u")
 
-	const n = 60
-	for i := range n {
-		nodes[i%3].sendOK("u", fmt.Sprintf("m%d", i))
-	}
-	for ci, conn := range []*websocket.Conn{onA, onB, onB2} {
+		const n = 60
 		for i := range n {
-			if got, want := readText(t, conn), fmt.Sprintf("m%d", i); got != want {
-				t.Fatalf("connection %d: message %d = %q, want %q", ci, i, got, want)
+			nodes[i%3].sendOK("u", fmt.Sprintf("m%d", i))
+		}
+		for ci, conn := range []*websocket.Conn{onA, onB, onB2} {
+			for i := range n {
+				if got, want := readText(t, conn), fmt.Sprintf("m%d", i); got != want {
+					t.Fatalf("connection %d: message %d = %q, want %q", ci, i, got, want)
+				}
 			}
 		}
-	}
-	assertNothingPushed(t, c, onA, "u")
+		assertNothingPushed(t, c, onA, "u")
+	})
 }
 
 func TestClusterMulticast(t *testing.T) {
-	nodes := startCluster(t, 2)
-	a, b := nodes[0], nodes[1]
-	c1 := dialSubscribed(t, a, "u1", b)
-	c2 := dialSubscribed(t, b, "u2", a)
-	code, body := a.sendJSON(map[string]any{"uids": []string{"u1", "u2", "u3"}, "message": "all"})
-	if code != http.StatusOK || !strings.Contains(body, `"sent":["u1","u2"]`) || !strings.Contains(body, `"not_found":["u3"]`) {
-		t.Fatalf("multicast = %d %q", code, body)
-	}
-	for _, c := range []*websocket.Conn{c1, c2} {
-		if got := readText(t, c); got != "all" {
-			t.Errorf("got %q", got)
+	redisCluster.OnEveryRedis(t, func(t *testing.T, be testutil.RedisBackend) {
+		nodes := startCluster(t, be.URL, 2)
+		a, b := nodes[0], nodes[1]
+		c1 := dialSubscribed(t, a, "u1", b)
+		c2 := dialSubscribed(t, b, "u2", a)
+		code, body := a.sendJSON(map[string]any{"uids": []string{"u1", "u2", "u3"}, "message": "all"})
+		if code != http.StatusOK || !strings.Contains(body, `"sent":["u1","u2"]`) || !strings.Contains(body, `"not_found":["u3"]`) {
+			t.Fatalf("multicast = %d %q", code, body)
 		}
-	}
-	logs := a.msgLog.logged()
-	if len(logs) != 1 || fmt.Sprint(logs[0].UIDs) != "[u1 u2]" {
-		t.Errorf("accepting node logged %+v, want one log for [u1 u2]", logs)
-	}
-	if n := len(b.msgLog.logged()); n != 0 {
-		t.Errorf("the other node logged %d messages; only the accepting node logs", n)
-	}
-	// Delivery status comes from the node that wrote to the socket.
-	waitFor(t, "u2 delivered on b", func() bool { s, _ := b.msgLog.status(logs[0].ID, "u2"); return s == 1 })
+		for _, c := range []*websocket.Conn{c1, c2} {
+			if got := readText(t, c); got != "all" {
+				t.Errorf("got %q", got)
+			}
+		}
+		logs := a.msgLog.logged()
+		if len(logs) != 1 || fmt.Sprint(logs[0].UIDs) != "[u1 u2]" {
+			t.Errorf("accepting node logged %+v, want one log for [u1 u2]", logs)
+		}
+		if n := len(b.msgLog.logged()); n != 0 {
+			t.Errorf("the other node logged %d messages; only the accepting node logs", n)
+		}
+		// Delivery status comes from the node that wrote to the socket.
+		waitFor(t, "u2 delivered on b", func() bool { s, _ := b.msgLog.status(logs[0].ID, "u2"); return s == 1 })
+	})
 }
 
 // TestClusterRedisOutage: Redis unreachable makes /send 503 and /readyz
@@ -216,16 +223,18 @@ func testClusterRedisOutage(t *testing.T, mode testutil.ProxyMode) {
 // TestClusterGracefulShutdownLeavesCluster: a node that shuts down stops
 // being counted at once; its users' connections got 1001.
 func TestClusterGracefulShutdownLeavesCluster(t *testing.T) {
-	nodes := startCluster(t, 2)
-	a, b := nodes[0], nodes[1]
-	conn := dialSubscribed(t, a, "only-a", b)
-	if err := a.stop(); err != nil {
-		t.Fatal(err)
-	}
-	wantClose(t, conn, websocket.CloseGoingAway, "server shutting down")
-	if code, _ := b.send("application/x-www-form-urlencoded", "uid=only-a&message=x"); code != http.StatusNotFound {
-		t.Errorf("send to a uid of a stopped node = %d, want 404", code)
-	}
+	redisCluster.OnEveryRedis(t, func(t *testing.T, be testutil.RedisBackend) {
+		nodes := startCluster(t, be.URL, 2)
+		a, b := nodes[0], nodes[1]
+		conn := dialSubscribed(t, a, "only-a", b)
+		if err := a.stop(); err != nil {
+			t.Fatal(err)
+		}
+		wantClose(t, conn, websocket.CloseGoingAway, "server shutting down")
+		if code, _ := b.send("application/x-www-form-urlencoded", "uid=only-a&message=x"); code != http.StatusNotFound {
+			t.Errorf("send to a uid of a stopped node = %d, want 404", code)
+		}
+	})
 }
 
 func TestClusterRedisUnreachableAtStart(t *testing.T) {
@@ -297,51 +306,53 @@ func TestClusterNodeKilled(t *testing.T) {
 // connections of each uid on different nodes; each gets every message
 // once and each sender's messages in order.
 func TestClusterConcurrentSendsExactlyOnce(t *testing.T) {
-	nodes := startCluster(t, 3)
-	const users, perSender = 4, 40
-	type recv struct {
-		conn *websocket.Conn
-		uid  string
-	}
-	var conns []recv
-	for i := range users {
-		uid := fmt.Sprintf("c%d", i)
-		conns = append(conns,
-			recv{dialSubscribed(t, nodes[i%3], uid, nodes...), uid},
-			recv{dialSubscribed(t, nodes[(i+1)%3], uid, nodes...), uid})
-	}
-	var wg sync.WaitGroup
-	for s, ts := range nodes {
-		wg.Go(func() {
-			for i := range perSender {
-				for u := range users {
-					ts.sendOK(fmt.Sprintf("c%d", u), fmt.Sprintf("s%d:%d", s, i))
-				}
-			}
-		})
-	}
-	wg.Wait()
-	for _, r := range conns {
-		next := map[string]int{}
-		for range 3 * perSender {
-			var sender string
-			var seq int
-			if _, err := fmt.Sscanf(strings.Replace(readText(t, r.conn), ":", " ", 1), "%s %d", &sender, &seq); err != nil {
-				t.Fatal(err)
-			}
-			if seq != next[sender] {
-				t.Fatalf("%s: from %s got %d, want %d", r.uid, sender, seq, next[sender])
-			}
-			next[sender]++
+	redisCluster.OnEveryRedis(t, func(t *testing.T, be testutil.RedisBackend) {
+		nodes := startCluster(t, be.URL, 3)
+		const users, perSender = 4, 40
+		type recv struct {
+			conn *websocket.Conn
+			uid  string
 		}
-	}
+		var conns []recv
+		for i := range users {
+			uid := fmt.Sprintf("c%d", i)
+			conns = append(conns,
+				recv{dialSubscribed(t, nodes[i%3], uid, nodes...), uid},
+				recv{dialSubscribed(t, nodes[(i+1)%3], uid, nodes...), uid})
+		}
+		var wg sync.WaitGroup
+		for s, ts := range nodes {
+			wg.Go(func() {
+				for i := range perSender {
+					for u := range users {
+						ts.sendOK(fmt.Sprintf("c%d", u), fmt.Sprintf("s%d:%d", s, i))
+					}
+				}
+			})
+		}
+		wg.Wait()
+		for _, r := range conns {
+			next := map[string]int{}
+			for range 3 * perSender {
+				var sender string
+				var seq int
+				if _, err := fmt.Sscanf(strings.Replace(readText(t, r.conn), ":", " ", 1), "%s %d", &sender, &seq); err != nil {
+					t.Fatal(err)
+				}
+				if seq != next[sender] {
+					t.Fatalf("%s: from %s got %d, want %d", r.uid, sender, seq, next[sender])
+				}
+				next[sender]++
+			}
+		}
+	})
 }
 
 // TestClusterPublishAfterScriptFlush: Redis forgot the publish script (a
 // restart, SCRIPT FLUSH); the publish loads it again and every uid gets
 // the message once.
 func TestClusterPublishAfterScriptFlush(t *testing.T) {
-	nodes := startCluster(t, 2)
+	nodes := startCluster(t, testutil.Redis(t).String(), 2)
 	a, b := nodes[0], nodes[1]
 	c1 := dialSubscribed(t, a, "f1", b)
 	c2 := dialSubscribed(t, a, "f2", b)

@@ -18,12 +18,26 @@ import (
 
 	"github.com/gorilla/websocket"
 	"go.uber.org/goleak"
+
+	"go-pusher/internal/testutil"
 )
 
 // TestMain fails the package when a test leaves a goroutine behind: every
 // goroutine the server starts has an owner that stops it.
+// redisCluster is the Redis Cluster this package's tests share.
+var redisCluster testutil.SharedRedisCluster
+
+// withRedisCluster stops the shared Redis Cluster once the tests ran,
+// before goleak looks for goroutines left.
+type withRedisCluster struct{ m *testing.M }
+
+func (w withRedisCluster) Run() int {
+	defer redisCluster.Stop()
+	return w.m.Run()
+}
+
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
+	goleak.VerifyTestMain(withRedisCluster{m},
 		// fasthttp's, not ours: one goroutine per process refreshes the
 		// Date header for good, and a stopped worker pool's cleaner
 		// notices the stop only after its sleep (MaxIdleWorkerDuration).
