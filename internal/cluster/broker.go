@@ -89,16 +89,6 @@ type Broker struct {
 	// it when the cluster's masters change.
 	routes   atomic.Pointer[routing]
 	topoKick chan struct{} // wakes topologyLoop; capacity 1
-	// ap sends the lookups and single publishes of concurrent /sends
-	// together, in shared round trips (go-redis's automatic pipelining),
-	// on a client of its own, apc (a single Redis only). A command it has
-	// queued runs on the pipeliner's context, not the request's, so apc's
-	// dial, pool, read and write timeouts are each a quarter of OpTimeout:
-	// a command waits for at most the batch in flight and its own, so
-	// OpTimeout still bounds a /send against a hung Redis
-	// (TestHungRedisBoundsPublish).
-	apc     *redis.Client
-	ap      *redis.AutoPipeliner
 	local   Local
 	nodeID  string // names this node's channel and registration (nodes.go)
 	log     *slog.Logger
@@ -306,25 +296,18 @@ func (b *Broker) connect(ctx context.Context) error {
 		}
 		return nil
 	}
-	s := newShard(b.opt.Addr, redis.NewClient(b.opt))
+	s, err := b.newShard(b.opt.Addr)
+	if err != nil {
+		return err
+	}
 	if err := s.rdb.Ping(pctx).Err(); err != nil {
 		// The client has started nothing yet; its error is of no use.
-		_ = s.rdb.Close()
+		_ = s.close()
 		return fmt.Errorf("PUSHER_REDIS_URL: redis at %s does not answer: %w", b.opt.Addr, err)
 	}
 	if err := b.publish.Load(pctx, s.rdb).Err(); err != nil {
-		_ = s.rdb.Close()
+		_ = s.close()
 		return fmt.Errorf("PUSHER_REDIS_URL: load the publish script into redis at %s: %w", b.opt.Addr, err)
-	}
-	apOpt := *b.opt
-	per := max(b.cfg.OpTimeout/4, 50*time.Millisecond)
-	apOpt.DialTimeout, apOpt.PoolTimeout, apOpt.ReadTimeout, apOpt.WriteTimeout = per, per, per, per
-	b.apc = redis.NewClient(&apOpt)
-	var err error
-	if b.ap, err = b.apc.AutoPipeline(); err != nil {
-		_ = s.rdb.Close()
-		_ = b.apc.Close()
-		return fmt.Errorf("redis automatic pipelining: %w", err)
 	}
 	b.routes.Store(&routing{shards: []*shard{s}})
 	if err := b.refreshTopology(pctx); err != nil {
@@ -485,9 +468,9 @@ func (b *Broker) numSub(ctx context.Context, uids []string) (map[string]int64, e
 			}
 			var cmd *redis.MapStringIntCmd
 			if b.clustered {
-				cmd = s.rdb.PubSubShardNumSub(ctx, chs...)
+				cmd = s.ap.PubSubShardNumSub(ctx, chs...)
 			} else {
-				cmd = b.ap.PubSubNumSub(ctx, chs...)
+				cmd = s.ap.PubSubNumSub(ctx, chs...)
 			}
 			res, err := cmd.Result()
 			for i, uid := range batch {
@@ -517,10 +500,10 @@ func (b *Broker) recount(ctx context.Context, uids []string) (map[string]int64, 
 			var cmd *redis.Cmd
 			if b.clustered {
 				args := append(append([]any(nil), nodes...), toAny(b.channels(batch))...)
-				cmd = lookupCluster.Run(ctx, s.rdb, nil, args...)
+				cmd = lookupCluster.Run(ctx, s.ap, nil, args...)
 			} else {
 				args := append([]any{b.prefix + "n:", nodeDeadAfter.Milliseconds()}, toAny(b.channels(batch))...)
-				cmd = lookup.Run(ctx, b.ap, []string{b.nodesKey()}, args...)
+				cmd = lookup.Run(ctx, s.ap, []string{b.nodesKey()}, args...)
 			}
 			res, err := cmd.Int64Slice()
 			if err != nil {
@@ -646,12 +629,7 @@ func (b *Broker) close(ctx context.Context) error {
 	closeAll := func() error {
 		var errs []error
 		for _, s := range shards {
-			if s.rdb != nil {
-				errs = append(errs, s.rdb.Close())
-			}
-		}
-		if b.apc != nil {
-			errs = append(errs, b.apc.Close())
+			errs = append(errs, s.close())
 		}
 		return errors.Join(errs...)
 	}
@@ -666,7 +644,7 @@ func (b *Broker) close(ctx context.Context) error {
 		return ctx.Err()
 	}
 	// No request is under way: the server closes the broker after the
-	// listeners. What apc's pipeliner still holds ends within its
+	// listeners. What a shard's pipeliner still holds ends within its
 	// timeouts.
 	if err := closeAll(); err != nil {
 		return fmt.Errorf("close redis client: %w", err)

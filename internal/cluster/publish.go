@@ -243,10 +243,10 @@ func (b *Broker) runPublish(ctx context.Context, s *shard, calls []publishCall, 
 	}
 	for attempt := 0; ; attempt++ {
 		var pipe redis.Scripter = s.rdb.Pipeline()
-		if len(todo) == 1 && b.ap != nil && replicas == 0 {
+		if len(todo) == 1 && replicas == 0 {
 			// One call (a /send): automatic pipelining shares its round
 			// trip with those of concurrent /sends.
-			pipe = b.ap
+			pipe = s.ap
 		}
 		for _, i := range todo {
 			c := &calls[i]

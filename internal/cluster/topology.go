@@ -34,10 +34,19 @@ const (
 )
 
 // shard is one Redis master: the single Redis, or one master of a Redis
-// Cluster. Its fields after rdb are the broker's, under Broker.mu.
+// Cluster. Its fields after ap are the broker's, under Broker.mu.
 type shard struct {
 	addr string
 	rdb  *redis.Client
+	// ap sends the lookups and single publishes of concurrent /sends
+	// together, in shared round trips (go-redis's automatic pipelining),
+	// on a client of its own, apc. A command it has queued runs on the
+	// pipeliner's context, not the request's, so apc's dial, pool, read
+	// and write timeouts are each a quarter of OpTimeout: a command waits
+	// for at most the batch in flight and its own, so OpTimeout still
+	// bounds a /send against a hung Redis (TestHungRedisBoundsPublish).
+	apc *redis.Client
+	ap  *redis.AutoPipeliner
 
 	// replicas the master has: when some, a publish waits until one has
 	// its writes (WAIT), so that a failover loses nothing acknowledged.
@@ -58,14 +67,34 @@ type shard struct {
 	retired chan struct{}
 }
 
-func newShard(addr string, rdb *redis.Client) *shard {
-	return &shard{
+// newShard makes the clients of the master at addr; they connect on
+// first use.
+func (b *Broker) newShard(addr string) (*shard, error) {
+	s := &shard{
 		addr:       addr,
-		rdb:        rdb,
+		rdb:        redis.NewClient(b.shardOptions(addr)),
 		subscribed: map[string]struct{}{},
 		inflight:   map[string]int{},
 		retired:    make(chan struct{}),
 	}
+	apOpt := b.shardOptions(addr)
+	per := max(b.cfg.OpTimeout/4, 50*time.Millisecond)
+	apOpt.DialTimeout, apOpt.PoolTimeout, apOpt.ReadTimeout, apOpt.WriteTimeout = per, per, per, per
+	s.apc = redis.NewClient(apOpt)
+	var err error
+	if s.ap, err = s.apc.AutoPipeline(); err != nil {
+		_ = s.close()
+		return nil, fmt.Errorf("redis automatic pipelining: %w", err)
+	}
+	return s, nil
+}
+
+// close closes s's clients.
+func (s *shard) close() error {
+	if s.rdb == nil {
+		return nil // the routing's stand-in for a slot without a master
+	}
+	return errors.Join(s.rdb.Close(), s.apc.Close())
 }
 
 // routing says which shard serves a key. It is never changed: a new
@@ -269,7 +298,11 @@ func (b *Broker) applyShards(shards []redis.ClusterShard) {
 		s := byAddr[addr]
 		if s == nil {
 			if s = known[addr]; s == nil {
-				s = newShard(addr, redis.NewClient(b.shardOptions(addr)))
+				var err error
+				if s, err = b.newShard(addr); err != nil {
+					b.log.Warn("redis cluster master", "redis", addr, "err", err)
+					continue
+				}
 			}
 			byAddr[addr] = s
 			rt.shards = append(rt.shards, s)
@@ -312,7 +345,7 @@ func (b *Broker) applyShards(shards []redis.ClusterShard) {
 			_ = s.ps.Close() // ends its receiver, which closes its client
 		}
 		if !b.started {
-			_ = s.rdb.Close() // no receiver
+			_ = s.close() // no receiver
 		}
 	}
 	// Subscriptions on a shard that no longer serves their slot move.
@@ -352,7 +385,7 @@ func (b *Broker) startShard(s *shard) {
 		b.run(s)
 		select {
 		case <-s.retired:
-			_ = s.rdb.Close()
+			_ = s.close()
 		default: // the broker closes its clients
 		}
 	})
