@@ -89,12 +89,12 @@ type Broker struct {
 	// it when the cluster's masters change.
 	routes   atomic.Pointer[routing]
 	topoKick chan struct{} // wakes topologyLoop; capacity 1
-	local   Local
-	nodeID  string // names this node's channel and registration (nodes.go)
-	log     *slog.Logger
-	prefix  string // channel of uid u is prefix + "u:" + tag(u); keys prefix + "s:" and "h:"
-	cfg     Config
-	publish *redis.Script
+	local    Local
+	nodeID   string // names this node's channel and registration (nodes.go)
+	log      *slog.Logger
+	prefix   string // channel of uid u is prefix + "u:" + tag(u); keys prefix + "s:" and "h:"
+	cfg      Config
+	publish  *redis.Script
 
 	mu       sync.Mutex
 	wanted   map[string]struct{} // uids with an open local connection
