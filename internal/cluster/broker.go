@@ -125,6 +125,7 @@ type Broker struct {
 	beatStop, beatDone chan struct{} // closed by unregister; by beatLoop when it ends
 	beating            bool          // Start ran beatLoop
 	started            bool          // Start ran: new shards get a receiver at once
+	stopped            bool          // Close took the routing: no new shard
 
 	// ctx is cancelled by Close: background Redis calls end with it.
 	ctx    context.Context
@@ -555,11 +556,19 @@ func (b *Broker) failed(err error) {
 	}
 }
 
-// Ready reports why the broker cannot route messages now, or nil.
+// Ready reports why the broker cannot route messages now, or nil: a
+// master that does not answer, or this node's pub/sub connection to one
+// that does not follow. On a Redis Cluster a master that does not answer
+// is the cluster's trouble, not this node's (it fails over, and every
+// node would answer the same): the node is ready while some master
+// answers and it follows every master that does.
 func (b *Broker) Ready(ctx context.Context) error {
-	for _, s := range b.routes.Load().shards {
+	shards := b.routes.Load().shards
+	var down []error
+	for _, s := range shards {
 		if err := s.rdb.Ping(ctx).Err(); err != nil {
-			return fmt.Errorf("redis %s: %w", s.addr, err)
+			down = append(down, fmt.Errorf("redis %s: %w", s.addr, err))
+			continue
 		}
 		b.mu.Lock()
 		healthy, lastErr := s.healthy, s.lastErr
@@ -571,8 +580,11 @@ func (b *Broker) Ready(ctx context.Context) error {
 			return fmt.Errorf("redis %s: pub/sub not subscribed yet", s.addr)
 		}
 	}
-	if len(b.routes.Load().shards) == 0 {
+	switch {
+	case len(shards) == 0:
 		return errNoMaster
+	case len(down) == len(shards) || (!b.clustered && len(down) > 0):
+		return errors.Join(down...)
 	}
 	return nil
 }
@@ -611,15 +623,20 @@ func (b *Broker) close(ctx context.Context) error {
 
 	close(b.stop)
 	b.cancel() // ends the repairer's, the syncer's and the topology's Redis calls
-	shards := b.routes.Load().shards
 	b.mu.Lock()
+	b.stopped = true
+	shards := b.routes.Load().shards
+	var pss []*redis.PubSub
 	for _, s := range shards {
 		if s.ps != nil {
-			// Ends the receiver's blocking read; its error is the receiver's.
-			_ = s.ps.Close()
+			pss = append(pss, s.ps)
 		}
 	}
 	b.mu.Unlock()
+	for _, ps := range pss {
+		// Ends the receiver's blocking read; its error is the receiver's.
+		_ = ps.Close()
+	}
 	waited := make(chan struct{})
 	go func() {
 		b.wg.Wait()

@@ -204,8 +204,12 @@ func (b *Broker) PublishAll(ctx context.Context, pubs []*Publication) error {
 	}
 	for _, s := range order {
 		if s.rdb == nil {
+			// Before anything is sent: a batch goes out whole or not at all
+			// for want of a master.
 			return fail(errNoMaster)
 		}
+	}
+	for _, s := range order {
 		cs := calls[s]
 		for len(cs) > 0 {
 			n := min(len(cs), redisBatch)
@@ -261,16 +265,25 @@ func (b *Broker) runPublish(ctx context.Context, s *shard, calls []publishCall, 
 			}
 			_, err = p.Exec(ctx)
 		}
-		if err == nil {
-			if wait != nil {
-				if n, _ := wait.Int64(); n < 1 {
-					return errNotReplicated
-				}
+		if wait != nil {
+			// WAIT covers the writes of its connection, the pipeline's:
+			// those that ran must be on a replica, whatever else failed.
+			n, werr := wait.Int64()
+			switch {
+			case werr != nil:
+				return fmt.Errorf("WAIT: %w", werr)
+			case n < 1:
+				return errNotReplicated
 			}
+		}
+		if err == nil {
 			break
 		}
-		again, err := noScript(calls, todo, attempt)
-		if err != nil {
+		again, nerr := noScript(calls, todo, attempt)
+		switch {
+		case nerr != nil:
+			return nerr
+		case len(again) == 0:
 			return err
 		}
 		if err := b.publish.Load(ctx, s.rdb).Err(); err != nil {
@@ -312,7 +325,7 @@ func (b *Broker) publishArgs(c *publishCall, envelope, epoch string, stateTTL in
 	ttl := b.cfg.IdempotencyTTL
 	if b.clustered {
 		args = append(args, nodes...)
-		ttl += b.claimTTL() // the guard outlives a lapsed claim and its answer
+		ttl = max(ttl, b.claimTTL()+time.Second) // the guard outlives a lapsed claim
 	} else {
 		keys = append(keys, b.nodesKey())
 		args = append(args, b.prefix+"n:", nodeDeadAfter.Milliseconds())

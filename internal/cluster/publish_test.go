@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -186,5 +187,36 @@ func TestPublishWaitsForAReplica(t *testing.T) {
 	}
 	if took := time.Since(start); took > 3*time.Second {
 		t.Errorf("the WAIT took %s, want at most about a second", took)
+	}
+}
+
+// TestPublishWaitRefused: a WAIT that Redis refuses (an ACL without it)
+// is the publish's error, not a panic nor a retry of scripts that ran.
+func TestPublishWaitRefused(t *testing.T) {
+	u := testutil.Redis(t)
+	admin := redis.NewClient(&redis.Options{Addr: u.Host})
+	defer admin.Close()
+	ctx := context.Background()
+	user := testutil.Prefix(t)
+	if err := admin.Do(ctx, "ACL", "SETUSER", user, "on", ">pw", "~*", "&*", "+@all", "-wait").Err(); err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Do(ctx, "ACL", "DELUSER", user)
+	nowait := *u
+	nowait.User = url.UserPassword(user, "pw")
+	b := newTestBroker(t, nowait.String(), testutil.Prefix(t), newFakeLocal())
+	sub := subscribeAside(t, u.Host, b, "u")
+	b.mu.Lock()
+	b.one().replicas = 1
+	b.mu.Unlock()
+	_, err := b.Publish(ctx, message("m"), []string{"u"})
+	if err == nil || !strings.Contains(err.Error(), "WAIT") {
+		t.Errorf("publish with WAIT refused: %v, want the WAIT's error", err)
+	}
+	if m, err := sub.ReceiveMessage(ctx); err != nil || !strings.HasSuffix(m.Payload, "|m") {
+		t.Fatalf("the script ran before the WAIT: %v, %v", m, err)
+	}
+	if m, err := sub.ReceiveTimeout(ctx, 200*time.Millisecond); err == nil {
+		t.Errorf("a second copy on the channel: %v", m)
 	}
 }

@@ -83,7 +83,21 @@ func (b *Broker) session(s *shard) error {
 
 	err := b.receive(ctx, s, ps)
 	b.mu.Lock()
-	s.ps, s.healthy, s.lastErr, s.lostLink = nil, false, err, true
+	s.ps, s.healthy, s.lostLink = nil, false, true
+	if s.draining == nil {
+		s.lastErr = err
+	}
+	// Its uids wait for the next connection, to s or, if s is retired
+	// meanwhile, to their slot's new master: either way what is published
+	// until then is repaired.
+	for uid := range s.subscribed {
+		if _, ok := b.wanted[uid]; ok {
+			b.pending[uid] = true
+			if b.repairFrom(uid) != nil {
+				b.hold(uid).lost = true
+			}
+		}
+	}
 	b.forgetSubscriptions(s)
 	if s.draining != nil {
 		close(s.draining)
@@ -179,15 +193,25 @@ func (b *Broker) answered(s *shard, m *redis.Subscription) {
 				close(w)
 			}
 			delete(b.waiters, m.Channel)
+			if uid, ok := b.uidOf(m.Channel); ok && b.repairing[uid] != nil {
+				select {
+				case b.workKick <- struct{}{}: // its repair can run now
+				default:
+				}
+			}
 		}
 	default:
-		delete(b.confirmed, m.Channel)
 		b.drained(s, m)
-		if asked || s.draining != nil {
+		uid, ok := b.uidOf(m.Channel)
+		if !ok {
 			return
 		}
-		uid, ok := b.uidOf(m.Channel)
-		if !ok || b.assigned[uid] != s {
+		if cur := b.assigned[uid]; cur == nil || cur == s {
+			// Not when the uid moved on to another master meanwhile:
+			// its subscription there stands.
+			delete(b.confirmed, m.Channel)
+		}
+		if asked || s.draining != nil || b.assigned[uid] != s {
 			return
 		}
 		b.unassign(uid, s)

@@ -27,10 +27,15 @@ func (b *Broker) repairLoop() {
 			return
 		case <-b.workKick:
 		}
+		// Only uids whose subscription is in place: one whose master is
+		// down (or whose subscription is on its way) waits for it, without
+		// holding up the others.
 		b.mu.Lock()
 		var uids []string
 		for uid := range b.repairing {
-			uids = append(uids, uid)
+			if _, ok := b.confirmed[b.channel(uid)]; ok {
+				uids = append(uids, uid)
+			}
 		}
 		b.mu.Unlock()
 		for _, uid := range uids {
@@ -189,6 +194,13 @@ func (b *Broker) repair(uid string) {
 	var done stream.Position
 	if start != nil {
 		done = *start
+	}
+	if !ok {
+		// History could not say what was missed: it may even be behind
+		// what was delivered here (a failover lost a message that went
+		// out live but was never acknowledged). Later offsets are taken
+		// as they come.
+		delete(b.last, uid)
 	}
 	for _, it := range items {
 		it.Replay = false // live to the connections: they never had it

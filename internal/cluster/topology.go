@@ -224,25 +224,46 @@ func connectedReplicas(info string) int {
 	return 0
 }
 
-// clusterShards asks CLUSTER SHARDS of the masters known, then of the
-// seeds, until one answers.
+// clusterShards asks CLUSTER SHARDS of the masters known and the seeds,
+// all at once, and takes the first answer: a master that is down without
+// a word (a lost machine, a partition) must not hold the others' answers
+// until the deadline.
 func (b *Broker) clusterShards(ctx context.Context, rt *routing) ([]redis.ClusterShard, error) {
-	var errs []error
-	for _, s := range rt.shards {
-		shards, err := s.rdb.ClusterShards(ctx).Result()
-		if err == nil && len(shards) > 0 {
-			return shards, nil
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type answer struct {
+		shards []redis.ClusterShard
+		err    error
+	}
+	answers := make(chan answer, len(rt.shards)+len(b.seeds))
+	ask := func(c *redis.Client, own bool) {
+		shards, err := c.ClusterShards(ctx).Result()
+		if own {
+			_ = c.Close()
 		}
-		errs = append(errs, err)
+		if err == nil && len(shards) == 0 {
+			err = errors.New("no shards")
+		}
+		answers <- answer{shards, err}
+	}
+	n := 0
+	for _, s := range rt.shards {
+		if s.rdb != nil {
+			n++
+			go ask(s.rdb, false)
+		}
 	}
 	for _, addr := range b.seeds {
-		c := redis.NewClient(b.shardOptions(addr))
-		shards, err := c.ClusterShards(ctx).Result()
-		_ = c.Close()
-		if err == nil && len(shards) > 0 {
-			return shards, nil
+		n++
+		go ask(redis.NewClient(b.shardOptions(addr)), true)
+	}
+	var errs []error
+	for range n {
+		a := <-answers
+		if a.err == nil {
+			return a.shards, nil
 		}
-		errs = append(errs, err)
+		errs = append(errs, a.err)
 	}
 	return nil, fmt.Errorf("CLUSTER SHARDS: no node answered: %w", errors.Join(errs...))
 }
@@ -319,6 +340,17 @@ func (b *Broker) applyShards(shards []redis.ClusterShard) {
 		changed = rt.slots[i].addr != old.slots[i].addr
 	}
 	b.mu.Lock()
+	if b.stopped {
+		// Close has taken the routing it closes: a shard made now would
+		// outlive it.
+		b.mu.Unlock()
+		for _, s := range rt.shards {
+			if known[s.addr] == nil {
+				_ = s.close()
+			}
+		}
+		return
+	}
 	for s, n := range replicas {
 		s.replicas = n
 	}
@@ -339,13 +371,14 @@ func (b *Broker) applyShards(shards []redis.ClusterShard) {
 			retired = append(retired, s)
 		}
 	}
+	var closing []func() error
 	for _, s := range retired {
 		close(s.retired)
 		if s.ps != nil {
-			_ = s.ps.Close() // ends its receiver, which closes its client
+			closing = append(closing, s.ps.Close) // ends its receiver, which closes its client
 		}
 		if !b.started {
-			_ = s.close() // no receiver
+			closing = append(closing, s.close) // no receiver
 		}
 	}
 	// Subscriptions on a shard that no longer serves their slot move.
@@ -363,6 +396,11 @@ func (b *Broker) applyShards(shards []redis.ClusterShard) {
 	}
 	started := b.started
 	b.mu.Unlock()
+	// Outside mu: closing a pub/sub connection waits for its lock, which
+	// a reconnecting receiver holds while it dials.
+	for _, f := range closing {
+		_ = f()
+	}
 	if started {
 		for _, s := range added {
 			b.startShard(s)
