@@ -200,8 +200,12 @@ func refusal(status int, reason string) *reply {
 }
 
 // lookup asks which of the uids of jobs (those not decided yet) have a
-// connection: one question for all.
+// connection: one question for all. Without a message log it asks
+// nothing and says all: the publish tells (see Server.lookupFirst).
 func (s *Server) lookup(ctx context.Context, jobs []*job) (func(uid string) bool, error) {
+	if !s.lookupFirst {
+		return func(string) bool { return true }, nil
+	}
 	if len(jobs) == 1 {
 		// The uids of one request are distinct already.
 		if jobs[0].res.status != 0 {

@@ -29,19 +29,26 @@ import (
 // and the message log. Listen, then Serve; Serve returns after a graceful
 // shutdown.
 type Server struct {
-	cfg      Config
-	log      *slog.Logger
-	hub      *Hub
-	auth     Authenticator
-	msgLog   message.Logger
-	broker   Broker
-	idem     idempotencyStore // nil when -idempotency-ttl is 0
-	trimmer  *memtune.Trimmer
-	metrics  *metrics
-	ids      *stream.IDGenerator
-	upgrader *websocket.Upgrader
-	apiKey   [sha256.Size]byte // hashed, so comparing takes the same time whatever the key's length
-	limits   sendreq.Limits
+	cfg    Config
+	log    *slog.Logger
+	hub    *Hub
+	auth   Authenticator
+	msgLog message.Logger
+	// lookupFirst: the message log writes a row per message and uid
+	// before it is sent (delivery statuses update it), so /send asks
+	// which uids are online first and logs only theirs. Without a log
+	// (-message-log none) the publish finds the uids without a
+	// connection itself, and a /send in cluster mode costs Redis one
+	// round trip rather than two.
+	lookupFirst bool
+	broker      Broker
+	idem        idempotencyStore // nil when -idempotency-ttl is 0
+	trimmer     *memtune.Trimmer
+	metrics     *metrics
+	ids         *stream.IDGenerator
+	upgrader    *websocket.Upgrader
+	apiKey      [sha256.Size]byte // hashed, so comparing takes the same time whatever the key's length
+	limits      sendreq.Limits
 
 	// draining is set when shutdown begins; inflight counts the /send
 	// requests and /ws handshakes under way, so that shutdown can let them
@@ -87,10 +94,14 @@ func newServer(cfg Config, log *slog.Logger, msgLog message.Logger) (*Server, er
 	}
 	m := newMetrics()
 	s := &Server{
-		cfg:      cfg,
-		log:      log,
-		auth:     NewJWTAuthenticator(cfg.JWTSecret, time.Now),
-		msgLog:   msgLog,
+		cfg:    cfg,
+		log:    log,
+		auth:   NewJWTAuthenticator(cfg.JWTSecret, time.Now),
+		msgLog: msgLog,
+		lookupFirst: func() bool {
+			_, none := msgLog.(message.NoneLogger)
+			return !none
+		}(),
 		metrics:  m,
 		ids:      ids,
 		upgrader: newUpgrader(),
