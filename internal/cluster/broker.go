@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -95,6 +96,12 @@ type Broker struct {
 	prefix   string // channel of uid u is prefix + "u:" + tag(u); keys prefix + "s:" and "h:"
 	cfg      Config
 	publish  *redis.Script
+	// consts are the publish script's arguments that never change, made
+	// once rather than per publish.
+	consts struct {
+		historySize, historyTTL, stateTTL string
+		nodesKey, nodePrefix, deadAfter   string
+	}
 
 	mu       sync.Mutex
 	wanted   map[string]struct{} // uids with an open local connection
@@ -262,6 +269,11 @@ func New(ctx context.Context, cfg Config, local Local, log *slog.Logger, reg pro
 	if clustered {
 		b.publish = redis.NewScript(publishClusterScript)
 	}
+	b.consts.historySize = strconv.Itoa(cfg.HistorySize)
+	b.consts.historyTTL = strconv.FormatInt(cfg.HistoryTTL.Milliseconds(), 10)
+	b.consts.stateTTL = strconv.FormatInt(max(redisStateTTL, cfg.HistoryTTL).Milliseconds(), 10)
+	b.consts.nodesKey, b.consts.nodePrefix = b.nodesKey(), b.prefix+"n:"
+	b.consts.deadAfter = strconv.FormatInt(nodeDeadAfter.Milliseconds(), 10)
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	if err := b.connect(ctx); err != nil {
 		b.cancel()

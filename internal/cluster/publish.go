@@ -236,10 +236,7 @@ var errNotReplicated = errors.New("no replica acknowledged the write in time")
 // results into their publications. When s has replicas, the pipeline
 // ends with WAIT 1: the calls count as done only once a replica has them.
 func (b *Broker) runPublish(ctx context.Context, s *shard, calls []publishCall, envelopes map[*Publication]string, epoch string) error {
-	stateTTL := max(redisStateTTL, b.cfg.HistoryTTL).Milliseconds()
-	b.mu.Lock()
-	replicas := s.replicas
-	b.mu.Unlock()
+	replicas := s.replicas.Load()
 	var nodes []any
 	if b.clustered {
 		nodes = b.nodeArgs()
@@ -249,15 +246,18 @@ func (b *Broker) runPublish(ctx context.Context, s *shard, calls []publishCall, 
 		todo[i] = i
 	}
 	for attempt := 0; ; attempt++ {
-		var pipe redis.Scripter = s.rdb.Pipeline()
-		if len(todo) == 1 && replicas == 0 {
-			// One call (a /send): automatic pipelining shares its round
-			// trip with those of concurrent /sends.
-			pipe = s.ap
+		var pipe redis.Scripter = s.ap
+		if len(todo) > 1 || replicas > 0 {
+			// Several calls (a batch): a pipeline of their own. WAIT
+			// covers its connection's writes: the calls and the WAIT
+			// must share one. One call (a /send) goes through automatic
+			// pipelining, which shares its round trip with those of
+			// concurrent /sends.
+			pipe = s.rdb.Pipeline()
 		}
 		for _, i := range todo {
 			c := &calls[i]
-			keys, args := b.publishArgs(c, envelopes[c.p], epoch, stateTTL, nodes)
+			keys, args := b.publishArgs(c, envelopes[c.p], epoch, nodes)
 			c.cmd = b.publish.EvalSha(ctx, pipe, keys, args...)
 		}
 		var wait *redis.Cmd
@@ -322,16 +322,19 @@ func (b *Broker) runPublish(ctx context.Context, s *shard, calls []publishCall, 
 }
 
 // publishArgs are the keys and arguments of c's publish script.
-func (b *Broker) publishArgs(c *publishCall, envelope, epoch string, stateTTL int64, nodes []any) ([]string, []any) {
-	keys := []string{b.stateKey(c.uid), b.histKey(c.uid)}
-	args := []any{b.channel(c.uid), envelope, epoch, b.cfg.HistorySize, b.cfg.HistoryTTL.Milliseconds(), stateTTL}
+func (b *Broker) publishArgs(c *publishCall, envelope, epoch string, nodes []any) ([]string, []any) {
+	tag := b.tag(c.uid)
+	keys := make([]string, 2, 4)
+	keys[0], keys[1] = b.prefix+"s:"+tag, b.prefix+"h:"+tag
+	args := make([]any, 0, 11+len(nodes))
+	args = append(args, b.prefix+"u:"+tag, envelope, epoch, b.consts.historySize, b.consts.historyTTL, b.consts.stateTTL)
 	ttl := b.cfg.IdempotencyTTL
 	if b.clustered {
 		args = append(args, nodes...)
 		ttl = max(ttl, b.claimTTL()+time.Second) // the guard outlives a lapsed claim
 	} else {
-		keys = append(keys, b.nodesKey())
-		args = append(args, b.prefix+"n:", nodeDeadAfter.Milliseconds())
+		keys = append(keys, b.consts.nodesKey)
+		args = append(args, b.consts.nodePrefix, b.consts.deadAfter)
 	}
 	if cl := c.p.Claim; cl != nil {
 		if b.clustered {

@@ -178,7 +178,7 @@ func TestPublishWaitsForAReplica(t *testing.T) {
 		t.Fatalf("no replica: %v", err)
 	}
 	b.mu.Lock()
-	b.one().replicas = 1
+	b.one().replicas.Store(1)
 	b.mu.Unlock()
 	start := time.Now()
 	_, err := b.Publish(ctx, message("m2"), []string{"u"})
@@ -207,7 +207,7 @@ func TestPublishWaitRefused(t *testing.T) {
 	b := newTestBroker(t, nowait.String(), testutil.Prefix(t), newFakeLocal())
 	sub := subscribeAside(t, u.Host, b, "u")
 	b.mu.Lock()
-	b.one().replicas = 1
+	b.one().replicas.Store(1)
 	b.mu.Unlock()
 	_, err := b.Publish(ctx, message("m"), []string{"u"})
 	if err == nil || !strings.Contains(err.Error(), "WAIT") {

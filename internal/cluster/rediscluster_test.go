@@ -75,8 +75,8 @@ func TestRedisClusterRoutes(t *testing.T) {
 	}
 	a.mu.Lock()
 	for s := range masters {
-		if s.replicas != 1 {
-			t.Errorf("master %s: %d replicas known, want 1 (its publishes WAIT for it)", s.addr, s.replicas)
+		if n := s.replicas.Load(); n != 1 {
+			t.Errorf("master %s: %d replicas known, want 1 (its publishes WAIT for it)", s.addr, n)
 		}
 	}
 	a.mu.Unlock()

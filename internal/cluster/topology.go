@@ -9,6 +9,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -50,7 +51,7 @@ type shard struct {
 
 	// replicas the master has: when some, a publish waits until one has
 	// its writes (WAIT), so that a failover loses nothing acknowledged.
-	replicas int
+	replicas atomic.Int32
 
 	ps         *redis.PubSub       // its pub/sub connection, nil between two
 	subscribed map[string]struct{} // uids asked of ps
@@ -199,10 +200,7 @@ func (b *Broker) refreshTopology(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		n := connectedReplicas(info)
-		b.mu.Lock()
-		s.replicas = n
-		b.mu.Unlock()
+		s.replicas.Store(int32(connectedReplicas(info)))
 		return nil
 	}
 	shards, err := b.clusterShards(ctx, rt)
@@ -352,7 +350,7 @@ func (b *Broker) applyShards(shards []redis.ClusterShard) {
 		return
 	}
 	for s, n := range replicas {
-		s.replicas = n
+		s.replicas.Store(int32(n))
 	}
 	if !changed {
 		b.mu.Unlock()
