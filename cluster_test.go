@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -15,6 +16,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/redis/go-redis/v9"
 
+	"go-pusher/internal/cluster"
 	"go-pusher/internal/testutil"
 )
 
@@ -247,59 +249,87 @@ func TestClusterRedisUnreachableAtStart(t *testing.T) {
 }
 
 // TestClusterNodeKilled: three processes; one is killed with SIGKILL while
-// the others go on. Redis drops its subscriptions with its connection.
+// the others go on. Redis drops its subscriptions with its connections;
+// its uids answer 503 (the dead node may be resubscribing) until it is
+// forgotten, then 404, and the others' uids are not disturbed.
 func TestClusterNodeKilled(t *testing.T) {
-	u, prefix := testutil.Redis(t), testutil.Prefix(t)
-	bin := buildBinary(t)
-	env := []string{"PUSHER_REDIS_URL=" + u.String(), "PUSHER_REDIS_PREFIX=" + prefix, "PUSHER_MESSAGE_LOG=none"}
-	var procs []*process
-	for range 3 {
-		procs = append(procs, startBinary(t, bin, nil, env...))
-	}
-	dial := func(p *process, uid string) *websocket.Conn {
-		tok, _ := IssueToken(testSecret, uid, time.Hour, time.Now())
-		c, _, err := websocket.DefaultDialer.Dial("ws://"+p.addr+"/ws?token="+tok, nil)
-		if err != nil {
-			t.Fatal(err)
+	redisCluster.OnEveryRedis(t, func(t *testing.T, be testutil.RedisBackend) {
+		prefix := testutil.Prefix(t)
+		bin := buildBinary(t)
+		env := []string{"PUSHER_REDIS_URL=" + be.URL, "PUSHER_REDIS_PREFIX=" + prefix, "PUSHER_MESSAGE_LOG=none"}
+		var procs []*process
+		for range 3 {
+			procs = append(procs, startBinary(t, bin, nil, env...))
 		}
-		t.Cleanup(func() { c.Close() })
-		return c
-	}
-	client := &http.Client{Timeout: 10 * time.Second}
-	defer client.CloseIdleConnections()
-	send := func(p *process, uid, msg string) int {
-		req, _ := http.NewRequest(http.MethodPost, "http://"+p.addr+"/send", strings.NewReader(url.Values{"uid": {uid}, "message": {msg}}.Encode()))
-		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-		req.Header.Set("Authorization", "Bearer "+testAPIKey)
-		resp, err := client.Do(req)
-		if err != nil {
-			t.Fatal(err)
+		dial := func(p *process, uid string) *websocket.Conn {
+			tok, _ := IssueToken(testSecret, uid, time.Hour, time.Now())
+			c, _, err := websocket.DefaultDialer.Dial("ws://"+p.addr+"/ws?token="+tok, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Close() })
+			return c
 		}
-		resp.Body.Close()
-		return resp.StatusCode
-	}
-	a, b, c := procs[0], procs[1], procs[2]
-	onA := dial(a, "u1")
-	dial(c, "u1")
-	dial(c, "u2")
-	rdb := redis.NewClient(&redis.Options{Addr: u.Host})
-	defer rdb.Close()
-	waitFor(t, "three subscriptions in Redis", func() bool {
-		n, err := rdb.PubSubNumSub(context.Background(), prefix+":u:u1", prefix+":u:u2").Result()
-		return err == nil && n[prefix+":u:u1"] == 2 && n[prefix+":u:u2"] == 1
-	})
+		client := &http.Client{Timeout: 10 * time.Second}
+		defer client.CloseIdleConnections()
+		get := func(p *process, path string) string {
+			req, _ := http.NewRequest(http.MethodGet, "http://"+p.addr+path, nil)
+			req.Header.Set("Authorization", "Bearer "+testAPIKey)
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var sb strings.Builder
+			_, _ = io.Copy(&sb, resp.Body)
+			return sb.String()
+		}
+		send := func(p *process, uid, msg string) int {
+			req, _ := http.NewRequest(http.MethodPost, "http://"+p.addr+"/send", strings.NewReader(url.Values{"uid": {uid}, "message": {msg}}.Encode()))
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+			req.Header.Set("Authorization", "Bearer "+testAPIKey)
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			return resp.StatusCode
+		}
+		a, b, c := procs[0], procs[1], procs[2]
+		onA := dial(a, "u1")
+		dial(c, "u1")
+		dial(c, "u2")
+		waitFor(t, "u1 and u2 subscribed, and b knowing c", func() bool {
+			return strings.Contains(get(a, "/metrics"), "pusher_redis_subscriptions 1") && strings.Contains(get(c, "/metrics"), "pusher_redis_subscriptions 2") &&
+				strings.Contains(get(b, "/metrics"), "pusher_cluster_nodes 3")
+		})
 
-	if err := c.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	_ = c.wait(t) // "signal: killed": the exit itself is what the test waits for
-	waitFor(t, "u2 gone with the killed node", func() bool { return send(b, "u2", "x") == http.StatusNotFound })
-	if code := send(b, "u1", "still here"); code != http.StatusOK {
-		t.Fatalf("send to u1 via b = %d, want 200", code)
-	}
-	if got := readText(t, onA); got != "still here" {
-		t.Fatalf("got %q", got)
-	}
+		if err := c.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.wait(t) // "signal: killed": the exit itself is what the test waits for
+		// 503 while the dead node is still registered (it beat within the
+		// last second), 404 once it is forgotten.
+		deadline := time.Now().Add(cluster.NodeDeadAfter + 5*time.Second)
+		if code := send(b, "u2", "x"); code != http.StatusServiceUnavailable {
+			t.Errorf("send to a uid of the node just killed = %d, want 503 (it may be resubscribing)", code)
+		}
+		for code := send(b, "u2", "x"); code != http.StatusNotFound; code = send(b, "u2", "x") {
+			if code != http.StatusServiceUnavailable {
+				t.Fatalf("send to a uid of the killed node = %d, want 503 and then 404", code)
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("u2 still 503 %s after the kill", cluster.NodeDeadAfter+5*time.Second)
+			}
+			time.Sleep(50 * time.Millisecond) // a backend's retry interval
+		}
+		if code := send(b, "u1", "still here"); code != http.StatusOK {
+			t.Fatalf("send to u1 via b = %d, want 200", code)
+		}
+		if got := readText(t, onA); got != "still here" {
+			t.Fatalf("got %q", got)
+		}
+	})
 }
 
 // TestClusterConcurrentSendsExactlyOnce: many senders on every node, two
@@ -352,25 +382,34 @@ func TestClusterConcurrentSendsExactlyOnce(t *testing.T) {
 // restart, SCRIPT FLUSH); the publish loads it again and every uid gets
 // the message once.
 func TestClusterPublishAfterScriptFlush(t *testing.T) {
-	nodes := startCluster(t, testutil.Redis(t).String(), 2)
-	a, b := nodes[0], nodes[1]
-	c1 := dialSubscribed(t, a, "f1", b)
-	c2 := dialSubscribed(t, a, "f2", b)
-	rdb := redis.NewClient(&redis.Options{Addr: testutil.Redis(t).Host})
-	defer rdb.Close()
-	if err := rdb.ScriptFlush(context.Background()).Err(); err != nil {
-		t.Fatal(err)
-	}
-	code, body := b.sendJSON(map[string]any{"uids": []string{"f1", "f2"}, "message": "after flush"})
-	if code != http.StatusOK {
-		t.Fatalf("send = %d %q", code, body)
-	}
-	for _, c := range []*websocket.Conn{c1, c2} {
-		if got := readText(t, c); got != "after flush" {
-			t.Fatalf("got %q", got)
+	redisCluster.OnEveryRedis(t, func(t *testing.T, be testutil.RedisBackend) {
+		nodes := startCluster(t, be.URL, 2)
+		a, b := nodes[0], nodes[1]
+		c1 := dialSubscribed(t, a, "f1", b)
+		c2 := dialSubscribed(t, a, "f2", b)
+		addrs := []string{testutil.Redis(t).Host}
+		if be.Name == "cluster" {
+			addrs = redisCluster.Get(t).Addrs()
 		}
-		assertNothingPushed(t, a, c, map[*websocket.Conn]string{c1: "f1", c2: "f2"}[c])
-	}
+		for _, addr := range addrs {
+			rdb := redis.NewClient(&redis.Options{Addr: addr})
+			err := rdb.ScriptFlush(context.Background()).Err()
+			rdb.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		code, body := b.sendJSON(map[string]any{"uids": []string{"f1", "f2"}, "message": "after flush"})
+		if code != http.StatusOK {
+			t.Fatalf("send = %d %q", code, body)
+		}
+		for _, c := range []*websocket.Conn{c1, c2} {
+			if got := readText(t, c); got != "after flush" {
+				t.Fatalf("got %q", got)
+			}
+			assertNothingPushed(t, a, c, map[*websocket.Conn]string{c1: "f1", c2: "f2"}[c])
+		}
+	})
 }
 
 // Every line the binary writes to stderr is one structured record, go-redis's

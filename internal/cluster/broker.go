@@ -287,7 +287,13 @@ func New(ctx context.Context, cfg Config, local Local, log *slog.Logger, reg pro
 		return float64(len(b.assigned))
 	}), prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "pusher_redis_masters", Help: "Redis masters this node routes to (1 for a single Redis).",
-	}, func() float64 { return float64(len(b.routes.Load().shards)) }))
+	}, func() float64 { return float64(len(b.routes.Load().shards)) }), prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "pusher_cluster_nodes", Help: "go-pusher nodes registered in Redis at this node's last beat, itself included.",
+	}, func() float64 {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return float64(len(b.nodeIDs))
+	}))
 	return b, nil
 }
 

@@ -32,6 +32,11 @@ const (
 	nodeDeadAfter = 10 * time.Second
 )
 
+// NodeDeadAfter is how long after its last beat a node that died without
+// leaving (SIGKILL, a lost machine) is forgotten: until then the uids
+// without a subscriber answer 503, not 404 (it may be resubscribing).
+const NodeDeadAfter = nodeDeadAfter
+
 // ErrResyncing is a lookup's error when some uids have no subscriber and
 // a node of the cluster is (re)subscribing: they may be connected there.
 var ErrResyncing = errors.New("a node of the cluster is resubscribing its connections: which uids are online is not known yet")

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -183,4 +184,38 @@ func containsSecret(s string) bool {
 		}
 	}
 	return false
+}
+
+// TestRedisClusterUnsure: on a Redis Cluster too, a registered node
+// whose channel has no subscriber on a uid's master makes that uid, when
+// it has no subscriber, uncertain (503) rather than offline (404), for
+// the lookup and the publish alike.
+func TestRedisClusterUnsure(t *testing.T) {
+	c := redisCluster.Get(t)
+	b, _ := startClusterBroker(t, c.URL(), testutil.Prefix(t))
+	ctx := context.Background()
+	waitFor(t, "registered", func() bool { b.mu.Lock(); defer b.mu.Unlock(); return len(b.nodeIDs) == 1 })
+	if _, off, err := b.Online(ctx, []string{"x"}); err != nil || len(off) != 1 {
+		t.Fatalf("no other node: offline %v, %v; want x offline", off, err)
+	}
+	rdb, err := b.client(b.nodesKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	now, err := rdb.Time(ctx).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb.HSet(ctx, b.nodesKey(), "silent", now.UnixMilli())
+	b.beat(ctx)
+	if _, _, err := b.Online(ctx, []string{"x"}); !errors.Is(err, ErrResyncing) {
+		t.Errorf("a node alive and not subscribed: lookup %v, want ErrResyncing", err)
+	}
+	p := &Publication{Message: message("m"), UIDs: []string{"x"}}
+	if err := b.PublishAll(ctx, []*Publication{p}); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(p.Unsure) != "[x]" || len(p.Gone) != 0 {
+		t.Errorf("publish to x while a node is silent: unsure %v, gone %v; want x unsure", p.Unsure, p.Gone)
+	}
 }
