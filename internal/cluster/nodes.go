@@ -80,18 +80,25 @@ end
 // lookupClusterScript is lookupScript on a Redis Cluster master. ARGV:
 // the prefix of node channels, the number k of node ids, the node ids,
 // then the channels.
-const lookupClusterScript = unsureListLua + `
+const lookupClusterScript = unsureListLua + countedLua + `
 local k = tonumber(ARGV[2])
-local counts = redis.call('PUBSUB', 'SHARDNUMSUB', unpack(ARGV, 3 + k))
-local out = {0}
-local offline = false
-for i = 2, #counts, 2 do
-  local c = tonumber(counts[i])
-  out[#out + 1] = c
-  if c == 0 then offline = true end
-end
+local out, offline = counted(redis.call('PUBSUB', 'SHARDNUMSUB', unpack(ARGV, 3 + k)))
 if offline then out[1] = unsureOf(ARGV[1], 3, 2 + k) end
 return out
+`
+
+// countedLua defines counted(numsub): a NUMSUB's counts as {0, count...}
+// (the first left for the node check), and whether one is 0.
+const countedLua = `
+local function counted(numsub)
+  local out, offline = {0}, false
+  for i = 2, #numsub, 2 do
+    local c = tonumber(numsub[i])
+    out[#out + 1] = c
+    if c == 0 then offline = true end
+  end
+  return out, offline
+end
 `
 
 // unsureLua defines unsure(nodes, prefix, deadAfter): the number of
@@ -121,15 +128,8 @@ end
 // one has none, whether some node is resubscribing: {unsure, count...}.
 // KEYS: the nodes hash. ARGV: the prefix of node channels, the dead-after
 // ms, the channels.
-const lookupScript = unsureLua + `
-local counts = redis.call('PUBSUB', 'NUMSUB', unpack(ARGV, 3))
-local out = {0}
-local offline = false
-for i = 2, #counts, 2 do
-  local c = tonumber(counts[i])
-  out[#out + 1] = c
-  if c == 0 then offline = true end
-end
+const lookupScript = unsureLua + countedLua + `
+local out, offline = counted(redis.call('PUBSUB', 'NUMSUB', unpack(ARGV, 3)))
 if offline then out[1] = unsure(KEYS[1], ARGV[1], ARGV[2]) end
 return out
 `

@@ -91,12 +91,7 @@ func (b *Broker) session(s *shard) error {
 	// meanwhile, to their slot's new master: either way what is published
 	// until then is repaired.
 	for uid := range s.subscribed {
-		if _, ok := b.wanted[uid]; ok {
-			b.pending[uid] = true
-			if b.repairFrom(uid) != nil {
-				b.hold(uid).lost = true
-			}
-		}
+		b.lost(uid, s)
 	}
 	b.forgetSubscriptions(s)
 	if s.draining != nil {
@@ -107,6 +102,20 @@ func (b *Broker) session(s *shard) error {
 	// Closing an already failed connection reports that failure again.
 	_ = ps.Close()
 	return err
+}
+
+// lost records that uid's subscription on s is gone (its connection
+// ended, its slot moved, Redis dropped it): the uid is subscribed again
+// where its slot is served, and what was published meanwhile is
+// repaired. Callers hold mu.
+func (b *Broker) lost(uid string, s *shard) {
+	b.unassign(uid, s)
+	if _, ok := b.wanted[uid]; ok {
+		b.pending[uid] = true
+		if b.repairFrom(uid) != nil {
+			b.hold(uid).lost = true
+		}
+	}
 }
 
 // forgetSubscriptions forgets what s's pub/sub connection was asked:
@@ -214,13 +223,7 @@ func (b *Broker) answered(s *shard, m *redis.Subscription) {
 		if asked || s.draining != nil || b.assigned[uid] != s {
 			return
 		}
-		b.unassign(uid, s)
-		if _, ok := b.wanted[uid]; ok {
-			b.pending[uid] = true
-			if b.repairFrom(uid) != nil {
-				b.hold(uid).lost = true
-			}
-		}
+		b.lost(uid, s)
 		b.kickTopology()
 	}
 }

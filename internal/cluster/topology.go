@@ -381,15 +381,8 @@ func (b *Broker) applyShards(shards []redis.ClusterShard) {
 	}
 	// Subscriptions on a shard that no longer serves their slot move.
 	for uid, s := range b.assigned {
-		if rt.forKey(b.channel(uid)) == s {
-			continue
-		}
-		b.unassign(uid, s)
-		if _, ok := b.wanted[uid]; ok {
-			b.pending[uid] = true
-			if b.repairFrom(uid) != nil {
-				b.hold(uid).lost = true
-			}
+		if rt.forKey(b.channel(uid)) != s {
+			b.lost(uid, s)
 		}
 	}
 	started := b.started
