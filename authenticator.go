@@ -47,27 +47,70 @@ const (
 
 var authReasons = []string{authMissingToken, authInvalidToken, authTokenExpired, authOrigin, authConnectionLimit}
 
-// hmacMethods are the only algorithms a token may use: anything else
-// (none, RS*, ES*: a public-key algorithm checked against our HMAC secret
-// is the classic confusion attack) is refused.
-var hmacMethods = []string{"HS256", "HS384", "HS512"}
+// hmacMethods verify with JWT_SECRET only, asymmetricMethods with the
+// JWKS only: a token's algorithm picks its key, so a public key is never
+// taken for an HMAC secret (the classic confusion attack) nor the reverse,
+// and none is refused.
+var (
+	hmacMethods       = []string{"HS256", "HS384", "HS512"}
+	asymmetricMethods = []string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
 
-// JWTAuthenticator checks HMAC-signed JWTs with a uid claim.
+// KeySource finds the public key of an asymmetric token
+// (internal/jwks.Keys).
+type KeySource interface {
+	Keyfunc(token *jwt.Token) (any, error)
+}
+
+// AuthOptions are the identity provider settings of an authenticator.
+type AuthOptions struct {
+	Keys     KeySource // -jwks-url; nil: asymmetric tokens are refused
+	Issuer   string    // -jwt-issuer: iss must equal it when set
+	Audience string    // -jwt-audience: aud must contain it when set
+	UIDClaim string    // -jwt-uid-claim: the claim that holds the uid ("": uid)
+}
+
+// JWTAuthenticator checks JWTs: HMAC-signed ones with JWT_SECRET,
+// asymmetric ones with the keys of a JWKS.
 type JWTAuthenticator struct {
-	secret []byte
-	parser *jwt.Parser
-	now    func() time.Time
+	secret   []byte // nil: HS* tokens are refused
+	keys     KeySource
+	uidClaim string
+	parser   *jwt.Parser
+	now      func() time.Time
 }
 
 var _ Authenticator = (*JWTAuthenticator)(nil)
 
 // NewJWTAuthenticator returns an authenticator for tokens signed with secret.
 func NewJWTAuthenticator(secret string, now func() time.Time) *JWTAuthenticator {
-	return &JWTAuthenticator{
-		secret: []byte(secret),
-		parser: jwt.NewParser(jwt.WithValidMethods(hmacMethods), jwt.WithTimeFunc(now)),
-		now:    now,
+	return NewAuthenticator(secret, AuthOptions{}, now)
+}
+
+// NewAuthenticator returns an authenticator for tokens signed with secret
+// (when not empty) or with a key of o.Keys (when set).
+func NewAuthenticator(secret string, o AuthOptions, now func() time.Time) *JWTAuthenticator {
+	a := &JWTAuthenticator{keys: o.Keys, uidClaim: o.UIDClaim, now: now}
+	if a.uidClaim == "" {
+		a.uidClaim = "uid"
 	}
+	var methods []string
+	if secret != "" {
+		a.secret = []byte(secret)
+		methods = append(methods, hmacMethods...)
+	}
+	if o.Keys != nil {
+		methods = append(methods, asymmetricMethods...)
+	}
+	opts := []jwt.ParserOption{jwt.WithValidMethods(methods), jwt.WithTimeFunc(now)}
+	if o.Issuer != "" {
+		opts = append(opts, jwt.WithIssuer(o.Issuer))
+	}
+	if o.Audience != "" {
+		opts = append(opts, jwt.WithAudience(o.Audience))
+	}
+	a.parser = jwt.NewParser(opts...)
+	return a
 }
 
 // claims are the token's claims: the article's uid plus the registered ones.
@@ -89,33 +132,50 @@ func (a *JWTAuthenticator) Authenticate(r *http.Request) (Identity, error) {
 	return a.ParseToken(token)
 }
 
+// key is the key that verifies t: JWT_SECRET for HS*, the JWKS's for
+// the others (the parser allows only the methods of the keys there are).
+func (a *JWTAuthenticator) key(t *jwt.Token) (any, error) {
+	if _, ok := t.Method.(*jwt.SigningMethodHMAC); ok {
+		return a.secret, nil
+	}
+	return a.keys.Keyfunc(t)
+}
+
 // ParseToken checks a token and returns its identity.
 func (a *JWTAuthenticator) ParseToken(token string) (Identity, error) {
-	var c claims
-	_, err := a.parser.ParseWithClaims(token, &c, func(*jwt.Token) (any, error) { return a.secret, nil })
+	c := jwt.MapClaims{}
+	_, err := a.parser.ParseWithClaims(token, c, a.key)
 	switch {
 	case err == nil:
 	case errors.Is(err, jwt.ErrTokenExpired):
 		return Identity{}, &authError{authTokenExpired, "token is expired"}
 	case errors.Is(err, jwt.ErrTokenNotValidYet):
 		return Identity{}, &authError{authInvalidToken, "token is not valid yet"}
-	case errors.Is(err, jwt.ErrTokenMalformed):
+	case errors.Is(err, jwt.ErrTokenMalformed), errors.Is(err, jwt.ErrInvalidType):
+		// ErrInvalidType: a registered claim of the wrong type ("exp": "soon").
 		return Identity{}, &authError{authInvalidToken, "token is malformed"}
+	case errors.Is(err, jwt.ErrTokenInvalidIssuer):
+		return Identity{}, &authError{authInvalidToken, "token issuer is not accepted"}
+	case errors.Is(err, jwt.ErrTokenInvalidAudience):
+		return Identity{}, &authError{authInvalidToken, "token audience is not accepted"}
+	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
+		// -jwt-issuer or -jwt-audience is set and the token lacks it.
+		return Identity{}, &authError{authInvalidToken, "token lacks its iss or aud claim"}
 	case errors.Is(err, jwt.ErrTokenSignatureInvalid), errors.Is(err, jwt.ErrTokenUnverifiable):
 		return Identity{}, &authError{authInvalidToken, "token signature is invalid"}
 	default:
 		return Identity{}, &authError{authInvalidToken, "token is invalid"}
 	}
-	uid, ok := c.UID.(string)
+	uid, ok := c[a.uidClaim].(string)
 	if !ok {
-		return Identity{}, &authError{authInvalidToken, "token has no string uid claim"}
+		return Identity{}, &authError{authInvalidToken, "token has no string " + a.uidClaim + " claim"}
 	}
 	if err := stream.CheckUID(uid); err != nil {
-		return Identity{}, &authError{authInvalidToken, "token uid claim " + err.Error()}
+		return Identity{}, &authError{authInvalidToken, "token " + a.uidClaim + " claim " + err.Error()}
 	}
 	id := Identity{UID: uid}
-	if c.ExpiresAt != nil {
-		id.ExpiresAt = c.ExpiresAt.Time
+	if exp, err := c.GetExpirationTime(); err == nil && exp != nil {
+		id.ExpiresAt = exp.Time
 	}
 	return id, nil
 }

@@ -23,7 +23,14 @@ type Config struct {
 	InternalAddr string // when set, /send, /metrics, /healthz, /readyz listen only here
 
 	JWTSecret string // HMAC secret for client tokens (JWT_SECRET)
-	APIKey    string // key backend apps present on /send (PUSHER_API_KEY)
+	// An identity provider's keys and claims (-jwks-url and the -jwt-*
+	// flags): asymmetric tokens verified with the keys of a JWKS.
+	JWKSURL     string
+	JWKSRefresh time.Duration
+	JWTIssuer   string
+	JWTAudience string
+	JWTUIDClaim string
+	APIKey      string // key backend apps present on /send (PUSHER_API_KEY)
 
 	MessageLog        string        // stdout, mysql or none
 	MessageLogTimeout time.Duration // longest /send waits for the message log
@@ -70,6 +77,11 @@ func newFlagSet(cfg *Config, origins *string) *flag.FlagSet {
 	fs.SetOutput(io.Discard)
 	fs.StringVar(&cfg.Addr, "addr", ":8181", "public listener: /ws, / and (unless -internal-addr) everything else")
 	fs.StringVar(&cfg.InternalAddr, "internal-addr", "", "when set, /send, /metrics, /healthz, /readyz are served only here")
+	fs.StringVar(&cfg.JWKSURL, "jwks-url", "", "an identity provider's JWKS (https, or http on loopback): tokens signed with its keys are accepted")
+	fs.DurationVar(&cfg.JWKSRefresh, "jwks-refresh", time.Hour, "how often the JWKS is fetched again")
+	fs.StringVar(&cfg.JWTIssuer, "jwt-issuer", "", "when set, a token's iss must equal it")
+	fs.StringVar(&cfg.JWTAudience, "jwt-audience", "", "when set, a token's aud must contain it")
+	fs.StringVar(&cfg.JWTUIDClaim, "jwt-uid-claim", "uid", "the claim that holds the uid (sub for most identity providers)")
 	fs.StringVar(&cfg.MessageLog, "message-log", "stdout", "message log: stdout, mysql or none")
 	fs.DurationVar(&cfg.MessageLogTimeout, "message-log-timeout", 5*time.Second, "longest /send waits for the message log before it answers 503")
 	fs.IntVar(&cfg.MySQLBatchSize, "mysql-batch-size", message.DefaultMySQLBatchSize, "mysql log: most rows in one INSERT (group commit)")
@@ -179,8 +191,19 @@ func (c *Config) validate() []error {
 	var errs []error
 	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
 
-	if c.JWTSecret == "" {
-		bad("JWT_SECRET is required: the HMAC secret that signs client tokens")
+	if c.JWTSecret == "" && c.JWKSURL == "" {
+		bad("JWT_SECRET or -jwks-url is required: the HMAC secret that signs client tokens, or an identity provider's keys")
+	}
+	if c.JWKSURL != "" {
+		if err := checkJWKSURL(c.JWKSURL); err != nil {
+			bad("invalid -jwks-url: %v", err)
+		}
+		if c.JWKSRefresh < time.Minute {
+			bad("invalid -jwks-refresh %s: want at least 1m", c.JWKSRefresh)
+		}
+	}
+	if c.JWTUIDClaim == "" {
+		bad("invalid -jwt-uid-claim: empty")
 	}
 	if c.APIKey == "" {
 		bad("PUSHER_API_KEY is required: the key backend apps present on /send")
@@ -297,4 +320,24 @@ func checkOriginPattern(p string) error {
 		return errors.New("an origin has no path, query, fragment or user")
 	}
 	return nil
+}
+
+// checkJWKSURL: keys fetched in the clear could be anyone's, so a JWKS
+// URL is https, or http on a loopback address (a sidecar, a test).
+func checkJWKSURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return errors.New("want https://host/path")
+	}
+	switch u.Scheme {
+	case "https":
+		return nil
+	case "http":
+		host := u.Hostname()
+		if ip := net.ParseIP(host); (ip != nil && ip.IsLoopback()) || host == "localhost" {
+			return nil
+		}
+		return errors.New("http only on a loopback address; want https")
+	}
+	return fmt.Errorf("scheme %q: want https", u.Scheme)
 }

@@ -87,7 +87,7 @@ func TestConfigErrorsNameTheSetting(t *testing.T) {
 		env  map[string]string
 		want string
 	}{
-		{"no jwt secret", nil, map[string]string{"JWT_SECRET": ""}, "JWT_SECRET is required"},
+		{"no jwt secret", nil, map[string]string{"JWT_SECRET": ""}, "JWT_SECRET or -jwks-url is required"},
 		{"no api key", nil, map[string]string{"PUSHER_API_KEY": ""}, "PUSHER_API_KEY is required"},
 		{"bad duration flag", []string{"-ping-interval", "soon"}, nil, "-ping-interval"},
 		{"bad duration env", nil, map[string]string{"PUSHER_PONG_WAIT": "soon"}, `invalid PUSHER_PONG_WAIT "soon"`},

@@ -19,6 +19,7 @@ import (
 	"go-pusher/internal/cluster"
 	"go-pusher/internal/history"
 	"go-pusher/internal/idempotency"
+	"go-pusher/internal/jwks"
 	"go-pusher/internal/memtune"
 	"go-pusher/internal/sendreq"
 	"go-pusher/internal/stream"
@@ -34,6 +35,7 @@ type Server struct {
 	hub    *Hub
 	auth   Authenticator
 	msgLog message.Logger
+	jwks   *jwks.Keys // -jwks-url; nil without
 	// lookupFirst: the message log writes a row per message and uid
 	// before it is sent (delivery statuses update it), so /send asks
 	// which uids are online first and logs only theirs. Without a log
@@ -96,7 +98,6 @@ func newServer(cfg Config, log *slog.Logger, msgLog message.Logger) (*Server, er
 	s := &Server{
 		cfg:    cfg,
 		log:    log,
-		auth:   NewJWTAuthenticator(cfg.JWTSecret, time.Now),
 		msgLog: msgLog,
 		lookupFirst: func() bool {
 			_, none := msgLog.(message.NoneLogger)
@@ -151,8 +152,28 @@ func newServer(cfg Config, log *slog.Logger, msgLog message.Logger) (*Server, er
 		}
 	}
 	s.hub.events = s.broker
+	opts := AuthOptions{Issuer: cfg.JWTIssuer, Audience: cfg.JWTAudience, UIDClaim: cfg.JWTUIDClaim}
+	if cfg.JWKSURL != "" {
+		keys, err := jwks.New(jwks.Config{
+			URL: cfg.JWKSURL, Refresh: cfg.JWKSRefresh, Timeout: jwksTimeout, MaxBytes: jwksMaxBytes,
+			UnknownKIDEvery: jwksUnknownKIDEvery,
+		}, log.With("component", "jwks"))
+		if err != nil {
+			return nil, err
+		}
+		s.jwks, opts.Keys = keys, keys
+	}
+	s.auth = NewAuthenticator(cfg.JWTSecret, opts, time.Now)
 	return s, nil
 }
+
+// The bounds of fetching a JWKS: one fetch's time and size, and how
+// often a token with an unknown kid may fetch it again (whatever the kid).
+const (
+	jwksTimeout         = 10 * time.Second
+	jwksMaxBytes        = 1 << 20
+	jwksUnknownKIDEvery = 30 * time.Second
+)
 
 // routes returns the handlers of the public listener and, when
 // -internal-addr is set, of the internal one (nil otherwise).
@@ -251,6 +272,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	go s.hub.run()    // stopped by hub.Shutdown in shutdown
 	s.broker.Start()  // stopped by broker.Close in shutdown
 	s.trimmer.Start() // stopped by trimmer.Close in shutdown
+	if s.jwks != nil {
+		s.jwks.Start() // stopped by jwks.Close in shutdown
+	}
 	errc := make(chan error, len(s.fronts))
 	for i, f := range s.fronts {
 		go func() { errc <- f.Serve(s.listeners[i]) }()
@@ -302,6 +326,9 @@ func (s *Server) shutdown(ctx context.Context) {
 	// signal during start): closing the listeners ends that Serve too.
 	s.closeListeners()
 	s.trimmer.Close()
+	if s.jwks != nil {
+		s.jwks.Close()
+	}
 	if err := s.msgLog.Close(ctx); err != nil {
 		s.log.Error("message log flush failed", "err", err)
 	}
@@ -398,6 +425,8 @@ func (s *Server) checkReady(ctx context.Context) error {
 		err = fmt.Errorf("message log: %w", e)
 	} else if e := s.broker.Ready(ctx); e != nil {
 		err = fmt.Errorf("cluster: %w", e)
+	} else if s.jwks != nil {
+		err = s.jwks.Ready()
 	}
 	switch {
 	case err != nil && (s.ready.err == nil || s.ready.err.Error() != err.Error()):
