@@ -21,6 +21,11 @@ const (
 	// anything larger is closed with 1009.
 	maxReadSize = 512
 
+	// maxJSONReadSize is the largest message a format=json client may
+	// send: {"refresh": "<JWT>"}, and identity providers' tokens are
+	// large (refresh.go).
+	maxJSONReadSize = 8 << 10
+
 	// closeGrace is how long a connection waits for the close frame it is
 	// owed: the peer's answer to the server's, or the writePump's answer
 	// to the peer's.
@@ -135,6 +140,9 @@ func (c *Client) readPump() {
 //
 //go:noinline
 func (c *Client) consume(r io.Reader) bool {
+	if c.json {
+		return c.consumeJSON(r)
+	}
 	n, err := io.CopyN(io.Discard, r, maxReadSize+1)
 	if n > maxReadSize {
 		c.close(websocket.CloseMessageTooBig, "message too big", failClosed, false)

@@ -58,6 +58,8 @@ type Hub struct {
 	metrics *metrics
 	msgLog  message.Logger
 	events  hubEvents // nil: nobody listens
+	// tokens checks the token of an in-band refresh (refresh.go).
+	tokens tokenParser
 
 	pinger     *pinger
 	register   chan registration

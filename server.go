@@ -163,7 +163,8 @@ func newServer(cfg Config, log *slog.Logger, msgLog message.Logger) (*Server, er
 		}
 		s.jwks, opts.Keys = keys, keys
 	}
-	s.auth = NewAuthenticator(cfg.JWTSecret, opts, time.Now)
+	auth := NewAuthenticator(cfg.JWTSecret, opts, time.Now)
+	s.auth, s.hub.tokens = auth, auth
 	return s, nil
 }
 
