@@ -25,6 +25,8 @@ type Identity struct {
 	// ExpiresAt is when the credential expires; the connection is closed
 	// with 1008 "token expired" then. Zero: never.
 	ExpiresAt time.Time
+	// IssuedAt is the token's iat; zero when it has none.
+	IssuedAt time.Time
 }
 
 // authError is a refused handshake: Reason goes to the client, Metric is
@@ -177,6 +179,9 @@ func (a *JWTAuthenticator) ParseToken(token string) (Identity, error) {
 	if exp, err := c.GetExpirationTime(); err == nil && exp != nil {
 		id.ExpiresAt = exp.Time
 	}
+	if iat, err := c.GetIssuedAt(); err == nil && iat != nil {
+		id.IssuedAt = iat.Time
+	}
 	return id, nil
 }
 
@@ -191,10 +196,15 @@ func bearer(h string) string {
 
 // IssueToken returns an HS256 token for uid, expiring after ttl (0: never).
 func IssueToken(secret, uid string, ttl time.Duration, now time.Time) (string, error) {
+	return IssueTokenAt(secret, uid, ttl, now, now)
+}
+
+// IssueTokenAt is IssueToken with an iat of its own.
+func IssueTokenAt(secret, uid string, ttl time.Duration, now, iat time.Time) (string, error) {
 	if err := stream.CheckUID(uid); err != nil {
 		return "", fmt.Errorf("uid %w", err)
 	}
-	c := claims{UID: uid, RegisteredClaims: jwt.RegisteredClaims{IssuedAt: jwt.NewNumericDate(now)}}
+	c := claims{UID: uid, RegisteredClaims: jwt.RegisteredClaims{IssuedAt: jwt.NewNumericDate(iat)}}
 	if ttl > 0 {
 		c.ExpiresAt = jwt.NewNumericDate(now.Add(ttl))
 	}

@@ -37,6 +37,9 @@ type Broker interface {
 	// starts routing uid to this node. It does not fail: at worst the
 	// broker notes less.
 	Expect(ctx context.Context, uid string)
+	// Disconnect closes every connection of uids, on every node, with
+	// 1008 and reason; it returns the uids that had one and the others.
+	Disconnect(ctx context.Context, uids []string, reason string) (disconnected, notFound []string, err error)
 	// Ready reports why the broker cannot route messages now, or nil.
 	Ready(ctx context.Context) error
 	// Start runs the broker's goroutines; Close stops them. Messages that
@@ -83,6 +86,18 @@ func (b localBroker) PublishAll(_ context.Context, pubs []*cluster.Publication) 
 
 func (b localBroker) Replay(_ context.Context, uid string, since stream.Position) ([]stream.Item, bool) {
 	return b.hist.Since(uid, since)
+}
+
+func (b localBroker) Disconnect(_ context.Context, uids []string, reason string) (disconnected, notFound []string, err error) {
+	for _, uid := range uids {
+		if b.hub.Open(uid) {
+			b.hub.Disconnect(uid, reason)
+			disconnected = append(disconnected, uid)
+		} else {
+			notFound = append(notFound, uid)
+		}
+	}
+	return disconnected, notFound, nil
 }
 
 // Expect has nothing to do: the hub is the whole routing.

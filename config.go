@@ -30,7 +30,8 @@ type Config struct {
 	JWTIssuer   string
 	JWTAudience string
 	JWTUIDClaim string
-	APIKey      string // key backend apps present on /send (PUSHER_API_KEY)
+	RevokeTTL   time.Duration // how long a revocation of /disconnect lasts
+	APIKey      string        // key backend apps present on /send (PUSHER_API_KEY)
 
 	MessageLog        string        // stdout, mysql or none
 	MessageLogTimeout time.Duration // longest /send waits for the message log
@@ -82,6 +83,7 @@ func newFlagSet(cfg *Config, origins *string) *flag.FlagSet {
 	fs.StringVar(&cfg.JWTIssuer, "jwt-issuer", "", "when set, a token's iss must equal it")
 	fs.StringVar(&cfg.JWTAudience, "jwt-audience", "", "when set, a token's aud must contain it")
 	fs.StringVar(&cfg.JWTUIDClaim, "jwt-uid-claim", "uid", "the claim that holds the uid (sub for most identity providers)")
+	fs.DurationVar(&cfg.RevokeTTL, "revoke-ttl", 24*time.Hour, "how long POST /disconnect with revoke refuses the uids' older tokens")
 	fs.StringVar(&cfg.MessageLog, "message-log", "stdout", "message log: stdout, mysql or none")
 	fs.DurationVar(&cfg.MessageLogTimeout, "message-log-timeout", 5*time.Second, "longest /send waits for the message log before it answers 503")
 	fs.IntVar(&cfg.MySQLBatchSize, "mysql-batch-size", message.DefaultMySQLBatchSize, "mysql log: most rows in one INSERT (group commit)")
@@ -201,6 +203,9 @@ func (c *Config) validate() []error {
 		if c.JWKSRefresh < time.Minute {
 			bad("invalid -jwks-refresh %s: want at least 1m", c.JWKSRefresh)
 		}
+	}
+	if c.RevokeTTL <= 0 {
+		bad("invalid -revoke-ttl %s: want a positive duration", c.RevokeTTL)
 	}
 	if c.JWTUIDClaim == "" {
 		bad("invalid -jwt-uid-claim: empty")

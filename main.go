@@ -104,7 +104,8 @@ func printUsage(w io.Writer) {
 
 // usageHead is what -h prints before the flags.
 const usageHead = `Usage: go-pusher [flags]            serve
-       go-pusher token -uid U [-ttl 1h]  print a client token signed with JWT_SECRET
+       go-pusher token -uid U [-ttl 1h] [-iat T]
+                                   print a client token signed with JWT_SECRET
 
 Secrets come from the environment: JWT_SECRET, PUSHER_API_KEY, PUSHER_MYSQL_DSN, PUSHER_REDIS_URL.
 Every flag can also be set as PUSHER_<FLAG> (-send-buffer: PUSHER_SEND_BUFFER); a flag wins.
@@ -118,8 +119,20 @@ func runToken(args []string, getenv func(string) string, stdout io.Writer) error
 	fs.SetOutput(io.Discard)
 	uid := fs.String("uid", "", "the uid the token names (required)")
 	ttl := fs.Duration("ttl", time.Hour, "how long the token is valid (0: no expiry)")
+	iatFlag := fs.String("iat", "", "when the token says it was issued: an RFC 3339 time, or a duration before now such as 10m (default now); try revocation with an older token")
 	if err := fs.Parse(args); err != nil {
 		return fmt.Errorf("token: %w", err)
+	}
+	now := time.Now()
+	iat := now
+	if *iatFlag != "" {
+		if d, err := time.ParseDuration(*iatFlag); err == nil && d >= 0 {
+			iat = now.Add(-d)
+		} else if t, err := time.Parse(time.RFC3339, *iatFlag); err == nil {
+			iat = t
+		} else {
+			return fmt.Errorf("token: invalid -iat %q: want an RFC 3339 time or a duration before now (10m)", *iatFlag)
+		}
 	}
 	secret := getenv("JWT_SECRET")
 	switch {
@@ -130,7 +143,7 @@ func runToken(args []string, getenv func(string) string, stdout io.Writer) error
 	case secret == "":
 		return errors.New("token: JWT_SECRET is required")
 	}
-	tok, err := IssueToken(secret, *uid, *ttl, time.Now())
+	tok, err := IssueTokenAt(secret, *uid, *ttl, now, iat)
 	if err != nil {
 		return fmt.Errorf("token: %w", err)
 	}

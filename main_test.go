@@ -88,6 +88,22 @@ func TestRunTokenCommand(t *testing.T) {
 	if id, err := NewJWTAuthenticator(testSecret, time.Now).ParseToken(strings.TrimSpace(out.String())); err != nil || !id.ExpiresAt.IsZero() {
 		t.Errorf("-ttl 0 token = %+v, %v; want no expiry", id, err)
 	}
+	for _, iat := range []struct {
+		flag string
+		want time.Time
+	}{
+		{"2h", time.Now().Add(-2 * time.Hour)},
+		{"2026-01-02T03:04:05Z", time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)},
+	} {
+		out.Reset()
+		if err := run(context.Background(), []string{"token", "-uid", "carol", "-iat", iat.flag}, env, &out, &out); err != nil {
+			t.Fatal(err)
+		}
+		id, err := NewJWTAuthenticator(testSecret, time.Now).ParseToken(strings.TrimSpace(out.String()))
+		if d := id.IssuedAt.Sub(iat.want); err != nil || d < -2*time.Second || d > 2*time.Second {
+			t.Errorf("-iat %s: iat %s, %v; want %s", iat.flag, id.IssuedAt, err, iat.want)
+		}
+	}
 	for _, tt := range []struct {
 		args []string
 		env  func(string) string
@@ -95,6 +111,7 @@ func TestRunTokenCommand(t *testing.T) {
 	}{
 		{[]string{"token"}, env, "-uid is required"},
 		{[]string{"token", "-uid", "a", "-ttl", "-1h"}, env, "invalid -ttl"},
+		{[]string{"token", "-uid", "a", "-iat", "yesterday"}, env, "invalid -iat"},
 		{[]string{"token", "-uid", "a"}, func(string) string { return "" }, "JWT_SECRET is required"},
 		{[]string{"token", "-uid", strings.Repeat("a", 129)}, env, "uid is longer than 128 bytes"},
 	} {

@@ -31,6 +31,7 @@ type metrics struct {
 	sendOK           prometheus.Counter // sendRequests{code="200"}, looked up once
 	authFailures     *prometheus.CounterVec
 	slowConsumers    prometheus.Counter
+	disconnects      prometheus.Counter
 	recoveries       *prometheus.CounterVec
 	sendDuration     prometheus.Histogram
 	deliveryDuration prometheus.Histogram
@@ -65,6 +66,10 @@ func newMetrics() *metrics {
 		slowConsumers: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "pusher_slow_consumers_total",
 			Help: "Connections closed with 1013 because their queue was full.",
+		}),
+		disconnects: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pusher_disconnects_total",
+			Help: "Connections closed with 1008 by POST /disconnect (on this node).",
 		}),
 		recoveries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pusher_recoveries_total",
@@ -107,7 +112,7 @@ func newMetrics() *metrics {
 	}
 	m.sendOK = m.sendRequests.WithLabelValues("200")
 	reg.MustRegister(
-		m.sent, failed, m.sendRequests, m.authFailures, m.slowConsumers, m.recoveries,
+		m.sent, failed, m.sendRequests, m.authFailures, m.slowConsumers, m.disconnects, m.recoveries,
 		m.sendDuration, m.deliveryDuration, m.batchRequests, m.batchItems, m.replays,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),

@@ -21,6 +21,7 @@ import (
 	"go-pusher/internal/idempotency"
 	"go-pusher/internal/jwks"
 	"go-pusher/internal/memtune"
+	"go-pusher/internal/revoke"
 	"go-pusher/internal/sendreq"
 	"go-pusher/internal/stream"
 	"go-pusher/message"
@@ -30,12 +31,14 @@ import (
 // and the message log. Listen, then Serve; Serve returns after a graceful
 // shutdown.
 type Server struct {
-	cfg    Config
-	log    *slog.Logger
-	hub    *Hub
-	auth   Authenticator
-	msgLog message.Logger
-	jwks   *jwks.Keys // -jwks-url; nil without
+	cfg     Config
+	log     *slog.Logger
+	hub     *Hub
+	auth    Authenticator
+	msgLog  message.Logger
+	jwks    *jwks.Keys        // -jwks-url; nil without
+	jwt     *JWTAuthenticator // s.auth, for in-band refreshes
+	revoked revocations
 	// lookupFirst: the message log writes a row per message and uid
 	// before it is sent (delivery statuses update it), so /send asks
 	// which uids are online first and logs only theirs. Without a log
@@ -137,7 +140,7 @@ func newServer(cfg Config, log *slog.Logger, msgLog message.Logger) (*Server, er
 		if err != nil {
 			return nil, err
 		}
-		s.broker = cb
+		s.broker, s.revoked = cb, cb
 		if cfg.IdempotencyTTL > 0 {
 			s.idem = cb
 		}
@@ -145,6 +148,7 @@ func newServer(cfg Config, log *slog.Logger, msgLog message.Logger) (*Server, er
 		hist := history.New(history.Limits{Size: cfg.HistorySize, TTL: cfg.HistoryTTL, MaxBytes: cfg.HistoryBytes},
 			s.hub, log.With("component", "history"), m.reg)
 		s.broker = localBroker{hub: s.hub, hist: hist}
+		s.revoked = localRevocations{revoke.NewMemory(cfg.RevokeTTL, time.Now)}
 		if cfg.IdempotencyTTL > 0 {
 			mem := idempotency.NewMemory(cfg.IdempotencyTTL, int(cfg.IdempotencyMem))
 			s.idem = mem
@@ -163,8 +167,8 @@ func newServer(cfg Config, log *slog.Logger, msgLog message.Logger) (*Server, er
 		}
 		s.jwks, opts.Keys = keys, keys
 	}
-	auth := NewAuthenticator(cfg.JWTSecret, opts, time.Now)
-	s.auth, s.hub.tokens = auth, auth
+	s.jwt = NewAuthenticator(cfg.JWTSecret, opts, time.Now)
+	s.auth, s.hub.tokens = s.jwt, tokenChecker{s}
 	return s, nil
 }
 
@@ -192,6 +196,7 @@ func (s *Server) routes() (public, internal http.Handler) {
 	}
 	ops.HandleFunc("/send", s.handleSend)
 	ops.HandleFunc("/send/batch", s.handleBatch)
+	ops.HandleFunc("/disconnect", s.handleDisconnect)
 	ops.Handle("/metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
 	ops.HandleFunc("/healthz", s.handleHealthz)
 	ops.HandleFunc("/readyz", s.handleReadyz)

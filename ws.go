@@ -88,6 +88,9 @@ func (s *Server) serveWs(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id, authErr := s.auth.Authenticate(r)
+	if authErr == nil {
+		authErr = s.checkRevoked(r.Context(), id)
+	}
 	guard := new(guardConn)
 	conn, err := s.upgrader.Upgrade(&hijacker{w, guard}, r, nil)
 	if err != nil {

@@ -30,6 +30,9 @@ type Local interface {
 	// Resync closes uid's format=json connections here with 1012, so that
 	// they come back with since= and learn what was lost.
 	Resync(uid string)
+	// Disconnect closes uid's connections here with 1008 and reason
+	// (POST /disconnect). It must not block.
+	Disconnect(uid, reason string)
 }
 
 // Config is what a Broker needs to know.

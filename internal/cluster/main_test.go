@@ -39,6 +39,8 @@ type fakeLocal struct {
 	mu        sync.Mutex
 	delivered map[string][]stream.Item
 	resynced  []string
+	// disconnected: "uid: reason" of each Disconnect
+	disconnected []string
 }
 
 func newFakeLocal() *fakeLocal { return &fakeLocal{delivered: map[string][]stream.Item{}} }
@@ -47,6 +49,12 @@ func (l *fakeLocal) Deliver(uid string, it stream.Item) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.delivered[uid] = append(l.delivered[uid], it)
+}
+
+func (l *fakeLocal) Disconnect(uid, reason string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.disconnected = append(l.disconnected, uid+": "+reason)
 }
 
 func (l *fakeLocal) Resync(uid string) {

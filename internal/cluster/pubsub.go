@@ -254,6 +254,14 @@ func (b *Broker) handle(rm *redis.Message) {
 	if !ok {
 		return
 	}
+	if strings.HasPrefix(rm.Payload, "!") {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if !b.control(uid, rm.Payload) {
+			b.log.Warn("unknown control message from redis", "channel", rm.Channel)
+		}
+		return
+	}
 	pos, tail, ok := strings.Cut(rm.Payload, "|")
 	p, err := stream.ParsePosition(pos)
 	if !ok || err != nil {
