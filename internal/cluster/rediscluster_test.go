@@ -219,3 +219,20 @@ func TestRedisClusterUnsure(t *testing.T) {
 		t.Errorf("publish to x while a node is silent: unsure %v, gone %v; want x unsure", p.Unsure, p.Gone)
 	}
 }
+
+// TestMasterWithoutSlotsIsNoShard: a master that serves no slot (a node
+// just joined, as some node's gossip has it) is not routed to, nor
+// followed.
+func TestMasterWithoutSlotsIsNoShard(t *testing.T) {
+	c := redisCluster.Get(t)
+	b := newTestBroker(t, c.URL(), testutil.Prefix(t), newFakeLocal())
+	shards, err := b.clusterShards(context.Background(), b.routes.Load())
+	if err != nil {
+		t.Fatal(err)
+	}
+	shards = append(shards, redis.ClusterShard{Nodes: []redis.Node{{IP: "127.0.0.1", Port: 1, Role: "master", Health: "online"}}})
+	b.applyShards(shards)
+	if n := len(b.routes.Load().shards); n != 3 {
+		t.Errorf("%d shards, want the 3 masters with slots", n)
+	}
+}

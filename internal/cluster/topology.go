@@ -310,7 +310,10 @@ func (b *Broker) applyShards(shards []redis.ClusterShard) {
 				n++
 			}
 		}
-		if master == nil {
+		if master == nil || len(sh.Slots) == 0 {
+			// No master online (its slots answer 503 until a replica
+			// takes over), or a master that serves nothing (a node that
+			// has just joined, by some node's gossip): not a shard.
 			continue
 		}
 		addr := b.nodeAddr(*master)
