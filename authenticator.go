@@ -140,6 +140,9 @@ func (a *JWTAuthenticator) key(t *jwt.Token) (any, error) {
 	if _, ok := t.Method.(*jwt.SigningMethodHMAC); ok {
 		return a.secret, nil
 	}
+	if kid, _ := t.Header["kid"].(string); kid == "" {
+		return nil, errors.New("an asymmetric token names its key with kid")
+	}
 	return a.keys.Keyfunc(t)
 }
 

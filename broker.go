@@ -37,6 +37,9 @@ type Broker interface {
 	// starts routing uid to this node. It does not fail: at worst the
 	// broker notes less.
 	Expect(ctx context.Context, uid string)
+	// Subscribed returns once this node's routing of uid is in place (at
+	// once on a single node), or with ctx's error.
+	Subscribed(ctx context.Context, uid string) error
 	// Disconnect closes every connection of uids, on every node, with
 	// 1008 and reason; it returns the uids that had one and the others.
 	Disconnect(ctx context.Context, uids []string, reason string) (disconnected, notFound []string, err error)
@@ -99,6 +102,9 @@ func (b localBroker) Disconnect(_ context.Context, uids []string, reason string)
 	}
 	return disconnected, notFound, nil
 }
+
+// Subscribed: the hub is the whole routing, in place at registration.
+func (localBroker) Subscribed(context.Context, string) error { return nil }
 
 // Expect has nothing to do: the hub is the whole routing.
 func (localBroker) Expect(context.Context, string) {}

@@ -110,6 +110,7 @@ func TestIdentityProviderTokens(t *testing.T) {
 		{"HS256 with the public key", confusedToken, "token signature is invalid"},
 		{"another key, same kid", stranger.Sign(t, idpClaims("m")), "token signature is invalid"},
 		{"a kid the JWKS lacks", unknown.Sign(t, idpClaims("m")), "token signature is invalid"},
+		{"no kid", signed(t, jwt.SigningMethodRS256, rs.Key, idpClaims("m")), "token signature is invalid"},
 	} {
 		t.Run(tt.name, func(t *testing.T) { wantRefusal(t, ts, tt.token, tt.reason) })
 	}

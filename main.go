@@ -77,7 +77,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 // warnExposure logs the settings that work but expose the server: after
 // Listen, so that a bad setting is still the only line on stderr.
 func warnExposure(cfg Config, log *slog.Logger) {
-	if len(cfg.JWTSecret) < 32 {
+	if cfg.JWTSecret != "" && len(cfg.JWTSecret) < 32 {
 		log.Warn("JWT_SECRET is shorter than 32 bytes: tokens signed with a short secret can be forged by brute force")
 	}
 	if len(cfg.APIKey) < 32 {

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"time"
+
 	"github.com/gorilla/websocket"
 
 	"go-pusher/internal/stream"
@@ -18,7 +20,10 @@ func (c *Client) enqueue(it stream.Item) bool {
 		c.hub.failed([]stream.Item{it}, c.uid, failClosed)
 		return false
 	}
-	if int(c.queued.Load()) >= c.hub.cfg.SendBuffer {
+	// A control frame (a refresh's answer) is not a message: it neither
+	// counts against -send-buffer nor is counted there (see uncount).
+	live := !it.Ctl && !it.Replay
+	if live && int(c.queued.Load()) >= c.hub.cfg.SendBuffer {
 		c.mu.Unlock()
 		c.hub.failed([]stream.Item{it}, c.uid, failSlowConsumer)
 		if c.close(websocket.CloseTryAgainLater, "slow consumer", failSlowConsumer, false) {
@@ -38,7 +43,9 @@ func (c *Client) enqueue(it stream.Item) bool {
 		c.queue, c.spare = c.spare, nil
 	}
 	c.queue = append(c.queue, it)
-	c.queued.Add(1)
+	if live {
+		c.queued.Add(1)
+	}
 	c.hub.pending.Add(1)
 	start := !c.held && c.startWriterLocked()
 	c.mu.Unlock()
@@ -174,6 +181,12 @@ func (c *Client) abort() {
 }
 
 func (c *Client) expire() {
+	c.mu.Lock()
+	due := !c.expiresAt.IsZero() && !time.Now().Before(c.expiresAt)
+	c.mu.Unlock()
+	if !due {
+		return // a refresh moved the expiry while this timer fired
+	}
 	c.close(websocket.ClosePolicyViolation, "token expired", failClosed, false)
 }
 

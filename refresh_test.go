@@ -127,3 +127,20 @@ func TestJSONFrameLimit(t *testing.T) {
 	}
 	wantClose(t, raw, websocket.CloseMessageTooBig, "message too big")
 }
+
+// TestRefreshAnswersTakeNoQueueSlot: a refresh's answer is a control
+// frame; many more refreshes than -send-buffer leave the connection's
+// queue empty and delivery working.
+func TestRefreshAnswersTakeNoQueueSlot(t *testing.T) {
+	ts := startServer(t, testConfig(t, "-send-buffer", "4"))
+	conn := ts.dialStream("s", "format=json")
+	for range 10 {
+		if a := sendRefresh(t, conn, `{"refresh": 42}`); *a.Refreshed {
+			t.Fatalf("%+v", a)
+		}
+	}
+	ts.sendOK("s", "after ten refreshes")
+	if f := readFrame(t, conn); f.Message != "after ten refreshes" {
+		t.Fatalf("got %+v", f)
+	}
+}

@@ -310,6 +310,12 @@ func (s *Server) Serve(ctx context.Context) error {
 func (s *Server) shutdown(ctx context.Context) {
 	start := time.Now()
 	s.draining.Store(true)
+	if s.jwks != nil {
+		// First: a handshake or a refresh waiting on a fetch for an
+		// unknown kid ends now (the keys stay usable), rather than
+		// holding the drain up to a fetch's 10 s.
+		s.jwks.Close()
+	}
 	s.log.Info("shutting down", "connections", s.hub.Connections(), "pending", s.hub.Pending())
 	s.waitInflight(ctx)
 
@@ -332,9 +338,6 @@ func (s *Server) shutdown(ctx context.Context) {
 	// signal during start): closing the listeners ends that Serve too.
 	s.closeListeners()
 	s.trimmer.Close()
-	if s.jwks != nil {
-		s.jwks.Close()
-	}
 	if err := s.msgLog.Close(ctx); err != nil {
 		s.log.Error("message log flush failed", "err", err)
 	}

@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"time"
 
 	"github.com/gorilla/websocket"
 
+	"go-pusher/internal/cluster"
 	"go-pusher/internal/revoke"
 	"go-pusher/internal/sendreq"
 	"go-pusher/internal/stream"
@@ -53,6 +55,23 @@ func (s *Server) checkRevoked(ctx context.Context, id Identity) error {
 		return errRevoked
 	}
 	return nil
+}
+
+// recheckRevoked closes c if its token was revoked while it connected. A
+// /disconnect with revoke writes the revocation, then closes the uid's
+// connections that some node's subscription shows: a connection checked
+// before the revocation and subscribed after that lookup would escape
+// both. So, once its subscription is in place (cluster mode; at once on
+// one node), the connection's token is checked again.
+func (s *Server) recheckRevoked(ctx context.Context, c *Client, id Identity) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.MessageLogTimeout)
+	defer cancel()
+	if err := s.broker.Subscribed(ctx, id.UID); err != nil {
+		s.log.Debug("revocation recheck: subscription not confirmed", "uid", id.UID, "err", err)
+	}
+	if s.checkRevoked(ctx, id) != nil {
+		c.close(websocket.ClosePolicyViolation, "token revoked", failClosed, false)
+	}
 }
 
 // tokenChecker checks the token of an in-band refresh as at connect:
@@ -111,6 +130,9 @@ func (s *Server) disconnect(ctx context.Context, contentType string, body []byte
 		}
 	}
 	gone, notFound, err := s.broker.Disconnect(ctx, d.UIDs, d.Reason)
+	if errors.Is(err, cluster.ErrResyncing) {
+		return textReply(http.StatusServiceUnavailable, "cluster resubscribing after a Redis outage: nothing was disconnected; retry")
+	}
 	if err != nil {
 		s.log.Warn("disconnect failed", "uids", len(d.UIDs), "err", err)
 		return textReply(http.StatusServiceUnavailable, "cluster unavailable: the connections may not have been closed")

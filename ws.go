@@ -132,6 +132,7 @@ func (s *Server) serveWs(w http.ResponseWriter, r *http.Request) {
 		c.release(replay, ok, since)
 	}
 	c.start()
+	s.recheckRevoked(r.Context(), c, id)
 }
 
 // guardConn is the socket as gorilla sees it. gorilla writes on its own

@@ -27,16 +27,11 @@ const disconnectPrefix = "!d|"
 func (b *Broker) Disconnect(ctx context.Context, uids []string, reason string) (disconnected, notFound []string, err error) {
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.OpTimeout)
 	defer cancel()
-	counts, err := b.numSub(ctx, uids)
+	// Online, with its node check: a uid without a subscriber while some
+	// node resubscribes is ErrResyncing (a 503), not "not found".
+	disconnected, notFound, err = b.Online(ctx, uids)
 	if err != nil {
 		return nil, nil, err
-	}
-	for _, uid := range uids {
-		if counts[uid] > 0 {
-			disconnected = append(disconnected, uid)
-		} else {
-			notFound = append(notFound, uid)
-		}
 	}
 	payload := disconnectPrefix + reason
 	err = b.pipelined(ctx, len(disconnected), func(i int) string { return b.channel(disconnected[i]) }, func(p redis.Pipeliner, i int) {
@@ -50,6 +45,12 @@ func (b *Broker) Disconnect(ctx context.Context, uids []string, reason string) (
 		return nil, nil, fmt.Errorf("redis publish disconnect: %w", err)
 	}
 	return disconnected, notFound, nil
+}
+
+// Subscribed returns once this node's subscription to uid's channel is
+// confirmed, or with ctx's error.
+func (b *Broker) Subscribed(ctx context.Context, uid string) error {
+	return b.waitSubscribed(ctx, uid)
 }
 
 // control handles a control message of uid's channel; it reports

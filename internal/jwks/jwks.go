@@ -56,14 +56,22 @@ type Keys struct {
 
 	ctx    context.Context
 	cancel context.CancelFunc
-	kick   chan struct{}
 	done   chan struct{}
 }
 
 // New makes the key set of cfg.URL; Start fetches it.
 func New(cfg Config, log *slog.Logger) (*Keys, error) {
 	if cfg.Client == nil {
-		cfg.Client = &http.Client{Timeout: cfg.Timeout}
+		cfg.Client = &http.Client{
+			Timeout: cfg.Timeout,
+			// A redirect may not leave https for http.
+			CheckRedirect: func(req *http.Request, via []*http.Request) error {
+				if req.URL.Scheme != via[0].URL.Scheme || len(via) >= 5 {
+					return fmt.Errorf("redirect to %s refused", req.URL.Redacted())
+				}
+				return nil
+			},
+		}
 	}
 	store := jwkset.NewMemoryStorage()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -75,7 +83,7 @@ func New(cfg Config, log *slog.Logger) (*Keys, error) {
 	return &Keys{
 		cfg: cfg, log: log, store: store, kf: kf,
 		ctx: ctx, cancel: cancel,
-		kick: make(chan struct{}, 1), done: make(chan struct{}),
+		done: make(chan struct{}),
 	}, nil
 }
 
@@ -106,8 +114,6 @@ func (k *Keys) loop() {
 			t.Stop()
 			return
 		case <-t.C:
-		case <-k.kick:
-			t.Stop()
 		}
 	}
 }
@@ -182,6 +188,9 @@ func (k *Keys) get() ([]jwkset.JWK, error) {
 	for i := range set.Keys {
 		// Public keys only: HS* tokens are verified with JWT_SECRET, never
 		// with a key of the set.
+		if set.Keys[i].USE == jwkset.UseEnc {
+			continue // an encryption key never verifies a signature
+		}
 		jwk, err := jwkset.NewJWKFromMarshal(set.Keys[i], jwkset.JWKMarshalOptions{}, jwkset.JWKValidateOptions{})
 		if err != nil {
 			skipped = append(skipped, fmt.Errorf("key %q: %w", set.Keys[i].KID, err))
