@@ -159,3 +159,21 @@ func TestBadAnswersKeepTheKeys(t *testing.T) {
 		}
 	}
 }
+
+// TestPeriodicRefresh: the set is fetched again every Refresh: a key
+// removed there stops verifying without any token asking.
+func TestPeriodicRefresh(t *testing.T) {
+	old := testutil.NewSigningKey(t, "old", jwt.SigningMethodEdDSA)
+	srv := testutil.StartJWKSServer(t, old)
+	k := start(t, srv.URL(), Config{Refresh: 100 * time.Millisecond, UnknownKIDEvery: time.Hour})
+	testutil.WaitFor(t, "keys fetched", func() bool { return k.Ready() == nil })
+	if err := verify(k, old.Sign(t, claims)); err != nil {
+		t.Fatal(err)
+	}
+	srv.SetKeys(t, testutil.NewSigningKey(t, "new", jwt.SigningMethodEdDSA))
+	n := srv.Requests.Load()
+	testutil.WaitFor(t, "two periodic fetches", func() bool { return srv.Requests.Load() >= n+2 })
+	if _, err := k.store.KeyRead(k.ctx, "old"); err == nil {
+		t.Error("the removed key is still in the set after the periodic fetches")
+	}
+}
