@@ -106,18 +106,28 @@ func (s *Server) sendBatch(ctx context.Context, accepted time.Time, contentType 
 // handleSend is POST /send on net/http.
 func (s *Server) handleSend(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	rep := s.admitSend(r.Method, r.Header.Get("Authorization"))
+	body, rep := s.admitBody(w, r, s.limits.MaxBody())
 	if rep.status == 0 {
-		body, perr := readBody(w, r, s.limits.MaxBody())
-		if perr != nil {
-			rep = textReply(perr.Status, perr.Reason)
-		} else {
-			key, hasKey := idempotencyKey(r.Header)
-			rep = s.send(r.Context(), start, r.Header.Get("Content-Type"), r.URL.RawQuery, body, key, hasKey)
-		}
+		key, hasKey := idempotencyKey(r.Header)
+		rep = s.send(r.Context(), start, r.Header.Get("Content-Type"), r.URL.RawQuery, body, key, hasKey)
 	}
 	writeHTTP(w, rep)
 	s.countSend(rep.status, start)
+}
+
+// admitBody is what every POST of the API does first on net/http: the
+// method, the API key, and the body, at most limit bytes. A reply with a
+// status refuses the request.
+func (s *Server) admitBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, reply) {
+	rep := s.admitSend(r.Method, r.Header.Get("Authorization"))
+	if rep.status != 0 {
+		return nil, rep
+	}
+	body, perr := readBody(w, r, limit)
+	if perr != nil {
+		return nil, textReply(perr.Status, perr.Reason)
+	}
+	return body, reply{}
 }
 
 // idempotencyKey reads the Idempotency-Key header. Given twice, it is
@@ -136,14 +146,9 @@ func idempotencyKey(h http.Header) (string, bool) {
 // handleBatch is POST /send/batch on net/http.
 func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	rep := s.admitSend(r.Method, r.Header.Get("Authorization"))
+	body, rep := s.admitBody(w, r, s.limits.MaxBatchBytes)
 	if rep.status == 0 {
-		body, perr := readBody(w, r, s.limits.MaxBatchBytes)
-		if perr != nil {
-			rep = textReply(perr.Status, perr.Reason)
-		} else {
-			rep = s.sendBatch(r.Context(), start, r.Header.Get("Content-Type"), body)
-		}
+		rep = s.sendBatch(r.Context(), start, r.Header.Get("Content-Type"), body)
 	}
 	writeHTTP(w, rep)
 	s.metrics.batchCounter(rep.status).Inc()

@@ -102,14 +102,9 @@ func (h *Hub) Disconnect(uid, reason string) {
 
 // handleDisconnect is POST /disconnect.
 func (s *Server) handleDisconnect(w http.ResponseWriter, r *http.Request) {
-	rep := s.admitSend(r.Method, r.Header.Get("Authorization"))
+	body, rep := s.admitBody(w, r, s.limits.MaxBody())
 	if rep.status == 0 {
-		body, perr := readBody(w, r, s.limits.MaxBody())
-		if perr != nil {
-			rep = textReply(perr.Status, perr.Reason)
-		} else {
-			rep = s.disconnect(r.Context(), r.Header.Get("Content-Type"), body)
-		}
+		rep = s.disconnect(r.Context(), r.Header.Get("Content-Type"), body)
 	}
 	writeHTTP(w, rep)
 }
