@@ -77,3 +77,33 @@ func hasControl(s string) bool {
 	}
 	return false
 }
+
+// ParseOnline reads a JSON /online body: {"uids": [...]}, with /send's
+// uid rules and limit (lim.MaxMulticast; more is 413).
+func ParseOnline(contentType string, b []byte, lim Limits) ([]string, *Error) {
+	mt, _, err := mediaType(contentType)
+	if err != nil || mt != "application/json" {
+		return nil, &Error{http.StatusUnsupportedMediaType, "Content-Type must be application/json"}
+	}
+	if !utf8.Valid(b) {
+		return nil, badRequest("body is not valid UTF-8")
+	}
+	var in struct {
+		UIDs *[]string `json:"uids"`
+	}
+	if err := json.Unmarshal(b, &in, json.RejectUnknownMembers(true)); err != nil {
+		return nil, jsonError(err, "")
+	}
+	if in.UIDs == nil {
+		return nil, badRequest("uids is required")
+	}
+	req, e := body{UIDs: in.UIDs}.request()
+	if e != nil {
+		return nil, e
+	}
+	req.Message = "-" // check's message rules do not apply here
+	if e := req.check(lim); e != nil {
+		return nil, e
+	}
+	return req.UIDs, nil
+}
