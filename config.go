@@ -31,7 +31,15 @@ type Config struct {
 	JWTAudience string
 	JWTUIDClaim string
 	RevokeTTL   time.Duration // how long a revocation of /disconnect lasts
-	APIKey      string        // key backend apps present on /send (PUSHER_API_KEY)
+
+	// Presence webhooks: where online/offline events go, the secret that
+	// signs them (PUSHER_WEBHOOK_SECRET), how long an offline is held back
+	// and how long a batch is retried.
+	WebhookURL          string
+	WebhookSecret       string
+	WebhookOfflineDelay time.Duration
+	WebhookRetry        time.Duration
+	APIKey              string // key backend apps present on /send (PUSHER_API_KEY)
 
 	MessageLog        string        // stdout, mysql or none
 	MessageLogTimeout time.Duration // longest /send waits for the message log
@@ -84,6 +92,9 @@ func newFlagSet(cfg *Config, origins *string) *flag.FlagSet {
 	fs.StringVar(&cfg.JWTAudience, "jwt-audience", "", "when set, a token's aud must contain it")
 	fs.StringVar(&cfg.JWTUIDClaim, "jwt-uid-claim", "uid", "the claim that holds the uid (sub for most identity providers)")
 	fs.DurationVar(&cfg.RevokeTTL, "revoke-ttl", 24*time.Hour, "how long POST /disconnect with revoke refuses the uids' older tokens")
+	fs.StringVar(&cfg.WebhookURL, "webhook-url", "", "where presence events (online, offline) are POSTed, signed with PUSHER_WEBHOOK_SECRET")
+	fs.DurationVar(&cfg.WebhookOfflineDelay, "webhook-offline-delay", 5*time.Second, "an offline event waits this long for the uid to come back (a reload sends nothing)")
+	fs.DurationVar(&cfg.WebhookRetry, "webhook-retry", time.Minute, "how long a batch of events is retried before it is dropped")
 	fs.StringVar(&cfg.MessageLog, "message-log", "stdout", "message log: stdout, mysql or none")
 	fs.DurationVar(&cfg.MessageLogTimeout, "message-log-timeout", 5*time.Second, "longest /send waits for the message log before it answers 503")
 	fs.IntVar(&cfg.MySQLBatchSize, "mysql-batch-size", message.DefaultMySQLBatchSize, "mysql log: most rows in one INSERT (group commit)")
@@ -159,6 +170,7 @@ func parseConfig(args []string, getenv func(string) string) (Config, error) {
 	cfg.APIKey = getenv("PUSHER_API_KEY")
 	cfg.MySQLDSN = getenv("PUSHER_MYSQL_DSN")
 	cfg.RedisURL = getenv("PUSHER_REDIS_URL")
+	cfg.WebhookSecret = getenv("PUSHER_WEBHOOK_SECRET")
 	cfg.AllowedOrigins = splitList(origins)
 
 	errs = append(errs, cfg.validate()...)
@@ -202,6 +214,20 @@ func (c *Config) validate() []error {
 		}
 		if c.JWKSRefresh < time.Minute {
 			bad("invalid -jwks-refresh %s: want at least 1m", c.JWKSRefresh)
+		}
+	}
+	if c.WebhookURL != "" {
+		if u, err := url.Parse(c.WebhookURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			bad("invalid -webhook-url: want http(s)://host/path")
+		}
+		if c.WebhookSecret == "" {
+			bad("PUSHER_WEBHOOK_SECRET is required with -webhook-url: receivers check the events' signature with it")
+		}
+		if c.RedisURL != "" {
+			bad("-webhook-url is not available in cluster mode yet: each transition must be sent by exactly one node (issue 16)")
+		}
+		if c.WebhookOfflineDelay < 0 || c.WebhookRetry <= 0 {
+			bad("invalid -webhook-offline-delay or -webhook-retry: want durations, the retry positive")
 		}
 	}
 	if c.RevokeTTL <= 0 {

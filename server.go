@@ -21,9 +21,11 @@ import (
 	"go-pusher/internal/idempotency"
 	"go-pusher/internal/jwks"
 	"go-pusher/internal/memtune"
+	"go-pusher/internal/presence"
 	"go-pusher/internal/revoke"
 	"go-pusher/internal/sendreq"
 	"go-pusher/internal/stream"
+	"go-pusher/internal/webhook"
 	"go-pusher/message"
 )
 
@@ -31,14 +33,16 @@ import (
 // and the message log. Listen, then Serve; Serve returns after a graceful
 // shutdown.
 type Server struct {
-	cfg     Config
-	log     *slog.Logger
-	hub     *Hub
-	auth    Authenticator
-	msgLog  message.Logger
-	jwks    *jwks.Keys        // -jwks-url; nil without
-	jwt     *JWTAuthenticator // s.auth, for in-band refreshes
-	revoked revocations
+	cfg      Config
+	log      *slog.Logger
+	hub      *Hub
+	auth     Authenticator
+	msgLog   message.Logger
+	jwks     *jwks.Keys        // -jwks-url; nil without
+	jwt      *JWTAuthenticator // s.auth, for in-band refreshes
+	revoked  revocations
+	webhook  *webhook.Sender   // -webhook-url; nil without
+	presence *presence.Tracker // with webhook
 	// lookupFirst: the message log writes a row per message and uid
 	// before it is sent (delivery statuses update it), so /send asks
 	// which uids are online first and logs only theirs. Without a log
@@ -156,6 +160,16 @@ func newServer(cfg Config, log *slog.Logger, msgLog message.Logger) (*Server, er
 		}
 	}
 	s.hub.events = s.broker
+	if cfg.WebhookURL != "" {
+		s.webhook = webhook.New(webhook.Config{
+			URL: cfg.WebhookURL, Secret: cfg.WebhookSecret, Retry: cfg.WebhookRetry, Timeout: webhookTimeout,
+			QueueSize: webhookQueue, BatchMax: 100, BatchWait: time.Second,
+		}, log.With("component", "webhook"), m.reg)
+		s.presence = presence.New(cfg.WebhookOfflineDelay, func(event, uid string, at time.Time) {
+			s.webhook.Send(webhook.Event{Event: event, UID: uid, Time: at.UTC().Format(webhook.TimeFormat)})
+		}, time.Now)
+		s.hub.events = presenceEvents{s.broker, s.presence}
+	}
 	opts := AuthOptions{Issuer: cfg.JWTIssuer, Audience: cfg.JWTAudience, UIDClaim: cfg.JWTUIDClaim}
 	if cfg.JWKSURL != "" {
 		keys, err := jwks.New(jwks.Config{
@@ -170,6 +184,30 @@ func newServer(cfg Config, log *slog.Logger, msgLog message.Logger) (*Server, er
 	s.jwt = NewAuthenticator(cfg.JWTSecret, opts, time.Now)
 	s.auth, s.hub.tokens = s.jwt, tokenChecker{s}
 	return s, nil
+}
+
+// The bounds of the presence webhook: one POST's time, and the events
+// that may wait (past it they are dropped and counted).
+const (
+	webhookTimeout = 10 * time.Second
+	webhookQueue   = 100_000
+)
+
+// presenceEvents tells the broker and the presence tracker of a uid's
+// first and last connection here.
+type presenceEvents struct {
+	hubEvents
+	t *presence.Tracker
+}
+
+func (p presenceEvents) UserOnline(uid string) {
+	p.hubEvents.UserOnline(uid)
+	p.t.Online(uid)
+}
+
+func (p presenceEvents) UserOffline(uid string) {
+	p.hubEvents.UserOffline(uid)
+	p.t.Offline(uid)
 }
 
 // The bounds of fetching a JWKS: one fetch's time and size, and how
@@ -282,6 +320,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	if s.jwks != nil {
 		s.jwks.Start() // stopped by jwks.Close in shutdown
 	}
+	if s.webhook != nil {
+		s.webhook.Start() // stopped by webhook.Close in shutdown
+	}
 	errc := make(chan error, len(s.fronts))
 	for i, f := range s.fronts {
 		go func() { errc <- f.Serve(s.listeners[i]) }()
@@ -339,6 +380,12 @@ func (s *Server) shutdown(ctx context.Context) {
 	// signal during start): closing the listeners ends that Serve too.
 	s.closeListeners()
 	s.trimmer.Close()
+	if s.webhook != nil {
+		// The connections are closed: their offlines would wait for a
+		// delay this node does not have. What was queued is dropped.
+		s.presence.Close()
+		s.webhook.Close()
+	}
 	if err := s.msgLog.Close(ctx); err != nil {
 		s.log.Error("message log flush failed", "err", err)
 	}
