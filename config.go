@@ -223,9 +223,6 @@ func (c *Config) validate() []error {
 		if c.WebhookSecret == "" {
 			bad("PUSHER_WEBHOOK_SECRET is required with -webhook-url: receivers check the events' signature with it")
 		}
-		if c.RedisURL != "" {
-			bad("-webhook-url is not available in cluster mode yet: each transition must be sent by exactly one node (issue 16)")
-		}
 		if c.WebhookOfflineDelay < 0 || c.WebhookRetry <= 0 {
 			bad("invalid -webhook-offline-delay or -webhook-retry: want durations, the retry positive")
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"maps"
 	"net"
 	"slices"
 	"sync"
@@ -259,6 +260,13 @@ func (h *Hub) clients(uid string) []*Client {
 	cs := h.userClients[uid]
 	h.mu.RUnlock()
 	return cs
+}
+
+// uids returns the uids with a connection here.
+func (h *Hub) uids() []string {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return slices.Collect(maps.Keys(h.userClients))
 }
 
 // Open reports whether uid has a connection here that takes messages.

@@ -41,8 +41,8 @@ type Server struct {
 	jwks     *jwks.Keys        // -jwks-url; nil without
 	jwt      *JWTAuthenticator // s.auth, for in-band refreshes
 	revoked  revocations
-	webhook  *webhook.Sender   // -webhook-url; nil without
-	presence *presence.Tracker // with webhook
+	webhook  *webhook.Sender // -webhook-url; nil without
+	presence presenceTracker // with webhook
 	// lookupFirst: the message log writes a row per message and uid
 	// before it is sent (delivery statuses update it), so /send asks
 	// which uids are online first and logs only theirs. Without a log
@@ -160,16 +160,6 @@ func newServer(cfg Config, log *slog.Logger, msgLog message.Logger) (*Server, er
 		}
 	}
 	s.hub.events = s.broker
-	if cfg.WebhookURL != "" {
-		s.webhook = webhook.New(webhook.Config{
-			URL: cfg.WebhookURL, Secret: cfg.WebhookSecret, Retry: cfg.WebhookRetry, Timeout: webhookTimeout,
-			QueueSize: webhookQueue, BatchMax: 100, BatchWait: time.Second,
-		}, log.With("component", "webhook"), m.reg)
-		s.presence = presence.New(cfg.WebhookOfflineDelay, func(event, uid string, at time.Time) {
-			s.webhook.Send(webhook.Event{Event: event, UID: uid, Time: at.UTC().Format(webhook.TimeFormat)})
-		}, time.Now)
-		s.hub.events = presenceEvents{s.broker, s.presence}
-	}
 	opts := AuthOptions{Issuer: cfg.JWTIssuer, Audience: cfg.JWTAudience, UIDClaim: cfg.JWTUIDClaim}
 	if cfg.JWKSURL != "" {
 		keys, err := jwks.New(jwks.Config{
@@ -183,7 +173,30 @@ func newServer(cfg Config, log *slog.Logger, msgLog message.Logger) (*Server, er
 	}
 	s.jwt = NewAuthenticator(cfg.JWTSecret, opts, time.Now)
 	s.auth, s.hub.tokens = s.jwt, tokenChecker{s}
+	if cfg.WebhookURL != "" {
+		s.startPresence(log, m)
+	}
 	return s, nil
+}
+
+// startPresence sends online and offline events to -webhook-url: kept in
+// memory on one node, in Redis in cluster mode (each transition sent by
+// one node). Last in newServer: the cluster tracker's worker starts here.
+func (s *Server) startPresence(log *slog.Logger, m *metrics) {
+	s.webhook = webhook.New(webhook.Config{
+		URL: s.cfg.WebhookURL, Secret: s.cfg.WebhookSecret, Retry: s.cfg.WebhookRetry, Timeout: webhookTimeout,
+		QueueSize: webhookQueue, BatchMax: 100, BatchWait: time.Second,
+	}, log.With("component", "webhook"), m.reg)
+	emit := func(event, uid string, at time.Time) {
+		s.webhook.Send(webhook.Event{Event: event, UID: uid, Time: at.UTC().Format(webhook.TimeFormat)})
+	}
+	if cb, ok := s.broker.(*cluster.Broker); ok {
+		cb.OnPresence(func(ev cluster.PresenceEvent) { emit("offline", ev.UID, ev.At) })
+		s.presence = presence.NewCluster(cb, s.cfg.WebhookOfflineDelay, webhookQueue, emit, log.With("component", "presence"))
+	} else {
+		s.presence = presence.New(s.cfg.WebhookOfflineDelay, emit, time.Now)
+	}
+	s.hub.events = presenceEvents{s.broker, s.presence}
 }
 
 // The bounds of the presence webhook: one POST's time, and the events
@@ -193,11 +206,19 @@ const (
 	webhookQueue   = 100_000
 )
 
+// presenceTracker learns of a uid's first and last connection here
+// (presence.Tracker on one node, presence.Cluster in cluster mode).
+type presenceTracker interface {
+	Online(uid string)
+	Offline(uid string)
+	Close()
+}
+
 // presenceEvents tells the broker and the presence tracker of a uid's
 // first and last connection here.
 type presenceEvents struct {
 	hubEvents
-	t *presence.Tracker
+	t presenceTracker
 }
 
 func (p presenceEvents) UserOnline(uid string) {
@@ -361,6 +382,11 @@ func (s *Server) shutdown(ctx context.Context) {
 	s.log.Info("shutting down", "connections", s.hub.Connections(), "pending", s.hub.Pending())
 	s.waitInflight(ctx)
 
+	if c, ok := s.presence.(*presence.Cluster); ok {
+		// While Redis is still ours: this node's users leave it (the
+		// nodes that stay send their offlines, if none comes back).
+		c.Drain(ctx, s.hub.uids())
+	}
 	// Leave the cluster first: other nodes stop routing here, and what
 	// they sent before reaches the connections before those close.
 	if err := s.broker.Close(ctx); err != nil {

@@ -131,6 +131,7 @@ type Broker struct {
 	// Redis Cluster, a script asks whether their channels have a
 	// subscriber on its master (nodes.go).
 	nodeIDs            []string
+	onPresence         func(PresenceEvent) // OnPresence; nil: presence is not kept
 	beatKick           chan struct{} // wakes beatLoop; capacity 1
 	beatStop, beatDone chan struct{} // closed by unregister; by beatLoop when it ends
 	beating            bool          // Start ran beatLoop

@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"errors"
+	"slices"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -43,20 +44,24 @@ var ErrResyncing = errors.New("a node of the cluster is resubscribing its connec
 
 // registerScript records node ARGV[1] as alive at Redis's time, forgets
 // the nodes not heard of for ARGV[2] ms, and returns the ids of the
-// others. KEYS: the nodes hash.
+// others, then "|", then the ids it forgot (this caller sweeps their
+// presence: presence.go). KEYS: the nodes hash.
 const registerScript = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('HSET', KEYS[1], ARGV[1], now)
 local all = redis.call('HGETALL', KEYS[1])
-local ids = {}
+local ids, dead = {}, {}
 for i = 1, #all, 2 do
   if now - tonumber(all[i + 1]) > tonumber(ARGV[2]) then
     redis.call('HDEL', KEYS[1], all[i])
+    dead[#dead + 1] = all[i]
   else
     ids[#ids + 1] = all[i]
   end
 end
+ids[#ids + 1] = '|'
+for _, id in ipairs(dead) do ids[#ids + 1] = id end
 return ids
 `
 
@@ -207,9 +212,14 @@ func (b *Broker) beat(ctx context.Context) {
 		b.log.Debug("redis node beat failed", "err", err)
 		return
 	}
+	var dead []string
+	if i := slices.Index(ids, "|"); i >= 0 {
+		ids, dead = ids[:i], ids[i+1:]
+	}
 	b.mu.Lock()
 	b.nodeIDs = ids
 	b.mu.Unlock()
+	b.presenceBeat(ctx, dead)
 }
 
 // nodeUpEverywhere reports whether every master has confirmed this

@@ -6,6 +6,8 @@
 package presence
 
 import (
+	"context"
+	"log/slog"
 	"sync"
 	"time"
 )
@@ -91,5 +93,133 @@ func (t *Tracker) Close() {
 		if e.timer != nil {
 			e.timer.Stop()
 		}
+	}
+}
+
+// Store is the presence of a cluster, kept in Redis (cluster.Broker):
+// Arrive reports whether the uid went online, and Leave holds its
+// offline back for the delay; the store sends the due offlines itself.
+type Store interface {
+	Arrive(ctx context.Context, uid string) (bool, error)
+	Leave(ctx context.Context, uid string, left time.Time, delay time.Duration) error
+}
+
+// Cluster tells a Store of this node's first and last connections of
+// uids, in order, from a goroutine of its own, retrying while Redis does
+// not answer, so that the hub never waits. It emits the onlines the
+// store gives this node to send.
+//
+// Goroutines: the worker, started by NewCluster and stopped by Close.
+type Cluster struct {
+	store Store
+	delay time.Duration
+	emit  func(event, uid string, at time.Time)
+	log   *slog.Logger
+	ops   chan op
+
+	ctx      context.Context
+	cancel   context.CancelFunc
+	stop     chan struct{} // closed by Drain or Close: the worker ends
+	done     chan struct{}
+	stopOnce sync.Once
+}
+
+type op struct {
+	uid    string
+	online bool
+	at     time.Time
+}
+
+// NewCluster runs a Cluster until Close. queue bounds the transitions
+// waiting for Redis; past it they are dropped and logged.
+func NewCluster(store Store, delay time.Duration, queue int, emit func(event, uid string, at time.Time), log *slog.Logger) *Cluster {
+	c := &Cluster{store: store, delay: delay, emit: emit, log: log, ops: make(chan op, queue), stop: make(chan struct{}), done: make(chan struct{})}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	go c.loop()
+	return c
+}
+
+// Online records this node's first connection of uid.
+func (c *Cluster) Online(uid string) { c.queue(op{uid, true, time.Now()}) }
+
+// Offline records that this node's last connection of uid left.
+func (c *Cluster) Offline(uid string) { c.queue(op{uid, false, time.Now()}) }
+
+func (c *Cluster) queue(o op) {
+	select {
+	case c.ops <- o:
+	default:
+		c.log.Warn("presence queue full: a transition is lost", "uid", o.uid, "online", o.online)
+	}
+}
+
+// Close stops the worker; what it had not told Redis is lost.
+func (c *Cluster) Close() {
+	c.cancel()
+	c.stopOnce.Do(func() { close(c.stop) })
+	<-c.done
+}
+
+// Drain is a graceful shutdown's: it stops the worker, tells Redis what
+// was queued, then that this node's connections of uids are all leaving
+// (its offlines, held back the delay, are sent by the nodes that stay,
+// unless the users come back there), within ctx.
+func (c *Cluster) Drain(ctx context.Context, uids []string) {
+	c.stopOnce.Do(func() { close(c.stop) })
+	<-c.done
+	for {
+		select {
+		case o := <-c.ops:
+			c.apply(ctx, o)
+			continue
+		default:
+		}
+		break
+	}
+	now := time.Now()
+	for _, uid := range uids {
+		c.apply(ctx, op{uid, false, now})
+	}
+}
+
+func (c *Cluster) loop() {
+	defer close(c.done)
+	for {
+		select {
+		case <-c.stop:
+			return
+		case o := <-c.ops:
+			c.apply(c.ctx, o)
+		}
+	}
+}
+
+// apply tells the store of o, again and again while Redis does not
+// answer (the order of a uid's transitions matters), until ctx ends.
+func (c *Cluster) apply(base context.Context, o op) {
+	backoff := 100 * time.Millisecond
+	for {
+		ctx, cancel := context.WithTimeout(base, 5*time.Second)
+		var online bool
+		var err error
+		if o.online {
+			online, err = c.store.Arrive(ctx, o.uid)
+		} else {
+			err = c.store.Leave(ctx, o.uid, o.at, c.delay)
+		}
+		cancel()
+		if err == nil {
+			if online {
+				c.emit("online", o.uid, o.at)
+			}
+			return
+		}
+		c.log.Warn("presence: redis did not take a transition; retrying", "uid", o.uid, "err", err, "retry_in", backoff)
+		select {
+		case <-base.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
 	}
 }

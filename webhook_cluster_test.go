@@ -1,0 +1,129 @@
+package main
+
+import (
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"go-pusher/internal/testutil"
+)
+
+// startWebhookCluster starts n nodes on redisURL that send presence
+// events to url.
+func startWebhookCluster(t *testing.T, redisURL, url string, n int) []*testServer {
+	t.Helper()
+	prefix := testutil.Prefix(t)
+	var nodes []*testServer
+	for range n {
+		cfg, err := parseConfig([]string{"-addr", "127.0.0.1:0", "-message-log", "none", "-redis-prefix", prefix,
+			"-webhook-url", url, "-webhook-offline-delay", "400ms"},
+			testEnv(map[string]string{"PUSHER_WEBHOOK_SECRET": testWebhookSecret}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.RedisURL = redisURL
+		nodes = append(nodes, startServer(t, cfg))
+	}
+	for _, ts := range nodes {
+		waitReady(t, ts)
+	}
+	return nodes
+}
+
+// TestClusterWebhookOnce: a uid connected on two nodes is one online and,
+// once both connections closed, one offline, each sent by one node; a
+// reload onto the other node within the delay sends nothing. On a single
+// Redis and on a Redis Cluster.
+func TestClusterWebhookOnce(t *testing.T) {
+	redisCluster.OnEveryRedis(t, func(t *testing.T, be testutil.RedisBackend) {
+		rcv := startReceiver(t)
+		nodes := startWebhookCluster(t, be.URL, rcv.URL, 2)
+		a, b := nodes[0], nodes[1]
+		ca := a.dial("zoe")
+		cb := b.dial("zoe")
+		waitFor(t, "online zoe", func() bool { return len(rcv.got()) == 1 })
+		ca.Close()
+		waitFor(t, "zoe gone from a", func() bool { return len(a.hub.clients("zoe")) == 0 })
+		cb.Close()
+		waitFor(t, "zoe gone from b", func() bool { return len(b.hub.clients("zoe")) == 0 })
+		cc := a.dial("zoe") // back within the delay, on the other node
+		// Past the delay (and a beat): the point of the test.
+		time.Sleep(2 * time.Second)
+		if got := rcv.got(); len(got) != 1 {
+			t.Errorf("a reload within the delay sent %v", got)
+		}
+		cc.Close()
+		waitFor(t, "offline zoe", func() bool { return len(rcv.got()) == 2 })
+		time.Sleep(1500 * time.Millisecond) // a second node's duplicate would come within a beat
+		if got := strings.Join(rcv.got(), ","); got != "online zoe,offline zoe" {
+			t.Errorf("events %s, want one online and one offline", got)
+		}
+		rcv.check()
+	})
+}
+
+// TestClusterWebhookNodeKilled: the uids of a node killed with SIGKILL go
+// offline, sent by a node that stays, within 30 s; a uid also connected
+// elsewhere stays online.
+func TestClusterWebhookNodeKilled(t *testing.T) {
+	redisCluster.OnEveryRedis(t, func(t *testing.T, be testutil.RedisBackend) {
+		rcv := startReceiver(t)
+		prefix := testutil.Prefix(t)
+		bin := buildBinary(t)
+		env := []string{"PUSHER_REDIS_URL=" + be.URL, "PUSHER_REDIS_PREFIX=" + prefix, "PUSHER_MESSAGE_LOG=none",
+			"PUSHER_WEBHOOK_URL=" + rcv.URL, "PUSHER_WEBHOOK_SECRET=" + testWebhookSecret, "PUSHER_WEBHOOK_OFFLINE_DELAY=300ms"}
+		stay, doomed := startBinary(t, bin, nil, env...), startBinary(t, bin, nil, env...)
+		dial := func(p *process, uid string) *websocket.Conn {
+			tok, _ := IssueToken(testSecret, uid, time.Hour, time.Now())
+			c, _, err := websocket.DefaultDialer.Dial("ws://"+p.addr+"/ws?token="+tok, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Close() })
+			return c
+		}
+		dial(doomed, "kim")
+		dial(doomed, "lee")
+		dial(stay, "lee")
+		waitFor(t, "online kim and lee", func() bool { return len(rcv.got()) == 2 })
+		if err := doomed.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		_ = doomed.wait(t)
+		killed := time.Now()
+		deadline := killed.Add(30 * time.Second)
+		for !strings.Contains(strings.Join(rcv.got(), ","), "offline kim") {
+			if time.Now().After(deadline) {
+				t.Fatalf("no offline for kim within 30 s of the kill: %v", rcv.got())
+			}
+			time.Sleep(100 * time.Millisecond) // polling a receiver the test does not drive
+		}
+		t.Logf("offline kim %s after the kill", time.Since(killed).Round(time.Millisecond))
+		if got := strings.Join(rcv.got(), ","); strings.Contains(got, "offline lee") {
+			t.Errorf("lee is still connected on the other node, yet: %s", got)
+		}
+		rcv.check()
+	})
+}
+
+// TestClusterWebhookGracefulStop: a node that stops (SIGTERM) tells Redis
+// that its users left before it leaves the cluster; a node that stays
+// sends their offline. On a single Redis and on a Redis Cluster.
+func TestClusterWebhookGracefulStop(t *testing.T) {
+	redisCluster.OnEveryRedis(t, func(t *testing.T, be testutil.RedisBackend) {
+		rcv := startReceiver(t)
+		nodes := startWebhookCluster(t, be.URL, rcv.URL, 2)
+		nodes[0].dial("max")
+		waitFor(t, "online max", func() bool { return len(rcv.got()) == 1 })
+		if err := nodes[0].stop(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "offline max, from the node that stayed", func() bool { return len(rcv.got()) == 2 })
+		if got := strings.Join(rcv.got(), ","); got != "online max,offline max" {
+			t.Errorf("events %s", got)
+		}
+	})
+}
