@@ -18,8 +18,10 @@ func startWebhookCluster(t *testing.T, redisURL, url string, n int) []*testServe
 	prefix := testutil.Prefix(t)
 	var nodes []*testServer
 	for range n {
-		cfg, err := parseConfig([]string{"-addr", "127.0.0.1:0", "-message-log", "none", "-redis-prefix", prefix,
-			"-webhook-url", url, "-webhook-offline-delay", "400ms"},
+		cfg, err := parseConfig([]string{
+			"-addr", "127.0.0.1:0", "-message-log", "none", "-redis-prefix", prefix,
+			"-webhook-url", url, "-webhook-offline-delay", "400ms",
+		},
 			testEnv(map[string]string{"PUSHER_WEBHOOK_SECRET": testWebhookSecret}))
 		if err != nil {
 			t.Fatal(err)
@@ -73,8 +75,10 @@ func TestClusterWebhookNodeKilled(t *testing.T) {
 		rcv := startReceiver(t)
 		prefix := testutil.Prefix(t)
 		bin := buildBinary(t)
-		env := []string{"PUSHER_REDIS_URL=" + be.URL, "PUSHER_REDIS_PREFIX=" + prefix, "PUSHER_MESSAGE_LOG=none",
-			"PUSHER_WEBHOOK_URL=" + rcv.URL, "PUSHER_WEBHOOK_SECRET=" + testWebhookSecret, "PUSHER_WEBHOOK_OFFLINE_DELAY=300ms"}
+		env := []string{
+			"PUSHER_REDIS_URL=" + be.URL, "PUSHER_REDIS_PREFIX=" + prefix, "PUSHER_MESSAGE_LOG=none",
+			"PUSHER_WEBHOOK_URL=" + rcv.URL, "PUSHER_WEBHOOK_SECRET=" + testWebhookSecret, "PUSHER_WEBHOOK_OFFLINE_DELAY=300ms",
+		}
 		stay, doomed := startBinary(t, bin, nil, env...), startBinary(t, bin, nil, env...)
 		dial := func(p *process, uid string) *websocket.Conn {
 			tok, _ := IssueToken(testSecret, uid, time.Hour, time.Now())

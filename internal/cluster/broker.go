@@ -132,11 +132,11 @@ type Broker struct {
 	// subscriber on its master (nodes.go).
 	nodeIDs            []string
 	onPresence         func(PresenceEvent) // OnPresence; nil: presence is not kept
-	beatKick           chan struct{} // wakes beatLoop; capacity 1
-	beatStop, beatDone chan struct{} // closed by unregister; by beatLoop when it ends
-	beating            bool          // Start ran beatLoop
-	started            bool          // Start ran: new shards get a receiver at once
-	stopped            bool          // Close took the routing: no new shard
+	beatKick           chan struct{}       // wakes beatLoop; capacity 1
+	beatStop, beatDone chan struct{}       // closed by unregister; by beatLoop when it ends
+	beating            bool                // Start ran beatLoop
+	started            bool                // Start ran: new shards get a receiver at once
+	stopped            bool                // Close took the routing: no new shard
 
 	// ctx is cancelled by Close: background Redis calls end with it.
 	ctx    context.Context
