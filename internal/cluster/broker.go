@@ -132,6 +132,7 @@ type Broker struct {
 	// subscriber on its master (nodes.go).
 	nodeIDs            []string
 	onPresence         func(PresenceEvent) // OnPresence; nil: presence is not kept
+	toSweep            map[string]struct{} // dead nodes whose presence this node sweeps
 	beatKick           chan struct{}       // wakes beatLoop; capacity 1
 	beatStop, beatDone chan struct{}       // closed by unregister; by beatLoop when it ends
 	beating            bool                // Start ran beatLoop
@@ -246,6 +247,7 @@ func New(ctx context.Context, cfg Config, local Local, log *slog.Logger, reg pro
 		cfg:       cfg,
 		publish:   redis.NewScript(publishScript),
 		assigned:  map[string]*shard{},
+		toSweep:   map[string]struct{}{},
 		confirmed: map[string]struct{}{},
 		waiters:   map[string][]chan struct{}{},
 		last:      map[string]stream.Position{},
@@ -355,6 +357,7 @@ func (b *Broker) Start() {
 	b.beating = true
 	b.wg.Go(b.beatLoop)
 	b.wg.Go(b.topologyLoop)
+	b.wg.Go(b.presenceLoop)
 }
 
 func (b *Broker) channel(uid string) string  { return b.prefix + "u:" + b.tag(uid) }

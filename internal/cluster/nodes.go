@@ -49,11 +49,17 @@ var ErrResyncing = errors.New("a node of the cluster is resubscribing its connec
 const registerScript = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- A caller that could not beat for deadAfter itself (a Redis outage, a
+-- cut) forgets nobody: the others could not beat either.
+local prev = redis.call('HGET', KEYS[1], ARGV[1])
+local prune = prev and now - tonumber(prev) <= tonumber(ARGV[2])
 redis.call('HSET', KEYS[1], ARGV[1], now)
 local all = redis.call('HGETALL', KEYS[1])
 local ids, dead = {}, {}
 for i = 1, #all, 2 do
-  if now - tonumber(all[i + 1]) > tonumber(ARGV[2]) then
+  if now - tonumber(all[i + 1]) <= tonumber(ARGV[2]) then
+    ids[#ids + 1] = all[i]
+  elseif prune then
     redis.call('HDEL', KEYS[1], all[i])
     dead[#dead + 1] = all[i]
   else
@@ -192,6 +198,15 @@ func (b *Broker) unregister(ctx context.Context) {
 		// timeout, and Close waits for it with the other goroutines.
 		return
 	}
+	if b.presenceFunc() != nil {
+		// Presence: a node whose users did not all leave (its drain was
+		// cut short) stays registered, so that other nodes forget it
+		// after nodeDeadAfter and sweep them.
+		if n, err := b.nodeUIDs(ctx); err != nil || n > 0 {
+			b.log.Info("redis: left registered, for the presence of its users to be swept", "uids", n, "after", nodeDeadAfter, "err", err)
+			return
+		}
+	}
 	rdb, err := b.client(b.nodesKey())
 	if err == nil {
 		err = rdb.HDel(ctx, b.nodesKey(), b.nodeID).Err()
@@ -219,7 +234,7 @@ func (b *Broker) beat(ctx context.Context) {
 	b.mu.Lock()
 	b.nodeIDs = ids
 	b.mu.Unlock()
-	b.presenceBeat(ctx, dead)
+	b.presenceBeat(dead)
 }
 
 // nodeUpEverywhere reports whether every master has confirmed this

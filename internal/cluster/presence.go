@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"time"
 
@@ -30,24 +32,42 @@ import (
 
 const (
 	// arriveScript: KEYS the uid's hash; ARGV the node. 1: send online.
+	// ARGV[2] is the transition's token: a retry of the same one (its
+	// answer was lost) answers 1 again.
 	arriveScript = `
 redis.call('HSET', KEYS[1], 'n:' .. ARGV[1], 1)
 redis.call('HDEL', KEYS[1], 'p')
-if redis.call('HGET', KEYS[1], 's') == 'on' then return 0 end
-redis.call('HSET', KEYS[1], 's', 'on')
+if redis.call('HGET', KEYS[1], 's') == 'on' then
+  if redis.call('HGET', KEYS[1], 'a') == ARGV[2] then return 1 end
+  return 0
+end
+redis.call('HSET', KEYS[1], 's', 'on', 'a', ARGV[2])
 return 1
 `
 	// leaveScript: KEYS the uid's hash; ARGV the node, the deadline and
-	// the time left (ms). 1: the uid has no connection left anywhere and
-	// its offline is now held back (queue it).
-	leaveScript = `
+	// the time left (ms). The uid has no connection left anywhere and its
+	// offline is held back: its due (ms), to queue (again, on a retry
+	// whose first answer was lost); 0: nothing to queue.
+	leaveScript = heldLua + `
 redis.call('HDEL', KEYS[1], 'n:' .. ARGV[1])
-for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
-  if string.sub(f, 1, 2) == 'n:' then return 0 end
+return held(ARGV[2] .. '|' .. ARGV[3])
+`
+	// heldLua defines held(p): 0 while some node has a connection of the
+	// uid or its online never went out; else its held-back offline's due,
+	// p set if there was none.
+	heldLua = `
+local function held(p)
+  for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+    if string.sub(f, 1, 2) == 'n:' then return 0 end
+  end
+  if redis.call('HGET', KEYS[1], 's') ~= 'on' then return 0 end
+  local cur = redis.call('HGET', KEYS[1], 'p')
+  if not cur then
+    redis.call('HSET', KEYS[1], 'p', p)
+    cur = p
+  end
+  return tonumber(string.sub(cur, 1, string.find(cur, '|', 1, true) - 1))
 end
-if redis.call('HGET', KEYS[1], 's') ~= 'on' or redis.call('HEXISTS', KEYS[1], 'p') == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'p', ARGV[2] .. '|' .. ARGV[3])
-return 1
 `
 	// expireScript: KEYS the uid's hash; ARGV now (ms). The time the uid
 	// left (ms): send offline; 0: nothing (it came back, or not due).
@@ -59,16 +79,11 @@ if tonumber(string.sub(p, 1, bar - 1)) > tonumber(ARGV[1]) then return -1 end
 redis.call('DEL', KEYS[1])
 return tonumber(string.sub(p, bar + 1))
 `
-	// sweepScript: KEYS the uid's hash; ARGV the dead node, now (ms). 1:
-	// its offline is due now (queue it).
-	sweepScript = `
-if redis.call('HDEL', KEYS[1], 'n:' .. ARGV[1]) == 0 then return 0 end
-for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
-  if string.sub(f, 1, 2) == 'n:' then return 0 end
-end
-if redis.call('HGET', KEYS[1], 's') ~= 'on' or redis.call('HEXISTS', KEYS[1], 'p') == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'p', ARGV[2] .. '|' .. ARGV[2])
-return 1
+	// sweepScript: KEYS the uid's hash; ARGV the dead node, now (ms). As
+	// leaveScript: the due to queue, now for a new one; 0: nothing.
+	sweepScript = heldLua + `
+redis.call('HDEL', KEYS[1], 'n:' .. ARGV[1])
+return held(ARGV[2] .. '|' .. ARGV[2])
 `
 )
 
@@ -115,9 +130,10 @@ func (b *Broker) presenceFunc() func(PresenceEvent) {
 	return b.onPresence
 }
 
-// Arrive records this node's first connection of uid. It reports whether
-// the uid went online (this node sends the event).
-func (b *Broker) Arrive(ctx context.Context, uid string) (bool, error) {
+// Arrive records this node's first connection of uid, as the transition
+// token (the same on a retry). It reports whether the uid went online
+// (this node sends the event).
+func (b *Broker) Arrive(ctx context.Context, uid, token string) (bool, error) {
 	rdb, err := b.uidClient(uid)
 	if err != nil {
 		return false, err
@@ -131,7 +147,7 @@ func (b *Broker) Arrive(ctx context.Context, uid string) (bool, error) {
 	if err := nrdb.SAdd(ctx, b.nodeUIDsKey(b.nodeID), uid).Err(); err != nil {
 		return false, fmt.Errorf("redis presence: %w", err)
 	}
-	n, err := arrive.Run(ctx, rdb, []string{b.presenceKey(uid)}, b.nodeID).Int()
+	n, err := arrive.Run(ctx, rdb, []string{b.presenceKey(uid)}, b.nodeID, token).Int()
 	if err != nil {
 		return false, fmt.Errorf("redis presence: %w", err)
 	}
@@ -146,12 +162,12 @@ func (b *Broker) Leave(ctx context.Context, uid string, left time.Time, delay ti
 		return err
 	}
 	due := left.Add(delay)
-	n, err := leave.Run(ctx, rdb, []string{b.presenceKey(uid)}, b.nodeID, due.UnixMilli(), left.UnixMilli()).Int()
+	ms, err := leave.Run(ctx, rdb, []string{b.presenceKey(uid)}, b.nodeID, due.UnixMilli(), left.UnixMilli()).Int64()
 	if err != nil {
 		return fmt.Errorf("redis presence: %w", err)
 	}
-	if n == 1 {
-		if err := b.queuePending(ctx, uid, due); err != nil {
+	if ms > 0 {
+		if err := b.queuePending(ctx, uid, time.UnixMilli(ms)); err != nil {
 			return err
 		}
 	}
@@ -176,20 +192,55 @@ func (b *Broker) queuePending(ctx context.Context, uid string, due time.Time) er
 	return nil
 }
 
-// presenceBeat sweeps the uids of dead nodes and expires the due
-// offlines: one beat's presence work.
-func (b *Broker) presenceBeat(ctx context.Context, dead []string) {
-	f := b.presenceFunc()
-	if f == nil {
+// presenceBeat hands the nodes this beat forgot to the presence loop:
+// their uids are swept there, away from the beats.
+func (b *Broker) presenceBeat(dead []string) {
+	if len(dead) == 0 {
 		return
 	}
+	b.mu.Lock()
 	for _, node := range dead {
-		if err := b.sweepNode(ctx, node); err != nil {
-			b.log.Warn("redis presence: sweep of a dead node", "node", node, "err", err)
-		}
+		b.toSweep[node] = struct{}{}
 	}
-	if err := b.expireDue(ctx, f); err != nil && !errors.Is(err, context.Canceled) {
-		b.log.Debug("redis presence: expire", "err", err)
+	b.mu.Unlock()
+}
+
+// presenceLoop, every beat until Close, sweeps the uids of the dead nodes
+// this node forgot (each until done: a sweep cut short goes on at the
+// next pass) and sends the offlines that are due.
+func (b *Broker) presenceLoop() {
+	t := time.NewTicker(nodeBeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-b.stop:
+			return
+		case <-t.C:
+		}
+		f := b.presenceFunc()
+		if f == nil {
+			continue
+		}
+		b.mu.Lock()
+		nodes := slices.Collect(maps.Keys(b.toSweep))
+		b.mu.Unlock()
+		for _, node := range nodes {
+			ctx, cancel := context.WithTimeout(b.ctx, 30*time.Second)
+			err := b.sweepNode(ctx, node)
+			cancel()
+			if err != nil {
+				b.log.Warn("redis presence: sweep of a dead node; again at the next beat", "node", node, "err", err)
+				continue
+			}
+			b.mu.Lock()
+			delete(b.toSweep, node)
+			b.mu.Unlock()
+		}
+		ctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)
+		if err := b.expireDue(ctx, f); err != nil && b.ctx.Err() == nil {
+			b.log.Debug("redis presence: expire", "err", err)
+		}
+		cancel()
 	}
 }
 
@@ -211,17 +262,21 @@ func (b *Broker) sweepNode(ctx context.Context, node string) error {
 		if err != nil {
 			return err
 		}
-		n, err := sweep.Run(ctx, urdb, []string{b.presenceKey(uid)}, node, now.UnixMilli()).Int()
+		ms, err := sweep.Run(ctx, urdb, []string{b.presenceKey(uid)}, node, now.UnixMilli()).Int64()
 		if err != nil {
 			return err
 		}
-		if n == 1 {
-			if err := b.queuePending(ctx, uid, now); err != nil {
+		if ms > 0 {
+			if err := b.queuePending(ctx, uid, time.UnixMilli(ms)); err != nil {
 				return err
 			}
 		}
+		// Done with uid: a sweep cut short goes on from the rest.
+		if err := rdb.SRem(ctx, key, uid).Err(); err != nil {
+			return err
+		}
 	}
-	return rdb.Del(ctx, key).Err()
+	return nil
 }
 
 // expireDue sends the offlines that are due, each by the one node whose
@@ -236,26 +291,38 @@ func (b *Broker) expireDue(ctx context.Context, f func(PresenceEvent)) error {
 	if err != nil {
 		return err
 	}
+	var errs []error
 	for _, z := range due {
 		uid, _ := z.Member.(string)
 		urdb, err := b.uidClient(uid)
 		if err != nil {
-			return err
+			errs = append(errs, err)
+			continue
 		}
 		left, err := expire.Run(ctx, urdb, []string{b.presenceKey(uid)}, now.UnixMilli()).Int64()
 		if err != nil {
-			return err
+			errs = append(errs, err)
+			continue
 		}
 		if left == -1 {
 			continue // a later leave moved it: its own entry comes
 		}
+		if left > 0 {
+			f(PresenceEvent{UID: uid, At: time.UnixMilli(left)}) // before anything else can fail
+		}
 		// Only the entry read: a leave since then queued a new one.
 		if err := zremIf.Run(ctx, rdb, []string{b.pendingKey()}, uid, z.Score).Err(); err != nil {
-			return err
-		}
-		if left > 0 {
-			f(PresenceEvent{UID: uid, At: time.UnixMilli(left)})
+			errs = append(errs, err)
 		}
 	}
-	return nil
+	return errors.Join(errs...)
+}
+
+// nodeUIDs counts the uids this node still has presence for.
+func (b *Broker) nodeUIDs(ctx context.Context) (int64, error) {
+	rdb, err := b.client(b.nodeUIDsKey(b.nodeID))
+	if err != nil {
+		return 0, err
+	}
+	return rdb.SCard(ctx, b.nodeUIDsKey(b.nodeID)).Result()
 }

@@ -7,6 +7,7 @@ package presence
 
 import (
 	"context"
+	"crypto/rand"
 	"log/slog"
 	"sync"
 	"time"
@@ -100,7 +101,9 @@ func (t *Tracker) Close() {
 // Arrive reports whether the uid went online, and Leave holds its
 // offline back for the delay; the store sends the due offlines itself.
 type Store interface {
-	Arrive(ctx context.Context, uid string) (bool, error)
+	// Arrive takes the transition's token: a retry (its first answer was
+	// lost) answers as the first did.
+	Arrive(ctx context.Context, uid, token string) (bool, error)
 	Leave(ctx context.Context, uid string, left time.Time, delay time.Duration) error
 }
 
@@ -128,6 +131,7 @@ type op struct {
 	uid    string
 	online bool
 	at     time.Time
+	token  string // an online's, for its retries
 }
 
 // NewCluster runs a Cluster until Close. queue bounds the transitions
@@ -140,10 +144,12 @@ func NewCluster(store Store, delay time.Duration, queue int, emit func(event, ui
 }
 
 // Online records this node's first connection of uid.
-func (c *Cluster) Online(uid string) { c.queue(op{uid, true, time.Now()}) }
+func (c *Cluster) Online(uid string) {
+	c.queue(op{uid: uid, online: true, at: time.Now(), token: rand.Text()})
+}
 
 // Offline records that this node's last connection of uid left.
-func (c *Cluster) Offline(uid string) { c.queue(op{uid, false, time.Now()}) }
+func (c *Cluster) Offline(uid string) { c.queue(op{uid: uid, at: time.Now()}) }
 
 func (c *Cluster) queue(o op) {
 	select {
@@ -165,6 +171,9 @@ func (c *Cluster) Close() {
 // (its offlines, held back the delay, are sent by the nodes that stay,
 // unless the users come back there), within ctx.
 func (c *Cluster) Drain(ctx context.Context, uids []string) {
+	// The worker may be retrying against a Redis that does not answer:
+	// ctx's end ends it too.
+	defer context.AfterFunc(ctx, c.cancel)()
 	c.stopOnce.Do(func() { close(c.stop) })
 	<-c.done
 	for {
@@ -178,7 +187,7 @@ func (c *Cluster) Drain(ctx context.Context, uids []string) {
 	}
 	now := time.Now()
 	for _, uid := range uids {
-		c.apply(ctx, op{uid, false, now})
+		c.apply(ctx, op{uid: uid, at: now})
 	}
 }
 
@@ -203,7 +212,7 @@ func (c *Cluster) apply(base context.Context, o op) {
 		var online bool
 		var err error
 		if o.online {
-			online, err = c.store.Arrive(ctx, o.uid)
+			online, err = c.store.Arrive(ctx, o.uid, o.token)
 		} else {
 			err = c.store.Leave(ctx, o.uid, o.at, c.delay)
 		}
