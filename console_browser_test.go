@@ -337,6 +337,10 @@ func TestConsoleInBrowser(t *testing.T) {
 		}
 		p.screenshot("receive.png")
 
+		// The send panel says whether its uid is online (POST /online).
+		p.do("send from the page", chromedp.SetValue(chromedp.ID("message"), "from the page"), chromedp.Click(chromedp.ID("send")))
+		p.waitJS("alice online", `document.getElementById("presence").dataset.online === "true"`)
+
 		p.do("disconnect", chromedp.Click(chromedp.ID("disconnect")))
 		p.waitState("closed")
 		if state := p.stateText(); !strings.HasPrefix(state, "closed: 1000 normal") {

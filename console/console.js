@@ -276,6 +276,31 @@ function connectPusher(url, getToken, onMessage, onState, onRecovered, since = "
     $("send").textContent = batch ? "Send batch" : "Send";
   });
 
+  // showPresence asks POST /online whether the uid of the send panel has
+  // a connection, and says so under it.
+  async function showPresence() {
+    const uid = $("uid").value.trim(), key = $("key").value.trim();
+    const shown = $("presence");
+    if (!uid || !key) return void (shown.textContent = shown.dataset.online = "");
+    try {
+      const res = await fetch("online", {
+        method: "POST",
+        headers: { "Authorization": "Bearer " + key, "Content-Type": "application/json" },
+        body: JSON.stringify({ uids: [uid] }),
+        cache: "no-store",
+      });
+      if (!res.ok) throw new Error(res.status);
+      const online = (await res.json()).online.includes(uid);
+      if ($("uid").value.trim() !== uid) return; // the field changed meanwhile
+      shown.dataset.online = String(online);
+      shown.textContent = uid + (online ? " is online" : " is offline");
+    } catch {
+      shown.textContent = shown.dataset.online = "";
+    }
+  }
+  $("uid").addEventListener("change", showPresence);
+  $("key").addEventListener("change", showPresence);
+
   $("send-form").addEventListener("submit", async (e) => {
     e.preventDefault();
     const batch = $("batch").checked;
@@ -301,6 +326,7 @@ function connectPusher(url, getToken, onMessage, onState, onRecovered, since = "
       showAnswer("error", "error", `Request failed: ${err.message}`);
     } finally {
       $("send").disabled = false;
+      showPresence();
     }
   });
 
