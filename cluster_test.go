@@ -261,15 +261,7 @@ func TestClusterNodeKilled(t *testing.T) {
 		for range 3 {
 			procs = append(procs, startBinary(t, bin, nil, env...))
 		}
-		dial := func(p *process, uid string) *websocket.Conn {
-			tok, _ := IssueToken(testSecret, uid, time.Hour, time.Now())
-			c, _, err := websocket.DefaultDialer.Dial("ws://"+p.addr+"/ws?token="+tok, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { c.Close() })
-			return c
-		}
+		dial := func(p *process, uid string) *websocket.Conn { return dialProcess(t, p, uid) }
 		client := &http.Client{Timeout: 10 * time.Second}
 		defer client.CloseIdleConnections()
 		get := func(p *process, path string) string {

@@ -401,3 +401,15 @@ func TestMakeRunPrintsWorkingLines(t *testing.T) {
 		t.Fatalf("got %q, want hello", got)
 	}
 }
+
+// dialProcess connects uid to the server process p, until the test ends.
+func dialProcess(t *testing.T, p *process, uid string) *websocket.Conn {
+	t.Helper()
+	tok, _ := IssueToken(testSecret, uid, time.Hour, time.Now())
+	c, _, err := websocket.DefaultDialer.Dial("ws://"+p.addr+"/ws?token="+tok, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}

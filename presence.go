@@ -12,15 +12,19 @@ import (
 // This file is presence: POST /online answers which uids have an open
 // connection on some node.
 
-// handleOnline is POST /online.
-func (s *Server) handleOnline(w http.ResponseWriter, r *http.Request) {
-	body, rep := s.admitBody(w, r, s.limits.MaxBody())
-	if rep.status == 0 {
-		rep = s.online(r.Context(), r.Header.Get("Content-Type"), body)
+// handleAPI is a POST of the API on net/http that f answers from its
+// content type and body, after admitBody.
+func (s *Server) handleAPI(f func(ctx context.Context, contentType string, body []byte) reply) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		body, rep := s.admitBody(w, r, s.limits.MaxBody())
+		if rep.status == 0 {
+			rep = f(r.Context(), r.Header.Get("Content-Type"), body)
+		}
+		writeHTTP(w, rep)
 	}
-	writeHTTP(w, rep)
 }
 
+// online is POST /online.
 func (s *Server) online(ctx context.Context, contentType string, body []byte) reply {
 	uids, perr := sendreq.ParseOnline(contentType, body, s.limits)
 	if perr != nil {

@@ -255,8 +255,8 @@ func (s *Server) routes() (public, internal http.Handler) {
 	}
 	ops.HandleFunc("/send", s.handleSend)
 	ops.HandleFunc("/send/batch", s.handleBatch)
-	ops.HandleFunc("/disconnect", s.handleDisconnect)
-	ops.HandleFunc("/online", s.handleOnline)
+	ops.HandleFunc("/disconnect", s.handleAPI(s.disconnect))
+	ops.HandleFunc("/online", s.handleAPI(s.online))
 	ops.Handle("/metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
 	ops.HandleFunc("/healthz", s.handleHealthz)
 	ops.HandleFunc("/readyz", s.handleReadyz)

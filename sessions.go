@@ -100,16 +100,7 @@ func (h *Hub) Disconnect(uid, reason string) {
 	h.metrics.disconnects.Add(float64(n))
 }
 
-// handleDisconnect is POST /disconnect.
-func (s *Server) handleDisconnect(w http.ResponseWriter, r *http.Request) {
-	body, rep := s.admitBody(w, r, s.limits.MaxBody())
-	if rep.status == 0 {
-		rep = s.disconnect(r.Context(), r.Header.Get("Content-Type"), body)
-	}
-	writeHTTP(w, rep)
-}
-
-// disconnect revokes (when asked) and then closes the connections of the
+// disconnect is POST /disconnect: it revokes (when asked) and then closes the connections of the
 // uids of body, on every node.
 func (s *Server) disconnect(ctx context.Context, contentType string, body []byte) reply {
 	d, perr := sendreq.ParseDisconnect(contentType, body, s.limits)

@@ -80,15 +80,7 @@ func TestClusterWebhookNodeKilled(t *testing.T) {
 			"PUSHER_WEBHOOK_URL=" + rcv.URL, "PUSHER_WEBHOOK_SECRET=" + testWebhookSecret, "PUSHER_WEBHOOK_OFFLINE_DELAY=300ms",
 		}
 		stay, doomed := startBinary(t, bin, nil, env...), startBinary(t, bin, nil, env...)
-		dial := func(p *process, uid string) *websocket.Conn {
-			tok, _ := IssueToken(testSecret, uid, time.Hour, time.Now())
-			c, _, err := websocket.DefaultDialer.Dial("ws://"+p.addr+"/ws?token="+tok, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { c.Close() })
-			return c
-		}
+		dial := func(p *process, uid string) *websocket.Conn { return dialProcess(t, p, uid) }
 		dial(doomed, "kim")
 		dial(doomed, "lee")
 		dial(stay, "lee")
