@@ -407,10 +407,11 @@ func (s *Server) shutdown(ctx context.Context) {
 	s.closeListeners()
 	s.trimmer.Close()
 	if s.webhook != nil {
-		// The connections are closed: their offlines would wait for a
-		// delay this node does not have. What was queued is dropped.
+		// The connections are closed: on one node their offlines go out
+		// now rather than after a delay this node does not have; what is
+		// queued is delivered within the shutdown's time.
 		s.presence.Close()
-		s.webhook.Close()
+		s.webhook.Close(ctx)
 	}
 	if err := s.msgLog.Close(ctx); err != nil {
 		s.log.Error("message log flush failed", "err", err)

@@ -205,3 +205,22 @@ func validSignature(secret, timestamp string, body []byte, header string) bool {
 	want := "sha256=" + hex.EncodeToString(mac.Sum(nil))
 	return hmac.Equal([]byte(header), []byte(want))
 }
+
+// TestWebhookShutdown: on one node a shutdown sends the offline of every
+// uid at once (it does not wait for the delay), and delivers what is
+// queued before it ends: a restart then begins with onlines.
+func TestWebhookShutdown(t *testing.T) {
+	rcv := startReceiver(t)
+	ts := startWebhookServer(t, rcv.URL, "-webhook-offline-delay", "1h")
+	ts.dial("sam")
+	ts.dial("tia")
+	waitFor(t, "two onlines", func() bool { return len(rcv.got()) == 2 })
+	if err := ts.stop(); err != nil {
+		t.Fatal(err)
+	}
+	got := rcv.got() // the shutdown waited for the delivery
+	if len(got) != 4 || !strings.Contains(strings.Join(got[2:], ","), "offline sam") || !strings.Contains(strings.Join(got[2:], ","), "offline tia") {
+		t.Errorf("events %v, want two onlines then both offline at shutdown", got)
+	}
+	rcv.check()
+}

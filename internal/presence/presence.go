@@ -85,16 +85,27 @@ func (t *Tracker) fire(uid string, e *entry, gen int) {
 	t.emit("offline", uid, e.left)
 }
 
-// Close stops the pending timers; no event is emitted after it.
+// Close ends the tracking: a shutdown does not wait for the delay, so
+// every uid still online goes offline now (with the time its last
+// connection left, or now), and no event is emitted after it. A restart
+// then starts with onlines, events still alternating.
 func (t *Tracker) Close() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.closed {
+		return
+	}
 	t.closed = true
-	for _, e := range t.uids {
+	now := t.now()
+	for uid, e := range t.uids {
+		left := now
 		if e.timer != nil {
 			e.timer.Stop()
+			left = e.left
 		}
+		t.emit("offline", uid, left)
 	}
+	clear(t.uids)
 }
 
 // Store is the presence of a cluster, kept in Redis (cluster.Broker):

@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -57,9 +58,11 @@ type Sender struct {
 	client *http.Client
 	queue  chan Event
 
-	ctx    context.Context
-	cancel context.CancelFunc
-	done   chan struct{}
+	ctx       context.Context
+	cancel    context.CancelFunc
+	flushing  chan struct{} // closed by Close: deliver what is queued, then end
+	done      chan struct{}
+	closeOnce sync.Once
 
 	sent, retried, dropped prometheus.Counter
 }
@@ -68,9 +71,10 @@ type Sender struct {
 func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) *Sender {
 	s := &Sender{
 		cfg: cfg, log: log,
-		client: &http.Client{},
-		queue:  make(chan Event, cfg.QueueSize),
-		done:   make(chan struct{}),
+		client:   &http.Client{},
+		queue:    make(chan Event, cfg.QueueSize),
+		flushing: make(chan struct{}),
+		done:     make(chan struct{}),
 		sent: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "pusher_webhook_events_sent_total", Help: "Presence events the webhook receiver acknowledged with a 2xx.",
 		}),
@@ -89,10 +93,18 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) *Sender {
 // Start runs the sender until Close.
 func (s *Sender) Start() { go s.loop() }
 
-// Close stops the sender; what it had not delivered is dropped.
-func (s *Sender) Close() {
-	s.cancel()
-	<-s.done
+// Close delivers what is queued, each batch tried once (a POST bounded
+// by 2 s), and stops the sender; what it could not deliver, or by ctx's
+// end, is dropped and counted.
+func (s *Sender) Close(ctx context.Context) {
+	s.closeOnce.Do(func() {
+		stop := context.AfterFunc(ctx, s.cancel)
+		defer stop()
+		close(s.flushing)
+		<-s.done
+		s.dropped.Add(float64(len(s.queue)))
+		s.cancel()
+	})
 }
 
 // Send queues e. It never blocks: with the queue full, e is dropped.
@@ -111,6 +123,9 @@ func (s *Sender) loop() {
 		select {
 		case <-s.ctx.Done():
 			return
+		case <-s.flushing:
+			s.flush()
+			return
 		case e := <-s.queue:
 			batch = append(batch[:0], e)
 		}
@@ -122,6 +137,8 @@ func (s *Sender) loop() {
 				batch = append(batch, e)
 			case <-t.C:
 				break gather
+			case <-s.flushing:
+				break gather // delivered now; the rest next
 			case <-s.ctx.Done():
 				t.Stop()
 				s.dropped.Add(float64(len(batch)))
@@ -129,6 +146,40 @@ func (s *Sender) loop() {
 			}
 		}
 		t.Stop()
+		s.deliver(batch)
+	}
+}
+
+// closingTimeout bounds a POST once Close began.
+const closingTimeout = 2 * time.Second
+
+// closing reports whether Close began.
+func (s *Sender) closing() bool {
+	select {
+	case <-s.flushing:
+		return true
+	default:
+		return false
+	}
+}
+
+// flush delivers what is queued, in batches, until the queue is empty or
+// the sender is cancelled.
+func (s *Sender) flush() {
+	for s.ctx.Err() == nil {
+		batch := make([]Event, 0, s.cfg.BatchMax)
+	fill:
+		for len(batch) < s.cfg.BatchMax {
+			select {
+			case e := <-s.queue:
+				batch = append(batch, e)
+			default:
+				break fill
+			}
+		}
+		if len(batch) == 0 {
+			return
+		}
 		s.deliver(batch)
 	}
 }
@@ -153,11 +204,17 @@ func (s *Sender) deliver(batch []Event) {
 			s.log.Warn("webhook batch dropped", "events", len(batch), "retried_for", time.Since(start).Round(time.Millisecond), "err", err)
 			return
 		}
+		if s.closing() {
+			// Shutting down: one try each, no retries.
+			s.dropped.Add(float64(len(batch)))
+			return
+		}
 		s.log.Debug("webhook delivery failed; retrying", "events", len(batch), "retry_in", backoff, "err", err)
 		select {
 		case <-s.ctx.Done():
 			s.dropped.Add(float64(len(batch)))
 			return
+		case <-s.flushing:
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, 5*time.Second)
@@ -170,6 +227,9 @@ func (s *Sender) deliver(batch []Event) {
 func (s *Sender) post(body []byte, giveUp time.Time) error {
 	ts := strconv.FormatInt(time.Now().Unix(), 10)
 	deadline := time.Now().Add(s.cfg.Timeout)
+	if s.closing() {
+		deadline = time.Now().Add(closingTimeout) // a shutdown does not wait for a slow receiver
+	}
 	if giveUp.Before(deadline) {
 		deadline = giveUp
 	}
