@@ -146,6 +146,21 @@ func (m *metrics) registerGauges(g gauges) {
 	)
 }
 
+// registerReady adds pusher_ready: 1 when /readyz would answer 200, so
+// that an alert rule sees what a load balancer sees. ready answers from
+// the readiness cache, so a scrape costs no more than a /readyz.
+func (m *metrics) registerReady(ready func() bool) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "pusher_ready",
+		Help: "1 when every configured dependency answers and the server is not shutting down (what /readyz answers 200 to), else 0.",
+	}, func() float64 {
+		if ready() {
+			return 1
+		}
+		return 0
+	}))
+}
+
 // registerIdempotency adds the gauges and counter of a single node's
 // idempotency keys.
 func (m *metrics) registerIdempotency(mem *idempotency.Memory) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -176,6 +177,7 @@ func newServer(cfg Config, log *slog.Logger, msgLog message.Logger) (*Server, er
 	if cfg.WebhookURL != "" {
 		s.startPresence(log, m)
 	}
+	m.registerReady(func() bool { return s.readyErr(context.Background()) == nil })
 	return s, nil
 }
 
@@ -479,19 +481,27 @@ type readiness struct {
 // (no -internal-addr) the reason is generic and the details go to the
 // log: they name hosts and errors that are nobody else's business.
 func (s *Server) handleReadyz(w http.ResponseWriter, r *http.Request) {
-	if s.draining.Load() {
-		writeHTTP(w, textReply(http.StatusServiceUnavailable, "shutting down"))
-		return
-	}
-	if err := s.checkReady(r.Context()); err != nil {
+	if err := s.readyErr(r.Context()); err != nil {
 		reason := err.Error()
-		if s.cfg.InternalAddr == "" {
+		if s.cfg.InternalAddr == "" && !errors.Is(err, errDraining) {
 			reason = "not ready: a dependency does not answer (the server log says which)"
 		}
 		writeHTTP(w, textReply(http.StatusServiceUnavailable, reason))
 		return
 	}
 	writeHTTP(w, textReply(http.StatusOK, "ready"))
+}
+
+// errDraining is why a draining server is not ready.
+var errDraining = errors.New("shutting down")
+
+// readyErr is nil when the server can take traffic: it is not shutting
+// down and every dependency answers.
+func (s *Server) readyErr(ctx context.Context) error {
+	if s.draining.Load() {
+		return errDraining
+	}
+	return s.checkReady(ctx)
 }
 
 // checkReady asks the message log and the broker, at most once per

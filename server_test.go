@@ -255,6 +255,22 @@ func TestSendLogFailureSendsNothing(t *testing.T) {
 	assertNothingPushed(t, ts, conn, "u1")
 }
 
+// TestReadyMetricFollowsReadyz: pusher_ready is what /readyz says, so
+// that an alert rule sees a dependency down.
+func TestReadyMetricFollowsReadyz(t *testing.T) {
+	ts := startServer(t, testConfig(t, "-internal-addr", "127.0.0.1:0"))
+	if got := ts.metric("pusher_ready"); got != 1 {
+		t.Fatalf("pusher_ready = %v while ready, want 1", got)
+	}
+	ts.msgLog.setErr(errors.New("database on fire"))
+	waitFor(t, "pusher_ready 0 with the log down", func() bool { return ts.metric("pusher_ready") == 0 })
+	if code, _ := ts.get("/readyz"); code != http.StatusServiceUnavailable {
+		t.Errorf("/readyz = %d while pusher_ready is 0, want 503", code)
+	}
+	ts.msgLog.setErr(nil)
+	waitFor(t, "pusher_ready 1 again", func() bool { return ts.metric("pusher_ready") == 1 })
+}
+
 func TestSendRequestsCountedByCode(t *testing.T) {
 	ts := startServer(t, testConfig(t))
 	ts.send("application/x-www-form-urlencoded", "uid=nobody&message=hi")
