@@ -4,7 +4,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 BIN     := bin/go-pusher
 
-.PHONY: build run test lint fmt golangci-lint bench clean
+.PHONY: build run test lint fmt golangci-lint bench image clean
 
 # golangci-lint is pinned: the same linters and rules for everyone. It is
 # built from source with this machine's Go (a release binary built with an
@@ -44,6 +44,19 @@ golangci-lint:
 
 bench:
 	./scripts/bench.sh
+
+# The container image (Dockerfile), with podman or docker. The static
+# binary is built here and copied in (BINARY=prebuilt), so that only the
+# Go module proxy is needed, not an image registry; `docker build .`
+# alone builds it in a golang image instead.
+IMAGE     ?= go-pusher:$(VERSION)
+CONTAINER ?= $(shell command -v podman || command -v docker)
+image:
+	@test -n "$(CONTAINER)" || { echo "make image: neither podman nor docker is installed" >&2; exit 1; }
+	mkdir -p bin/image
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w $(LDFLAGS)" -o bin/image/go-pusher .
+	$(CONTAINER) build $(if $(findstring podman,$(CONTAINER)),--format docker) \
+		--build-arg BINARY=prebuilt --build-arg VERSION=$(VERSION) -t $(IMAGE) .
 
 clean:
 	rm -rf bin

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -209,6 +208,14 @@ func startBinary(t *testing.T, bin string, args []string, env ...string) *proces
 	p := &process{stdout: &syncBuffer{}, stderr: &syncBuffer{}, exited: make(chan error, 1)}
 	p.cmd = exec.Command(bin, append([]string{"-addr", "127.0.0.1:0"}, args...)...)
 	p.cmd.Env = append([]string{"JWT_SECRET=" + testSecret, "PUSHER_API_KEY=" + testAPIKey, "PATH=" + os.Getenv("PATH")}, env...)
+	startProcess(t, p)
+	return p
+}
+
+// startProcess starts p.cmd, stops it when the test ends, and waits for
+// the address it listens on.
+func startProcess(t *testing.T, p *process) {
+	t.Helper()
 	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -227,7 +234,6 @@ func startBinary(t *testing.T, bin string, args []string, env ...string) *proces
 		}
 		return m != nil
 	})
-	return p
 }
 
 // wait returns the exit error, failing the test after 15 s.
@@ -257,15 +263,8 @@ func TestBinarySignalDrainsAndExitsZero(t *testing.T) {
 			}
 			defer conn.Close()
 			waitFor(t, "alice connected", func() bool {
-				req, _ := http.NewRequest(http.MethodPost, "http://"+p.addr+"/send", strings.NewReader(url.Values{"uid": {"alice"}, "message": {"hello"}}.Encode()))
-				req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-				req.Header.Set("Authorization", "Bearer "+testAPIKey)
-				resp, err := http.DefaultClient.Do(req)
-				if err != nil {
-					return false
-				}
-				resp.Body.Close()
-				return resp.StatusCode == http.StatusOK
+				code, _, _ := postSend(http.DefaultClient, "http://"+p.addr, "alice", "hello")
+				return code == http.StatusOK
 			})
 			if got := readText(t, conn); got != "hello" {
 				t.Fatalf("got %q", got)
