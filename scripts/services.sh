@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Makes sure the services the tests need are running: MariaDB on
-# 127.0.0.1:3306 (root, no password), Redis on 127.0.0.1:6379 and a
-# Chromium binary. Installs the Debian packages when missing. Sourced by
-# scripts/test.sh and scripts/bench.sh.
+# 127.0.0.1:3306 (root, no password), Redis on 127.0.0.1:6379, and that the
+# tools they run are installed: Chromium, nginx, promtool, systemd-analyze,
+# podman with runc, Node.js with npm. Installs the Debian packages when
+# missing. Sourced by scripts/test.sh and scripts/bench.sh.
 
 as_root() {
 	if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
@@ -18,6 +19,30 @@ apt_install() {
 		apt_updated=1
 	fi
 	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# ensure_commands COMMAND:PACKAGE... installs, in one apt-get, the Debian
+# package of each command that is on neither the PATH nor /usr/sbin.
+ensure_commands() {
+	local missing=() pair
+	for pair in "$@"; do
+		if ! command -v "${pair%%:*}" >/dev/null && [ ! -x "/usr/sbin/${pair%%:*}" ]; then
+			missing+=("${pair#*:}")
+		fi
+	done
+	if [ ${#missing[@]} -gt 0 ]; then
+		echo "installing ${missing[*]}" >&2
+		apt_install --no-install-recommends "${missing[@]}"
+	fi
+}
+
+# The tools of the deployment checks: nginx in front of the server,
+# promtool for the alert rules, systemd-analyze for the unit, podman (with
+# runc: crun refuses hosts with hybrid cgroups) for the image, Node.js and
+# npm for the client library.
+ensure_tools() {
+	ensure_commands nginx:nginx promtool:prometheus systemd-analyze:systemd \
+		podman:podman runc:runc node:nodejs npm:npm
 }
 
 # wait_until CMD... : retry for up to 30 s.

@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 ensure_mariadb
 ensure_redis
 ensure_chromium
+ensure_tools
 
 export PUSHER_TEST_MYSQL_DSN=${PUSHER_TEST_MYSQL_DSN:-root@tcp(127.0.0.1:3306)/}
 export PUSHER_TEST_REDIS_URL=${PUSHER_TEST_REDIS_URL:-redis://127.0.0.1:6379/0}
