@@ -10,10 +10,14 @@ import (
 )
 
 // consoleFiles is the console page: plain HTML, CSS and JavaScript with no
-// build step and nothing fetched from elsewhere, so it works offline. The
-// files are named one by one so that a missing one fails the build.
+// build step and nothing fetched from elsewhere, so it works offline, and
+// the client library it runs on, clients/js, whose built file is committed
+// so that go build needs no npm (scripts/test-js.sh checks that it matches
+// its source). The files are named one by one so that a missing one fails
+// the build.
 //
 //go:embed console/index.html console/console.js console/console.css console/favicon.svg
+//go:embed clients/js/dist/index.js
 var consoleFiles embed.FS
 
 // consoleAsset is one file of the console page, ready to serve.
@@ -28,14 +32,16 @@ type consoleAsset struct {
 // (no directory listings, no /index.html alias).
 func consoleHandler() http.Handler {
 	files := map[string]struct{ name, contentType string }{
-		"/":            {"index.html", "text/html; charset=utf-8"},
-		"/console.js":  {"console.js", "text/javascript; charset=utf-8"},
-		"/console.css": {"console.css", "text/css; charset=utf-8"},
-		"/favicon.svg": {"favicon.svg", "image/svg+xml"},
+		"/":            {"console/index.html", "text/html; charset=utf-8"},
+		"/console.js":  {"console/console.js", "text/javascript; charset=utf-8"},
+		"/console.css": {"console/console.css", "text/css; charset=utf-8"},
+		"/favicon.svg": {"console/favicon.svg", "image/svg+xml"},
+		// An ES module, which browsers run only with a JavaScript type.
+		"/pusher.js": {"clients/js/dist/index.js", "text/javascript; charset=utf-8"},
 	}
 	assets := make(map[string]consoleAsset, len(files))
 	for path, f := range files {
-		body, err := consoleFiles.ReadFile("console/" + f.name)
+		body, err := consoleFiles.ReadFile(f.name)
 		if err != nil {
 			// The embed directive names every file: the build guarantees them.
 			panic("console: embedded file missing: " + err.Error())

@@ -29,6 +29,8 @@ func TestConsoleServesOnlyItsFiles(t *testing.T) {
 		{"/console.js", "text/javascript; charset=utf-8", http.StatusOK},
 		{"/console.css", "text/css; charset=utf-8", http.StatusOK},
 		{"/favicon.svg", "image/svg+xml", http.StatusOK},
+		{"/pusher.js", "text/javascript; charset=utf-8", http.StatusOK},
+		{"/clients/js/dist/index.js", "", http.StatusNotFound},
 		{"/index.html", "", http.StatusNotFound},
 		{"/console/", "", http.StatusNotFound},
 		{"/console/index.html", "", http.StatusNotFound},
@@ -120,10 +122,16 @@ func TestConsoleAssetsAreStrictAndOffline(t *testing.T) {
 			t.Errorf("index.html has %q, which the policy blocks", m)
 		}
 	}
-	// Every file the page refers to is served.
+	// Every file the page refers to is served, and so is every module
+	// console.js imports.
 	for _, m := range regexp.MustCompile(`(?:src|href)="([^"]+)"`).FindAllStringSubmatch(html, -1) {
 		if w := consoleGet(http.MethodGet, "/"+m[1], "h", nil); w.Code != http.StatusOK {
 			t.Errorf("index.html refers to %q: GET = %d, want 200", m[1], w.Code)
+		}
+	}
+	for _, m := range regexp.MustCompile(`(?m)^import .* from "\./([^"]+)";$`).FindAllStringSubmatch(readConsoleFile(t, "console.js"), -1) {
+		if w := consoleGet(http.MethodGet, "/"+m[1], "h", nil); w.Code != http.StatusOK {
+			t.Errorf("console.js imports %q: GET = %d, want 200", m[1], w.Code)
 		}
 	}
 	for _, name := range []string{"index.html", "console.js", "console.css"} {
@@ -145,38 +153,39 @@ func readConsoleFile(t *testing.T, name string) string {
 	return string(b)
 }
 
-// referenceClient returns the reference client of console/console.js: the
-// lines from "// BEGIN reference client" to "// END reference client",
-// both included, which the README shows verbatim.
-func referenceClient(t *testing.T) string {
-	t.Helper()
+// TestConsoleRunsTheClientLibrary: the page listens with the client
+// library of clients/js, not a copy of its own: console.js is a module
+// that imports connectPusher from pusher.js and opens no WebSocket
+// itself, and /pusher.js is the library's committed build, which
+// scripts/test-js.sh checks against its source and tests.
+func TestConsoleRunsTheClientLibrary(t *testing.T) {
+	html := readConsoleFile(t, "index.html")
+	if !strings.Contains(html, `<script type="module" src="console.js"></script>`) {
+		t.Error(`index.html does not load console.js as a module (type="module"), so its import would fail`)
+	}
 	js := readConsoleFile(t, "console.js")
-	const begin, end = "// BEGIN reference client\n", "// END reference client\n"
-	if strings.Count(js, begin) != 1 || strings.Count(js, end) != 1 {
-		t.Fatalf("console.js: want one %q and one %q line", strings.TrimSpace(begin), strings.TrimSpace(end))
+	if !strings.Contains(js, "\nimport { connectPusher } from \"./pusher.js\";\n") {
+		t.Error("console.js does not import connectPusher from ./pusher.js")
 	}
-	i, j := strings.Index(js, begin), strings.Index(js, end)
-	if j < i {
-		t.Fatalf("console.js: %q comes before %q", strings.TrimSpace(end), strings.TrimSpace(begin))
+	if strings.Contains(js, "new WebSocket(") {
+		t.Error("console.js opens a WebSocket itself; the client library should do it")
 	}
-	return js[i : j+len(end)]
-}
-
-func TestConsoleReferenceClientIsShort(t *testing.T) {
-	snippet := referenceClient(t)
-	if n := strings.Count(snippet, "\n"); n > 60 {
-		t.Errorf("the reference client is %d lines; the README shows it whole, keep it under 60", n)
+	lib, err := os.ReadFile("clients/js/dist/index.js")
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, want := range []string{"new WebSocket(", "onmessage", "onclose", "1008", "authenticate error: ", "format=json", "&since=", `"recovered"`, `"refreshed"`, "refresh:"} {
-		if !strings.Contains(snippet, want) {
-			t.Errorf("the reference client lacks %q", want)
-		}
+	w := consoleGet(http.MethodGet, "/pusher.js", "h", nil)
+	if w.Body.String() != string(lib) {
+		t.Errorf("GET /pusher.js: %d bytes that differ from clients/js/dist/index.js (%d bytes)", w.Body.Len(), len(lib))
+	}
+	if !strings.Contains(string(lib), "export function connectPusher(") {
+		t.Error("clients/js/dist/index.js does not export connectPusher")
 	}
 }
 
 func TestConsoleDisabled(t *testing.T) {
 	ts := startServer(t, testConfig(t, "-console=false"))
-	for _, path := range []string{"/", "/console.js"} {
+	for _, path := range []string{"/", "/console.js", "/pusher.js"} {
 		if code, _ := ts.get(path); code != http.StatusNotFound {
 			t.Errorf("-console=false: GET %s = %d, want 404", path, code)
 		}
@@ -198,14 +207,23 @@ func TestConsoleOnPublicListener(t *testing.T) {
 	}
 }
 
-// TestREADMEShowsTheReferenceClient: the README's browser snippet is the
-// console page's own code, character for character.
-func TestREADMEShowsTheReferenceClient(t *testing.T) {
-	readme, err := os.ReadFile("README.md")
+// TestREADMEShowsTheClientExample: the client example in README.md and
+// clients/js/README.md is clients/js/examples/listen.js, character for
+// character, and scripts/test-js.sh type-checks that file against the
+// library's declarations (dist/index.d.ts): an example that calls the
+// library wrongly fails there.
+func TestREADMEShowsTheClientExample(t *testing.T) {
+	example, err := os.ReadFile("clients/js/examples/listen.js")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(string(readme), "```js\n"+referenceClient(t)) {
-		t.Error("README.md's browser snippet differs from the reference client in console/console.js; copy it from there")
+	for _, name := range []string{"README.md", "clients/js/README.md"} {
+		readme, err := os.ReadFile(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(readme), "```js\n"+string(example)+"```\n") {
+			t.Errorf("%s's client example differs from clients/js/examples/listen.js; copy it from there", name)
+		}
 	}
 }

@@ -10,11 +10,11 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 )
 
-// TestReferenceClientRefreshesInBrowser: the reference client, in
-// Chromium, keeps one connection open across two token expiries: its
-// getToken hands out tokens that last 3 s, then 6 s, then a minute, and
-// it refreshes each in band before its exp.
-func TestReferenceClientRefreshesInBrowser(t *testing.T) {
+// TestClientRefreshesInBrowser: the client library (clients/js, served
+// as /pusher.js), in Chromium, keeps one connection open across two token
+// expiries: its getToken hands out tokens that last 3 s, then 6 s, then a
+// minute, and it refreshes each in band before its exp.
+func TestClientRefreshesInBrowser(t *testing.T) {
 	browser := newBrowser(t)
 	ts := startServer(t, testConfig(t))
 	p := openPage(t, browser, consoleURL(ts, "", ""))
@@ -24,13 +24,16 @@ func TestReferenceClientRefreshesInBrowser(t *testing.T) {
 	}
 	first, second := start.Add(3*time.Second), start.Add(6*time.Second)
 	tokens := []string{tok(first), tok(second), tok(start.Add(time.Minute))}
-	p.do("connect with the reference client", chromedp.Evaluate[chromedp.Void](fmt.Sprintf(`
-		window.tokens = [%q, %q, %q]; window.got = []; window.states = []; window.asked = 0;
-		window.stopRef = connectPusher("ws://%s/ws",
-			() => { window.asked++; return Promise.resolve(window.tokens.shift()); },
-			(text) => window.got.push(text),
-			(s) => window.states.push(s.state + (s.code ? ":" + s.code : "")),
-			() => {}); undefined`, tokens[0], tokens[1], tokens[2], ts.Addr())))
+	p.do("connect with the client library", chromedp.Evaluate[chromedp.Void](fmt.Sprintf(`
+		import("/pusher.js").then(({ connectPusher }) => {
+			window.tokens = [%q, %q, %q]; window.got = []; window.states = []; window.asked = 0;
+			window.client = connectPusher({
+				url: "ws://%s/ws",
+				getToken: () => { window.asked++; return Promise.resolve(window.tokens.shift()); },
+				onMessage: (text) => window.got.push(text),
+				onState: (s) => window.states.push(s.state + (s.code ? ":" + s.code : "")),
+			});
+		})`, tokens[0], tokens[1], tokens[2], ts.Addr()), chromedp.EvalAwaitPromise))
 	waitFor(t, "lena registered", func() bool { return len(ts.hub.clients("lena")) == 1 })
 	// Past both expiries: the point of the test, so a wait for a moment,
 	// not for a state.
@@ -48,5 +51,8 @@ func TestReferenceClientRefreshesInBrowser(t *testing.T) {
 	if n := len(ts.hub.clients("lena")); n != 1 {
 		t.Errorf("%d connections of lena, want the first one still", n)
 	}
-	p.do("stop", chromedp.Evaluate[chromedp.Void](`window.stopRef(); undefined`))
+	p.do("stop", chromedp.Evaluate[chromedp.Void](`window.client.stop()`))
+	if states := eval[[]string](p, "window.states"); strings.Join(states, ",") != "connecting,open,closed:1000" {
+		t.Errorf("states after stop %v, want closed:1000 last", states)
+	}
 }

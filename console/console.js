@@ -1,73 +1,14 @@
-"use strict";
+// The console page. It listens with the client library of clients/js,
+// which the server serves beside this file.
+import { connectPusher } from "./pusher.js";
 
-// BEGIN reference client
-// connectPusher listens on a go-pusher /ws URL. getToken is a JWT, or a
-// function returning (a promise of) a fresh one: it is asked at each connect
-// and again before the token's exp, and the new token goes in band as
-// {"refresh": ...}, so that the connection outlives the first. onMessage(text,
-// offset, replayed) gets each pushed message, onState({state, code, reason,
-// retryIn}) each change. After close 1001, 1006 or 1013 it reconnects in
-// 0.5 s doubling to 30 s, with jitter, asking for what came after the last
-// offset it saw: then onRecovered(true, n) after the n messages it missed,
-// or onRecovered(false, 0) if the server no longer has them all (some may be
-// lost: resynchronise). After 1008 (bad or expired token, connection limit)
-// it stops, as retrying cannot help. Pass since to start after an offset.
-// It returns a function that stops it.
-function connectPusher(url, getToken, onMessage, onState, onRecovered, since = "") {
-  let ws, retry, renew, pending, delay = 500, stopped = false;
-  const get = async () => (typeof getToken === "function" ? getToken() : getToken);
-  const expOf = (t) => { try { return JSON.parse(atob(t.split(".")[1].replace(/-/g, "+").replace(/_/g, "/"))).exp || 0; } catch { return 0; } };
-  // A refresh goes out when three quarters of the token's time are gone.
-  const plan = (t) => { clearTimeout(renew); const left = expOf(t) * 1000 - Date.now(); if (left > 0) renew = setTimeout(refresh, left * 3 / 4); };
-  const refresh = () => get().then((t) => { pending = t; if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ refresh: t })); }, () => { renew = setTimeout(refresh, 5000); });
-  const again = (code, reason) => {
-    const retryIn = delay / 2 + Math.random() * delay / 2;
-    delay = Math.min(delay * 2, 30000);
-    retry = setTimeout(open, retryIn);
-    onState({ state: "reconnecting", code, reason, retryIn });
-  };
-  async function open() {
-    let refusal = "", replaying = since !== "", n = 0, token;
-    try { token = await get(); } catch (err) { return void (stopped || again(1006, "getToken: " + err)); }
-    if (stopped) return;
-    const resume = since ? "&since=" + encodeURIComponent(since) : "";
-    ws = new WebSocket(url + "?format=json&token=" + encodeURIComponent(token) + resume);
-    onState({ state: "connecting" });
-    ws.onopen = () => { delay = 500; plan(token); onState({ state: "open" }); };
-    ws.onmessage = (e) => {
-      // Messages are JSON; a refused connection gets the text
-      // "authenticate error: <reason>", then 1008.
-      if (e.data.startsWith("authenticate error: ")) return void (refusal = e.data);
-      const m = JSON.parse(e.data);
-      // A refused refresh keeps the old exp: try again in 5 s.
-      if ("refreshed" in m) return void (m.refreshed ? plan(pending) : (renew = setTimeout(refresh, 5000)));
-      if ("recovered" in m) { replaying = false; return onRecovered(m.recovered, n); }
-      if (replaying) n++;
-      since = m.offset;
-      onMessage(m.message, m.offset, replaying);
-    };
-    ws.onclose = (e) => {
-      clearTimeout(renew);
-      const reason = (e.code === 1008 && refusal) || e.reason;
-      if (stopped || ![1001, 1006, 1013].includes(e.code)) return onState({ state: "closed", code: e.code, reason });
-      again(e.code, reason);
-    };
-  }
-  open();
-  return () => {
-    stopped = true; clearTimeout(retry); clearTimeout(renew);
-    if (!ws || ws.readyState === WebSocket.CLOSED) onState({ state: "closed", code: 1000 }); else ws.close(1000);
-  };
-}
-// END reference client
-
-// The page around the reference client. Messages and answers are untrusted:
-// they are shown with textContent only, never parsed as HTML.
+// Messages and answers are untrusted: they are shown with textContent
+// only, never parsed as HTML.
 (() => {
   const $ = (id) => document.getElementById(id);
   const maxMessages = 500; // older ones are dropped, so a busy uid cannot eat the tab's memory
-  const closeNames = { 1000: "normal", 1001: "going away", 1006: "connection lost", 1008: "policy violation", 1009: "message too big", 1013: "try again later" };
-  let stop = null;
+  const closeNames = { 1000: "normal", 1001: "going away", 1006: "connection lost", 1008: "policy violation", 1009: "message too big", 1012: "service restart", 1013: "try again later" };
+  let client = null; // the connection of the last Connect, until it is closed
   let generation = 0; // callbacks of a connection the user replaced are ignored
   let attempts = 0; // connection attempts since the user pressed Connect
   // The uid of the last Connect and the offset of its latest message:
@@ -150,7 +91,10 @@ function connectPusher(url, getToken, onMessage, onState, onRecovered, since = "
     li.dataset.recovered = ok;
   }
 
+  // closedText names a close; code is missing when the browser refused
+  // to open the WebSocket at all.
   function closedText(code, reason) {
+    if (code === undefined) return `closed${reason ? ": " + reason : ""}`;
     const name = closeNames[code] ? ` ${closeNames[code]}` : "";
     return `closed: ${code}${name}${reason ? ": " + reason : ""}`;
   }
@@ -177,12 +121,12 @@ function connectPusher(url, getToken, onMessage, onState, onRecovered, since = "
     const live = state !== "closed";
     $("connect").disabled = live;
     $("disconnect").disabled = !live;
-    if (!live) stop = null;
+    if (!live) client = null;
   }
 
   $("listen-form").addEventListener("submit", (e) => {
     e.preventDefault();
-    if (stop) stop();
+    if (client) client.stop();
     const token = $("token").value.trim();
     const uid = tokenUID(token);
     attempts = 0;
@@ -197,9 +141,16 @@ function connectPusher(url, getToken, onMessage, onState, onRecovered, since = "
     // Refreshes send what the token field holds then: paste a newer token
     // of the same uid there and the connection outlives the first.
     const getToken = () => $("token").value.trim() || token;
-    stop = connectPusher(wsURL(), getToken, current(onMessage), current(showState), current(showRecovered), lastOffset);
+    client = connectPusher({
+      url: wsURL(),
+      getToken,
+      onMessage: current(onMessage),
+      onState: current(showState),
+      onRecovered: current(showRecovered),
+      since: lastOffset,
+    });
   });
-  $("disconnect").addEventListener("click", () => { if (stop) stop(); });
+  $("disconnect").addEventListener("click", () => { if (client) client.stop(); });
   $("clear").addEventListener("click", () => {
     $("messages").replaceChildren();
     $("count").textContent = "(0)";
