@@ -58,11 +58,13 @@ type Sender struct {
 	client *http.Client
 	queue  chan Event
 
-	ctx       context.Context
-	cancel    context.CancelFunc
-	flushing  chan struct{} // closed by Close: deliver what is queued, then end
-	done      chan struct{}
-	closeOnce sync.Once
+	ctx    context.Context
+	cancel context.CancelFunc
+	// flushing ends when Close begins: deliver what is queued, then end.
+	flushing   context.Context
+	startFlush context.CancelFunc
+	done       chan struct{}
+	closeOnce  sync.Once
 
 	sent, retried, dropped prometheus.Counter
 }
@@ -71,10 +73,9 @@ type Sender struct {
 func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) *Sender {
 	s := &Sender{
 		cfg: cfg, log: log,
-		client:   &http.Client{},
-		queue:    make(chan Event, cfg.QueueSize),
-		flushing: make(chan struct{}),
-		done:     make(chan struct{}),
+		client: &http.Client{},
+		queue:  make(chan Event, cfg.QueueSize),
+		done:   make(chan struct{}),
 		sent: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "pusher_webhook_events_sent_total", Help: "Presence events the webhook receiver acknowledged with a 2xx.",
 		}),
@@ -86,6 +87,7 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) *Sender {
 		}),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.flushing, s.startFlush = context.WithCancel(context.Background())
 	reg.MustRegister(s.sent, s.retried, s.dropped)
 	return s
 }
@@ -100,7 +102,7 @@ func (s *Sender) Close(ctx context.Context) {
 	s.closeOnce.Do(func() {
 		stop := context.AfterFunc(ctx, s.cancel)
 		defer stop()
-		close(s.flushing)
+		s.startFlush()
 		<-s.done
 		s.dropped.Add(float64(len(s.queue)))
 		s.cancel()
@@ -123,7 +125,7 @@ func (s *Sender) loop() {
 		select {
 		case <-s.ctx.Done():
 			return
-		case <-s.flushing:
+		case <-s.flushing.Done():
 			s.flush()
 			return
 		case e := <-s.queue:
@@ -137,7 +139,7 @@ func (s *Sender) loop() {
 				batch = append(batch, e)
 			case <-t.C:
 				break gather
-			case <-s.flushing:
+			case <-s.flushing.Done():
 				break gather // delivered now; the rest next
 			case <-s.ctx.Done():
 				t.Stop()
@@ -154,14 +156,7 @@ func (s *Sender) loop() {
 const closingTimeout = 2 * time.Second
 
 // closing reports whether Close began.
-func (s *Sender) closing() bool {
-	select {
-	case <-s.flushing:
-		return true
-	default:
-		return false
-	}
-}
+func (s *Sender) closing() bool { return s.flushing.Err() != nil }
 
 // flush delivers what is queued, in batches, until the queue is empty or
 // the sender is cancelled.
@@ -214,7 +209,7 @@ func (s *Sender) deliver(batch []Event) {
 		case <-s.ctx.Done():
 			s.dropped.Add(float64(len(batch)))
 			return
-		case <-s.flushing:
+		case <-s.flushing.Done():
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, 5*time.Second)
@@ -223,18 +218,20 @@ func (s *Sender) deliver(batch []Event) {
 }
 
 // post sends body once, signed, for at most Timeout and never past
-// giveUp.
+// giveUp; once Close begins, for at most closingTimeout more: a shutdown
+// does not wait for a slow receiver.
 func (s *Sender) post(body []byte, giveUp time.Time) error {
 	ts := strconv.FormatInt(time.Now().Unix(), 10)
 	deadline := time.Now().Add(s.cfg.Timeout)
-	if s.closing() {
-		deadline = time.Now().Add(closingTimeout) // a shutdown does not wait for a slow receiver
-	}
 	if giveUp.Before(deadline) {
 		deadline = giveUp
 	}
 	ctx, cancel := context.WithDeadline(s.ctx, deadline)
 	defer cancel()
+	// A timer, not a goroutine, outlives this call: it cancels a context
+	// that is done by then.
+	stop := context.AfterFunc(s.flushing, func() { time.AfterFunc(closingTimeout, cancel) })
+	defer stop()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.cfg.URL, bytes.NewReader(body))
 	if err != nil {
 		return err
