@@ -16,6 +16,7 @@ export PUSHER_TEST_CHROMIUM=${PUSHER_TEST_CHROMIUM:-$(command -v chromium)}
 
 go vet ./...
 go test -race -count=1 ./...
+./scripts/test-js.sh # clients/js: dist/ matches its source, the example type-checks, tests against the built server
 ./scripts/smoke-bench.sh # the load tool against the built server: nothing lost
 
 # Short fuzz runs over the parsers of untrusted input, from the checked-in
