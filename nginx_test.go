@@ -340,18 +340,38 @@ func TestNginxWebSocket(t *testing.T) {
 		if code != http.StatusOK || !strings.Contains(page, "<html") {
 			t.Fatalf("GET / through nginx = %d %q", code, page)
 		}
-		files := regexp.MustCompile(`(?:src|href)="([^":#?]+)"`).FindAllStringSubmatch(page, -1)
-		if len(files) == 0 {
+		// The files the page names, and the modules they import, each
+		// loaded through nginx as a browser would.
+		todo := consoleRefs.FindAllStringSubmatch(page, -1)
+		if len(todo) == 0 {
 			t.Fatalf("the console page names no file of its own:\n%s", page)
 		}
-		for _, f := range files {
-			path := "/" + strings.TrimPrefix(f[1], "/")
-			if code, _ := httpDo(t, http.MethodGet, "http://"+front+path); code != http.StatusOK {
+		seen := map[string]bool{}
+		for len(todo) > 0 {
+			path := "/" + strings.TrimPrefix(strings.TrimPrefix(todo[0][1], "./"), "/")
+			todo = todo[1:]
+			if seen[path] {
+				continue
+			}
+			seen[path] = true
+			code, body := httpDo(t, http.MethodGet, "http://"+front+path)
+			if code != http.StatusOK {
 				t.Errorf("GET %s through nginx = %d, want 200", path, code)
+			}
+			if strings.HasSuffix(path, ".js") {
+				todo = append(todo, jsImports.FindAllStringSubmatch(body, -1)...)
 			}
 		}
 	})
 }
+
+var (
+	// consoleRefs are the page's own files: src and href without a scheme.
+	consoleRefs = regexp.MustCompile(`(?:src|href)="([^":#?]+)"`)
+	// jsImports are a module's static imports and re-exports of relative
+	// specifiers.
+	jsImports = regexp.MustCompile(`(?m)^\s*(?:import|export)\b[^"'\n]*?(?:from\s*)?["'](\.{1,2}/[^"']+)["']`)
+)
 
 // TestNginxClosesIdleWithoutPings shows what the pings are for, and that
 // TestNginxWebSocket's idle case can fail: with the server pinging less
