@@ -7,7 +7,8 @@
 # Flags go after the image name, or as PUSHER_<FLAG> variables. The image
 # has no shell and no curl: its health check is the binary's own
 # "go-pusher healthcheck", which asks /healthz on PUSHER_INTERNAL_ADDR, or
-# else PUSHER_ADDR. Trusted CA roots are compiled into the binary.
+# else PUSHER_ADDR, so give the listeners as those variables, not flags.
+# Trusted CA roots are compiled into the binary.
 #
 # BINARY=prebuilt takes a binary built outside (bin/image/go-pusher, as
 # `make image` does) instead of building one in a golang image: for a
