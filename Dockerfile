@@ -13,6 +13,9 @@
 # BINARY=prebuilt takes a binary built outside (bin/image/go-pusher, as
 # `make image` does) instead of building one in a golang image: for a
 # machine that can reach the Go module proxy but not an image registry.
+# Either way the builder must skip the stage it does not use: BuildKit
+# (Docker's builder since 23.0) and Buildah (podman) do; the legacy
+# builder (DOCKER_BUILDKIT=0) fails on the missing prebuilt binary.
 ARG BINARY=build
 
 FROM docker.io/library/golang:1.26 AS build

@@ -7,11 +7,14 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"go-pusher/internal/testutil"
 )
 
 // pushes checks that the server at addr takes a WebSocket and delivers a
@@ -34,25 +37,13 @@ func pushes(t *testing.T, addr string) {
 	}
 }
 
-// buildStatic builds go-pusher as the Dockerfile does: CGO_ENABLED=0.
-func buildStatic(t *testing.T) string {
-	t.Helper()
-	bin := t.TempDir() + "/go-pusher"
-	cmd := exec.Command("go", "build", "-trimpath", "-o", bin, ".")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
-
 // TestStaticBinaryServesInEmptyDirectory: the binary of the container
 // image needs nothing from the system it runs on. It has no ELF
 // interpreter and no shared library, and it serves with an empty
 // environment (no PATH, no HOME, no TZ) plus the two secrets, from an
 // empty directory, as on an empty image.
 func TestStaticBinaryServesInEmptyDirectory(t *testing.T) {
-	bin := buildStatic(t)
+	bin := buildBinary(t) // CGO_ENABLED=0, as in the image
 	f, err := elf.Open(bin)
 	if err != nil {
 		t.Fatal(err)
@@ -124,11 +115,7 @@ func containerEngine(t *testing.T) string {
 			return p
 		}
 	}
-	const msg = "no container engine: install podman (apt-get install podman runc, or make test)"
-	if os.Getenv("CI") == "true" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
+	testutil.SkipOrFail(t, "no container engine: install podman (apt-get install podman runc, or make test)")
 	return ""
 }
 
@@ -192,7 +179,7 @@ func TestContainerImage(t *testing.T) {
 	}
 
 	args := append([]string{
-		"run", "-d", "-p", "127.0.0.1::8181",
+		"run", "-d", "--rm", "-p", "127.0.0.1::8181",
 		"-e", "JWT_SECRET=" + testSecret, "-e", "PUSHER_API_KEY=" + testAPIKey,
 	}, containerRunFlags(engine)...)
 	out, err = exec.Command(engine, append(args, image)...).CombinedOutput()
@@ -227,4 +214,75 @@ func TestContainerImage(t *testing.T) {
 			t.Errorf("the image's health check: %v\n%s", err, out)
 		}
 	}
+}
+
+// TestDockerContextHoldsEmbeddedFiles: `docker build .` compiles in the
+// image from the context that .dockerignore lets in; every file a package
+// embeds (go:embed) must be in it, or the build fails on a machine this
+// repository's tests do not run on.
+func TestDockerContextHoldsEmbeddedFiles(t *testing.T) {
+	out, err := exec.Command("go", "list", "-f", `{{.Dir}}|{{join .EmbedFiles "|"}}`, "./...").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	root, _ := os.Getwd()
+	ignore, err := os.ReadFile(".dockerignore")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var files []string
+	for line := range strings.SplitSeq(strings.TrimSpace(string(out)), "\n") {
+		parts := strings.Split(line, "|")
+		for _, f := range parts[1:] {
+			if f == "" {
+				continue
+			}
+			rel, _ := filepath.Rel(root, filepath.Join(parts[0], f))
+			files = append(files, filepath.ToSlash(rel))
+		}
+	}
+	if len(files) == 0 {
+		t.Fatal("no embedded files found: the console's should be")
+	}
+	for _, f := range append(files, "go.mod", "main.go", "internal/stream/frame.go") {
+		if !dockerContextHas(string(ignore), f) {
+			t.Errorf("%s is left out of the build context by .dockerignore", f)
+		}
+	}
+	for _, f := range []string{"main_test.go", ".git/config", "clients/js/node_modules/x.js", "bin/tools/golangci-lint"} {
+		if dockerContextHas(string(ignore), f) {
+			t.Errorf("%s is in the build context", f)
+		}
+	}
+}
+
+// dockerContextHas reports whether the .dockerignore text lets path into
+// the build context: the last pattern that matches it decides, "!"
+// letting it in. Only the forms our .dockerignore uses: a name, a
+// directory ending in "/", "**/" before a pattern of the last element.
+func dockerContextHas(ignore, path string) bool {
+	in := true
+	for line := range strings.SplitSeq(ignore, "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		pattern, include := strings.CutPrefix(line, "!")
+		var match bool
+		switch {
+		case strings.HasSuffix(pattern, "/"):
+			match = strings.HasPrefix(path, pattern)
+		case strings.HasPrefix(pattern, "**/"):
+			match, _ = filepath.Match(strings.TrimPrefix(pattern, "**/"), filepath.Base(path))
+		default:
+			match, _ = filepath.Match(pattern, path)
+			if pattern == "*" {
+				match = true // the whole context
+			}
+		}
+		if match {
+			in = include
+		}
+	}
+	return in
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -32,6 +34,7 @@ type withRedisCluster struct{ m *testing.M }
 
 func (w withRedisCluster) Run() int {
 	defer redisCluster.Stop()
+	defer built.remove()
 	return w.m.Run()
 }
 
@@ -182,15 +185,44 @@ func TestRunWarnsOfExposure(t *testing.T) {
 	}
 }
 
-// buildBinary builds go-pusher into the test's temp dir.
+// built is the go-pusher binary of the tests that run the whole program,
+// built once for them all and removed after them (TestMain).
+var built builtBinary
+
+// builtBinary is go-pusher built as the container image has it
+// (CGO_ENABLED=0), in a directory of its own.
+type builtBinary struct {
+	once sync.Once
+	dir  string
+	err  error
+}
+
+// buildBinary returns the path of the go-pusher binary, building it on
+// first use.
 func buildBinary(t *testing.T) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "go-pusher")
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+	built.once.Do(func() {
+		// Not t.TempDir: the binary outlives the test that builds it.
+		built.dir, built.err = os.MkdirTemp("", "go-pusher-test-") //nolint:usetesting // see above
+		if built.err != nil {
+			return
+		}
+		cmd := exec.Command("go", "build", "-trimpath", "-o", filepath.Join(built.dir, "go-pusher"), ".")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			built.err = fmt.Errorf("go build: %w\n%s", err, out)
+		}
+	})
+	if built.err != nil {
+		t.Fatal(built.err)
 	}
-	return bin
+	return filepath.Join(built.dir, "go-pusher")
+}
+
+func (b *builtBinary) remove() {
+	if b.dir != "" {
+		_ = os.RemoveAll(b.dir) // a temp dir left behind costs only disk
+	}
 }
 
 // process is a running go-pusher binary.
@@ -217,6 +249,8 @@ func startBinary(t *testing.T, bin string, args []string, env ...string) *proces
 func startProcess(t *testing.T, p *process) {
 	t.Helper()
 	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
+	// Killed with the test binary too, should a timeout skip the cleanup.
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
