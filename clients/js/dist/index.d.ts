@@ -63,18 +63,26 @@ export type PusherOptions = BaseOptions & ({
     getToken: TokenSource;
     token?: never;
 });
-/** Close codes after which the client reconnects: going away, connection lost, missed messages, slow consumer. */
+/**
+ * Close codes after which the client reconnects with backoff: going away,
+ * connection lost, missed messages, slow consumer. (With `getToken`, a
+ * 1008 "token expired" or "token revoked" also leads to a reconnect, with
+ * a new token: see PusherClient.)
+ */
 export declare const RETRY_CODES: readonly number[];
 /** connectPusher starts a client and returns it; call `stop()` to end it. */
 export declare function connectPusher(options: PusherOptions): PusherClient;
 /**
  * PusherClient connects as it is made, like a WebSocket, and holds at
- * most one WebSocket at a time. After a close with a
- * code in RETRY_CODES it reconnects in 0.5 s doubling to 30 s (each wait
- * randomised between half and all of it, so that clients dropped together
- * do not come back together), with since= the last offset it saw. After
- * 1008 (bad or expired token, connection limit, disconnected by the
- * server) and any other code it stops: state "closed".
+ * most one WebSocket at a time. After a close with a code in RETRY_CODES
+ * it reconnects in 0.5 s doubling to 30 s (each wait randomised between
+ * half and all of it, so that clients dropped together do not come back
+ * together; the delay starts over once a connection has stayed open 10 s),
+ * with since= the last offset it saw. With getToken, after 1008 "token
+ * expired" or "token revoked" it reconnects at once with a new token (the
+ * usual backoff if that happens again within 10 s). After any other 1008
+ * (a refused token, the connection limit, a /disconnect) and any other
+ * code it stops: state "closed".
  */
 export declare class PusherClient {
     private readonly options;
@@ -82,15 +90,20 @@ export declare class PusherClient {
     private readonly url;
     private ws;
     private current;
+    private currentGot;
     private pending;
+    private pendingGot;
     private nextToken;
+    private nextGot;
     private since;
     private delay;
+    private renewedAtOnce;
     private stopped;
     private replacing;
     private retryTimer;
     private renewTimer;
     private answerTimer;
+    private stableTimer;
     private currentState;
     constructor(options: PusherOptions);
     /** The current state. */
@@ -105,7 +118,9 @@ export declare class PusherClient {
     /** close is stop, for code that expects the WebSocket's name. */
     close(): void;
     private report;
+    private call;
     private clearTimers;
+    private start;
     private token;
     private open;
     private again;

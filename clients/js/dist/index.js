@@ -3,11 +3,25 @@
 // closes that a retry can cure, asks for what it missed (since=), and keeps
 // one connection open across token expiries by refreshing the token in band.
 // No dependencies: it needs a WebSocket, the global one or one passed in.
-/** Close codes after which the client reconnects: going away, connection lost, missed messages, slow consumer. */
+/**
+ * Close codes after which the client reconnects with backoff: going away,
+ * connection lost, missed messages, slow consumer. (With `getToken`, a
+ * 1008 "token expired" or "token revoked" also leads to a reconnect, with
+ * a new token: see PusherClient.)
+ */
 export const RETRY_CODES = [1001, 1006, 1012, 1013];
+// The close reasons of 1008 after which a new token from getToken may be
+// let in: the token of an open connection expired or was revoked. A
+// refusal at connect, a /disconnect or the connection limit are not.
+const NEW_TOKEN_REASONS = ["token expired", "token revoked"];
 const OPEN = 1; // WebSocket.OPEN, the same in every implementation
 const firstDelay = 500; // ms; the backoff doubles from here...
 const maxDelay = 30000; // ...up to here
+// stableAfter is how long a connection stays open before the delay starts
+// over: a server that closes each connection soon after it opens (1013,
+// slow consumer, again and again) gets a backoff, not a reconnect every
+// 0.25-0.5 s; a connection that ran a while reconnects fast.
+const stableAfter = 10000;
 const refusedRefreshRetry = 5000; // ms after a refused refresh, or when getToken has nothing newer
 // refreshAnswerWait bounds the wait for {"refreshed": ...}: a server without
 // in-band refresh never answers, and then the client reconnects with the new
@@ -20,19 +34,28 @@ export function connectPusher(options) {
 }
 /**
  * PusherClient connects as it is made, like a WebSocket, and holds at
- * most one WebSocket at a time. After a close with a
- * code in RETRY_CODES it reconnects in 0.5 s doubling to 30 s (each wait
- * randomised between half and all of it, so that clients dropped together
- * do not come back together), with since= the last offset it saw. After
- * 1008 (bad or expired token, connection limit, disconnected by the
- * server) and any other code it stops: state "closed".
+ * most one WebSocket at a time. After a close with a code in RETRY_CODES
+ * it reconnects in 0.5 s doubling to 30 s (each wait randomised between
+ * half and all of it, so that clients dropped together do not come back
+ * together; the delay starts over once a connection has stayed open 10 s),
+ * with since= the last offset it saw. With getToken, after 1008 "token
+ * expired" or "token revoked" it reconnects at once with a new token (the
+ * usual backoff if that happens again within 10 s). After any other 1008
+ * (a refused token, the connection limit, a /disconnect) and any other
+ * code it stops: state "closed".
  */
 export class PusherClient {
     constructor(options) {
+        // Each token goes with when the client got it (now(), ms): a token with
+        // iat is timed by its lifetime from then, not by this clock's idea of exp.
         this.current = ""; // the token of ws
-        this.pending = ""; // a token sent in band, not answered yet
+        this.currentGot = 0;
+        this.pending = ""; // a token sent in band, not answered yet ("": no refresh outstanding)
+        this.pendingGot = 0;
         this.nextToken = ""; // a token for the next connect, instead of asking getToken
+        this.nextGot = 0;
         this.delay = firstDelay;
+        this.renewedAtOnce = false; // reconnected at once after "token expired"/"token revoked", and no connection was stable since
         this.stopped = false;
         this.replacing = false; // ws is being closed to reconnect with a new token
         this.currentState = "connecting";
@@ -50,7 +73,7 @@ export class PusherClient {
         this.options = options;
         this.WebSocketClass = WebSocketClass;
         this.since = options.since ?? "";
-        void this.open();
+        this.start();
     }
     /** The current state. */
     get state() {
@@ -84,26 +107,51 @@ export class PusherClient {
     }
     report(change) {
         this.currentState = change.state;
-        this.options.onState?.(change);
+        this.call(this.options.onState, change);
+    }
+    // call calls one of the user's callbacks. One that throws must not stop
+    // the client half way through a step: its error is thrown again on its
+    // own, where the platform reports it (reportError, or a microtask).
+    call(callback, ...args) {
+        if (!callback)
+            return;
+        try {
+            callback.apply(this.options, args);
+        }
+        catch (err) {
+            rethrow(err);
+        }
     }
     clearTimers() {
         clearTimeout(this.renewTimer);
         clearTimeout(this.answerTimer);
+        clearTimeout(this.stableTimer);
     }
-    // token is the token for a connect: the one a refresh could not send
-    // in band, else getToken's, else the fixed one.
+    // start begins a connection attempt. open catches what it expects; an
+    // error it does not is thrown on its own, as a callback's is, and never
+    // becomes an unhandled rejection.
+    start() {
+        this.open().catch(rethrow);
+    }
+    // token is the token for a connect, with when the client got it: the
+    // one a refresh could not send in band, else getToken's, else the
+    // fixed one.
     async token() {
         if (this.nextToken) {
-            const t = this.nextToken;
+            const t = [this.nextToken, this.nextGot];
             this.nextToken = "";
             return t;
         }
-        return this.options.getToken ? await this.options.getToken() : this.options.token;
+        const t = this.options.getToken ? await this.options.getToken() : this.options.token;
+        return [t, now()];
     }
     async open() {
+        if (this.stopped)
+            return;
         let token;
+        let got;
         try {
-            token = await this.token();
+            [token, got] = await this.token();
         }
         catch (err) {
             if (!this.stopped)
@@ -129,7 +177,7 @@ export class PusherClient {
         }
         this.ws = ws;
         this.current = token;
-        this.report({ state: "connecting" });
+        this.currentGot = got;
         let refusal = ""; // the "authenticate error: ..." text before a 1008
         let replaying = this.since !== ""; // messages before {"recovered": ...} are replayed
         let missed = 0;
@@ -138,8 +186,11 @@ export class PusherClient {
             if (ws !== this.ws)
                 return;
             opened = true;
-            this.delay = firstDelay;
-            this.plan(expiry(token));
+            this.stableTimer = setTimeout(() => {
+                this.delay = firstDelay;
+                this.renewedAtOnce = false;
+            }, stableAfter);
+            this.plan(token, got, claims(token).exp);
             this.report({ state: "open" });
         };
         ws.onmessage = (event) => {
@@ -156,18 +207,18 @@ export class PusherClient {
                 if (replaying)
                     missed++;
                 this.since = frame.offset;
-                this.options.onMessage?.(frame.message, frame.offset, replaying);
+                this.call(this.options.onMessage, frame.message, frame.offset, replaying);
             }
             else if (frame && "refreshed" in frame) {
                 this.answered(frame);
             }
             else if (frame && "recovered" in frame) {
                 replaying = false;
-                this.options.onRecovered?.(frame.recovered === true, missed);
+                this.call(this.options.onRecovered, frame.recovered === true, missed);
             }
             else {
                 // A server without format=json (the article's) sends the message alone.
-                this.options.onMessage?.(event.data, "", false);
+                this.call(this.options.onMessage, event.data, "", false);
             }
         };
         const ended = (code, closeReason) => {
@@ -175,13 +226,30 @@ export class PusherClient {
                 return;
             this.ws = undefined;
             this.clearTimers();
+            this.pending = "";
             if (this.replacing) {
                 this.replacing = false;
                 this.report({ state: "reconnecting", code, reason: "reconnecting with a new token", retryIn: 0 });
-                void this.open();
+                this.start();
                 return;
             }
             const reason = (code === 1008 && refusal) || closeReason;
+            // The token of an open connection expired or was revoked: a new one
+            // may be let in. At once the first time; if the next connection
+            // ends so too within 10 s, with backoff. A refused connect (the
+            // refusal text came first) stops below: a getToken that has only
+            // the old token costs one attempt, not a loop.
+            if (code === 1008 && !refusal && this.options.getToken && NEW_TOKEN_REASONS.includes(closeReason)) {
+                this.nextToken = "";
+                if (this.renewedAtOnce) {
+                    this.again(code, reason);
+                    return;
+                }
+                this.renewedAtOnce = true;
+                this.report({ state: "reconnecting", code, reason, retryIn: 0 });
+                this.start();
+                return;
+            }
             if (!RETRY_CODES.includes(code)) {
                 this.stopped = true;
                 this.report({ state: "closed", code, reason });
@@ -198,23 +266,29 @@ export class PusherClient {
             if (!opened)
                 ended(1006, "");
         };
+        // Reported once the handlers are in place: whatever onState does
+        // (throw, stop the client), the socket is handled.
+        this.report({ state: "connecting" });
     }
     // again schedules the next attempt after a close that a retry can cure.
     again(code, reason) {
         const retryIn = this.delay / 2 + (Math.random() * this.delay) / 2;
         this.delay = Math.min(this.delay * 2, maxDelay);
-        this.retryTimer = setTimeout(() => void this.open(), retryIn);
+        this.retryTimer = setTimeout(() => this.start(), retryIn);
         this.report({ state: "reconnecting", code, reason, retryIn });
     }
-    // plan schedules a refresh when three quarters of the time left before
-    // exp (ms since the epoch) are gone. A fixed token cannot be refreshed.
-    plan(exp) {
+    // plan schedules the refresh of token, got at got, that expires at exp
+    // (seconds since the epoch; undefined: never). A fixed token cannot be
+    // refreshed.
+    plan(token, got, exp) {
         clearTimeout(this.renewTimer);
-        const left = exp - Date.now();
-        if (!this.options.getToken || !Number.isFinite(left) || left <= 0)
+        if (!this.options.getToken)
+            return;
+        const wait = refreshIn(token, got, exp);
+        if (!Number.isFinite(wait))
             return;
         // setTimeout fires at once when given more than 2^31-1 ms (24.8 days).
-        this.renewTimer = setTimeout(() => void this.refresh(), Math.min((left * 3) / 4, maxTimeout));
+        this.renewTimer = setTimeout(() => void this.refresh(), Math.min(Math.max(wait, 0), maxTimeout));
     }
     // refresh asks getToken for a newer token and sends it in band. plan
     // calls it only when there is a getToken.
@@ -229,42 +303,110 @@ export class PusherClient {
                 this.renewTimer = setTimeout(() => void this.refresh(), refusedRefreshRetry);
             return;
         }
+        const got = now();
         if (!ws || ws !== this.ws || ws.readyState !== OPEN)
             return;
-        const exp = expiry(this.current);
         // The same token again (an app whose cache has not renewed yet) would
         // be accepted and answered at once, again and again until exp.
-        if (expiry(token) <= exp) {
+        if (expiry(token) <= expiry(this.current)) {
             this.renewTimer = setTimeout(() => void this.refresh(), refusedRefreshRetry);
             return;
         }
         this.pending = token;
+        this.pendingGot = got;
         ws.send(JSON.stringify({ refresh: token }));
-        // No answer: a server without in-band refresh. Reconnect with the new
-        // token before the old one expires, resuming after the last offset.
-        // (A connection still open past exp is on a server that does not
-        // enforce exp: then there is no hurry.)
-        const left = exp - Date.now();
+        // No answer: a server without in-band refresh, or one slow to check
+        // the token. Reconnect with the new token before the old one expires,
+        // resuming after the last offset. (A connection still open past exp
+        // is on a server that does not enforce exp: then there is no hurry.)
+        const left = timeLeft(this.current, this.currentGot);
         const wait = left > 0 ? Math.min(refreshAnswerWait, left / 2) : refreshAnswerWait;
         this.answerTimer = setTimeout(() => {
             if (ws !== this.ws)
                 return;
+            this.pending = ""; // an answer after this is too late: ignored
             this.nextToken = token;
+            this.nextGot = got;
             this.replacing = true;
             ws.close(1000, "token refresh");
         }, wait);
     }
-    // answered handles {"refreshed": true, "exp": ...} or {"refreshed": false, "error": ...}.
+    // answered handles {"refreshed": true, "exp": ...} or {"refreshed":
+    // false, "error": ...}, the answer to the refresh outstanding. With none
+    // outstanding (an answer after the wait, or one never asked for) there
+    // is nothing to answer: it is ignored.
     answered(frame) {
+        if (!this.pending)
+            return;
         clearTimeout(this.answerTimer);
+        const token = this.pending;
+        const got = this.pendingGot;
+        this.pending = "";
         if (frame.refreshed !== true) {
             // The old exp stands: try again later.
             this.renewTimer = setTimeout(() => void this.refresh(), refusedRefreshRetry);
             return;
         }
-        this.current = this.pending;
-        this.plan(typeof frame.exp === "number" ? frame.exp * 1000 : Infinity);
+        this.current = token;
+        this.currentGot = got;
+        this.plan(token, got, typeof frame.exp === "number" ? frame.exp : undefined);
     }
+}
+// rethrow throws err on its own, out of the client's step: to
+// reportError where there is one (browsers: the console and the window's
+// error event, as an uncaught error), else from a microtask (Node: an
+// uncaught exception, which ends the process unless something handles
+// it, as any error thrown from an event handler would).
+function rethrow(err) {
+    const report = globalThis.reportError;
+    if (typeof report === "function") {
+        report(err);
+        return;
+    }
+    queueMicrotask(() => {
+        throw err;
+    });
+}
+// now is a clock for durations, in ms: a change of the system clock does
+// not move it, where there is one (performance.now).
+function now() {
+    const perf = globalThis.performance;
+    return perf ? perf.now() : Date.now();
+}
+// refreshIn is the ms from now until the refresh of token, which the
+// client got at got (now()), with exp its expiry (seconds since the epoch;
+// the server's answer to a refresh, else the token's): three quarters of
+// its lifetime after got when it has iat (see lifetime), else three
+// quarters of the time left before exp by this clock. NaN: no refresh (no
+// exp, or by this clock exp has passed, without iat).
+function refreshIn(token, got, exp) {
+    if (exp === undefined)
+        return NaN;
+    const life = lifetime(claims(token).iat, exp);
+    if (life !== undefined)
+        return (life * 3) / 4 - (now() - got);
+    const left = exp * 1000 - Date.now();
+    return left > 0 ? (left * 3) / 4 : NaN;
+}
+// timeLeft is the ms token, got at got, has left: from its lifetime when
+// it has iat, else by this clock. Infinity without exp.
+function timeLeft(token, got) {
+    const { exp, iat } = claims(token);
+    if (exp === undefined)
+        return Infinity;
+    const life = lifetime(iat, exp);
+    return life !== undefined ? life - (now() - got) : exp * 1000 - Date.now();
+}
+// lifetime is how long a token lasts, in ms, by its own claims: exp - iat,
+// both from the issuer's clock, so a client clock off by any amount does
+// not change it. An iat in whole seconds may have been rounded down by up
+// to a second, so that second is taken off: the life counted is never
+// longer than the real one. Undefined without iat or with exp <= iat.
+function lifetime(iat, exp) {
+    if (iat === undefined || !(exp > iat))
+        return undefined;
+    const life = (exp - iat) * 1000 - (Number.isInteger(iat) ? 1000 : 0);
+    return Math.max(life, 0);
 }
 function parseFrame(data) {
     try {
@@ -275,17 +417,26 @@ function parseFrame(data) {
         return undefined;
     }
 }
-// expiry is a JWT's exp in ms since the epoch, or Infinity when it has
-// none or cannot be read (then the server is the judge). The payload is
-// not verified: the client only uses it to time the refresh.
-function expiry(token) {
+// claims are a JWT's exp and iat (seconds since the epoch), each
+// undefined when it has none or cannot be read (then the server is the
+// judge). The payload is not verified: the client only uses it to time
+// the refresh.
+function claims(token) {
     try {
         const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
         // atob decodes to Latin-1; a number in the JSON reads the same.
-        const exp = JSON.parse(atob(payload)).exp;
-        return typeof exp === "number" ? exp * 1000 : Infinity;
+        const { exp, iat } = JSON.parse(atob(payload));
+        return { exp: finite(exp), iat: finite(iat) };
     }
     catch {
-        return Infinity;
+        return {};
     }
+}
+function finite(v) {
+    return typeof v === "number" && Number.isFinite(v) ? v : undefined;
+}
+// expiry is a JWT's exp in seconds since the epoch, or Infinity without
+// one: to compare two tokens of the same issuer.
+function expiry(token) {
+    return claims(token).exp ?? Infinity;
 }

@@ -192,3 +192,52 @@ test("stop() while reconnecting ends it", async (t) => {
   await quiet(retryIn + 300);
   assert.deepEqual(rec.states(), ["connecting", "open", "reconnecting:1006", "closed:1000"]);
 });
+
+test("after 1008 token expired, reconnects at once with a new token and since=", async (t) => {
+  const server = await startServer(t);
+  const rec = recorder();
+  const urls = [];
+  // The in-band refresh does not land: getToken fails until the first
+  // token has expired (an identity provider down for a while).
+  const first = await token("ivy", "2s");
+  let asked = 0;
+  const getToken = async () => {
+    if (++asked === 1) return first;
+    if (Date.now() < expOf(first)) throw new Error("identity provider down");
+    return token("ivy");
+  };
+  const client = connectPusher({ url: server.url, getToken, WebSocket: recordingWebSocket(urls), ...rec.callbacks });
+  t.after(() => client.stop());
+  await waitOnline(server, "ivy");
+  await send(server, "ivy", "before");
+  await rec.until("the first message", () => rec.messages().length === 1);
+  await rec.until("reconnecting after token expired", isState("reconnecting", 1008), 5_000);
+  const retry = rec.events.at(-1);
+  assert.deepEqual([retry.reason, retry.retryIn], ["token expired", 0]);
+  await rec.until("onRecovered", (ev) => ev.some((e) => e.type === "recovered"));
+  assert.equal(urls.length, 2);
+  assert.equal(urls[1].searchParams.get("since"), rec.messages()[0].offset);
+  assert.notEqual(urls[1].searchParams.get("token"), first);
+  assert.deepEqual(rec.events.filter((e) => e.type === "recovered").map((e) => [e.complete, e.missed]), [[true, 0]]);
+  await send(server, "ivy", "after");
+  await rec.until("the message after the reconnect", () => rec.messages().length === 2);
+  assert.deepEqual(rec.states(), ["connecting", "open", "reconnecting:1008", "connecting", "open"]);
+});
+
+test("a getToken that returns only the expired token stops after one refused attempt", async (t) => {
+  const server = await startServer(t);
+  const rec = recorder();
+  const urls = [];
+  const stale = await token("jay", "2s");
+  let asked = 0;
+  const client = connectPusher({ url: server.url, getToken: () => (asked++, stale), WebSocket: recordingWebSocket(urls), ...rec.callbacks });
+  t.after(() => client.stop());
+  await rec.until("closed", isState("closed"), 5_000);
+  assert.match(rec.events.at(-1).reason, /^authenticate error: token is expired/);
+  // A retry would come within 0.5 s (the first backoff): a second of
+  // nothing proves there is none.
+  await quiet(1000);
+  assert.deepEqual(rec.states(), ["connecting", "open", "reconnecting:1008", "connecting", "open", "closed:1008"]);
+  assert.equal(urls.length, 2);
+  assert.ok(asked >= 2, `getToken asked ${asked} times`);
+});
