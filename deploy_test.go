@@ -20,9 +20,10 @@ import (
 )
 
 // The files in deploy/, each checked by the tool of its ecosystem:
-// systemd-analyze for the unit, promtool for the alert rules, the server's
-// own /metrics for the names the dashboard and the rules use. nginx is in
-// nginx_test.go.
+// promtool for the alert rules and the dashboard's PromQL, the server's
+// own /metrics for the names the dashboard and the rules use. The systemd
+// unit is in systemd_test.go, nginx in nginx_test.go, the PromQL
+// tokenizer in promql_test.go.
 
 // deployTool is the path of a command a deploy test needs. Without it the
 // test skips, except under CI=true, where it fails (make test installs
@@ -303,14 +304,13 @@ func TestGrafanaDashboard(t *testing.T) {
 	// promtool parses PromQL with Prometheus's own parser: each expression
 	// becomes a recording rule of a generated file (JSON is YAML).
 	promtool := deployTool(t, "promtool", "prometheus")
-	vars := strings.NewReplacer("$__rate_interval", "1m", "$job", "go-pusher", "$instance", ".*")
 	type recording struct {
 		Record string `json:"record"`
 		Expr   string `json:"expr"`
 	}
 	var recs []recording
 	for i, e := range exprs {
-		recs = append(recs, recording{fmt.Sprintf("dashboard:expr_%d", i), vars.Replace(e.expr)})
+		recs = append(recs, recording{fmt.Sprintf("dashboard:expr_%d", i), dashboardVars.Replace(e.expr)})
 	}
 	b, err := json.Marshal(map[string]any{"groups": []any{map[string]any{"name": "dashboard", "rules": recs}}})
 	if err != nil {
@@ -322,6 +322,75 @@ func TestGrafanaDashboard(t *testing.T) {
 	}
 	if out, err := runTool("", promtool, "check", "rules", path); err != nil {
 		t.Errorf("promtool check rules on the dashboard's expressions: %v\n%s", err, out)
+	}
+}
+
+// dashboardVars sets Grafana's variables in an expression of the dashboard
+// to values, for promtool: all instances of job go-pusher.
+var dashboardVars = strings.NewReplacer("$__rate_interval", "1m", "$job", "go-pusher", "$instance", ".*")
+
+// TestGrafanaReadyPanel evaluates the "Ready" stat's query with promtool
+// over three servers: a ready one, one that answers 503, and one that
+// went down (its series go stale, up turns 0). Each must be one series
+// labelled job and instance only, the down one 0: the stat shows each
+// series' last value, so a down server that only lost its pusher_ready
+// series would still show its last 1.
+func TestGrafanaReadyPanel(t *testing.T) {
+	d, _ := loadDashboard(t)
+	var expr string
+	for _, p := range d.Panels {
+		if p.Title == "Ready" && len(p.Targets) == 1 {
+			expr = dashboardVars.Replace(p.Targets[0].Expr)
+		}
+	}
+	if expr == "" {
+		t.Fatal(`no panel "Ready" with one query`)
+	}
+	promtool := deployTool(t, "promtool", "prometheus")
+	type sample struct {
+		Labels string  `json:"labels"`
+		Value  float64 `json:"value"`
+	}
+	series := func(name, instance, values string) map[string]string {
+		return map[string]string{"series": fmt.Sprintf(`%s{job="go-pusher", instance=%q}`, name, instance), "values": values}
+	}
+	want := func(instance string, v float64) sample {
+		return sample{fmt.Sprintf(`{job="go-pusher", instance=%q}`, instance), v}
+	}
+	test := map[string]any{
+		"rule_files":          []string{"empty.yml"},
+		"evaluation_interval": "1m",
+		"tests": []any{map[string]any{
+			"interval": "1m",
+			"input_series": []any{
+				series("up", "ready:8182", "1x10"),
+				series("pusher_ready", "ready:8182", "1x10"),
+				series("up", "not-ready:8182", "1x10"),
+				series("pusher_ready", "not-ready:8182", "1 1 1 0x7"),
+				series("up", "down:8182", "1 1 1 0x7"),
+				series("pusher_ready", "down:8182", "1 1 1 stale"),
+				// Another job's target: not on the dashboard.
+				map[string]string{"series": `up{job="node", instance="db:9100"}`, "values": "0x10"},
+			},
+			"promql_expr_test": []any{map[string]any{
+				"expr":        expr,
+				"eval_time":   "5m",
+				"exp_samples": []sample{want("ready:8182", 1), want("not-ready:8182", 0), want("down:8182", 0)},
+			}},
+		}},
+	}
+	dir := t.TempDir()
+	b, err := json.Marshal(test) // JSON is YAML
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, text := range map[string][]byte{"empty.yml": []byte("groups: []\n"), "ready_test.yml": b} {
+		if err := os.WriteFile(filepath.Join(dir, name), text, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if out, err := runTool(dir, promtool, "test", "rules", "ready_test.yml"); err != nil {
+		t.Errorf("the Ready panel's query %s: %v\n%s", expr, err, out)
 	}
 }
 
