@@ -12,6 +12,7 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -93,12 +94,17 @@ http {
 `)
 }
 
+// wsErrorLog is the /ws location's error_log in the deploy file: the
+// tests point it at the prefix's error.log, the main error_log's file.
+const wsErrorLog = "error_log /var/log/nginx/error.log crit;"
+
 // writeNginx writes site and an nginx.conf that includes it into a new
 // prefix directory, runs `nginx -t` on them and returns the prefix and
-// the nginx.conf path.
+// the nginx.conf path. Site's wsErrorLog is moved into the prefix.
 func writeNginx(t *testing.T, nginx, site string) (prefix, conf string) {
 	t.Helper()
 	prefix = t.TempDir()
+	site = replaceOnce(t, site, wsErrorLog, "error_log "+filepath.Join(prefix, "error.log")+" crit;")
 	sitePath := filepath.Join(prefix, "go-pusher.conf")
 	conf = filepath.Join(prefix, "nginx.conf")
 	if err := os.WriteFile(sitePath, []byte(site), 0o644); err != nil {
@@ -115,9 +121,10 @@ func writeNginx(t *testing.T, nginx, site string) (prefix, conf string) {
 }
 
 // TestNginxDeployConfig runs `nginx -t` on the committed file, its
-// certificate paths pointed at a self-signed certificate made here (the
-// one change), and checks its WebSocket timeout against the server's
-// default ping interval.
+// certificate paths pointed at a self-signed certificate made here and
+// the /ws error log into the test's directory (the only changes), and
+// checks its WebSocket timeout against the server's default ping
+// interval.
 func TestNginxDeployConfig(t *testing.T) {
 	nginx := nginxPath(t)
 	conf := readDeployFile(t, nginxConfPath)
@@ -172,8 +179,9 @@ func selfSignedCert(t *testing.T) (certPath, keyPath string) {
 // startNginx runs nginx from the deploy file in front of upstream: the
 // same map and location blocks, listening on a free loopback port without
 // TLS, with proxy_read_timeout set to readTimeout. It returns the
-// address nginx listens on.
-func startNginx(t *testing.T, upstream string, readTimeout time.Duration) string {
+// address nginx listens on and its prefix directory, which holds
+// error.log and access.log.
+func startNginx(t *testing.T, upstream string, readTimeout time.Duration) (addr, prefix string) {
 	t.Helper()
 	nginx := nginxPath(t)
 	port := freePort(t)
@@ -205,7 +213,7 @@ func startNginx(t *testing.T, upstream string, readTimeout time.Duration) string
 			t.Errorf("nginx did not stop on SIGTERM")
 		}
 	})
-	addr := "127.0.0.1:" + strconv.Itoa(port)
+	addr = "127.0.0.1:" + strconv.Itoa(port)
 	waitFor(t, "nginx listening", func() bool {
 		select {
 		case err := <-exited:
@@ -221,7 +229,7 @@ func startNginx(t *testing.T, upstream string, readTimeout time.Duration) string
 		c.Close()
 		return true
 	})
-	return addr
+	return addr, prefix
 }
 
 // freePort is a loopback TCP port nobody listened on a moment ago.
@@ -240,27 +248,90 @@ func freePort(t *testing.T) int {
 type wsReader struct {
 	msgs chan string
 	err  chan error
+	conn *websocket.Conn
+	stop chan struct{} // closed by close: the goroutine gives up a send
+	done chan struct{} // closed when the goroutine has returned
 }
 
+// readConn starts a wsReader on conn, closed when the test ends.
 func readConn(t *testing.T, conn *websocket.Conn) *wsReader {
-	r := &wsReader{msgs: make(chan string, 16), err: make(chan error, 1)}
-	done := make(chan struct{})
+	r := startReader(conn)
+	t.Cleanup(r.close)
+	return r
+}
+
+func startReader(conn *websocket.Conn) *wsReader {
+	r := &wsReader{
+		msgs: make(chan string, 16), err: make(chan error, 1), conn: conn,
+		stop: make(chan struct{}), done: make(chan struct{}),
+	}
 	go func() {
-		defer close(done)
+		defer close(r.done)
 		for {
 			_, msg, err := conn.ReadMessage()
 			if err != nil {
-				r.err <- err
+				r.err <- err // the only send: the buffer holds it
 				return
 			}
-			r.msgs <- string(msg)
+			select {
+			case r.msgs <- string(msg):
+			case <-r.stop: // messages the test did not read fill r.msgs
+				return
+			}
 		}
 	}()
-	t.Cleanup(func() {
-		conn.Close()
-		<-done
-	})
 	return r
+}
+
+// close closes the connection and waits for the goroutine, which may be
+// blocked on a full r.msgs.
+func (r *wsReader) close() {
+	close(r.stop)
+	r.conn.Close()
+	<-r.done
+}
+
+// TestNginxReaderClosesWithUnreadMessages: readConn's cleanup returns
+// when the test left more messages unread than r.msgs holds.
+func TestNginxReaderClosesWithUnreadMessages(t *testing.T) {
+	r := startReader(wsSender(t, 40))
+	waitFor(t, "r.msgs full", func() bool { return len(r.msgs) == cap(r.msgs) })
+	time.Sleep(100 * time.Millisecond) // the goroutine reads one more and waits to send it
+	closed := make(chan struct{})
+	go func() {
+		r.close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("close did not return within 5s: the reader is stuck sending a message nobody reads")
+	}
+}
+
+// wsSender is a connection to a WebSocket server that sends n messages
+// and then waits for the client to close.
+func wsSender(t *testing.T, n int) *websocket.Conn {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := (&websocket.Upgrader{}).Upgrade(w, r, nil)
+		if err != nil {
+			return // Upgrade answered the client
+		}
+		defer c.Close()
+		for i := range n {
+			if err := c.WriteMessage(websocket.TextMessage, []byte(strconv.Itoa(i))); err != nil {
+				return
+			}
+		}
+		_, _, _ = c.ReadMessage() // returns when the client closes
+	}))
+	t.Cleanup(srv.Close)
+	conn, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return conn
 }
 
 const nginxOrigin = "https://app.example.com"
@@ -290,7 +361,7 @@ func TestNginxWebSocket(t *testing.T) {
 		"-ping-interval", "500ms", "-pong-wait", "5s",
 	})
 	internal := "http://" + internalAddr(t, p)
-	front := startNginx(t, p.addr, readTimeout)
+	front, _ := startNginx(t, p.addr, readTimeout)
 
 	t.Run("browser origin receives a send", func(t *testing.T) {
 		r := readConn(t, dialNginx(t, front, "alice"))
@@ -322,11 +393,18 @@ func TestNginxWebSocket(t *testing.T) {
 		wantRead(t, r, "still here")
 	})
 
-	t.Run("backend endpoints are not public", func(t *testing.T) {
-		for _, path := range []string{"/send", "/send/batch", "/online", "/disconnect", "/metrics", "/healthz", "/readyz", "/debug/pprof/"} {
-			code, body := httpDo(t, http.MethodPost, "http://"+front+path)
-			if code != http.StatusNotFound || !strings.Contains(body, "<center>nginx") {
-				t.Errorf("POST %s through nginx = %d %q, want nginx's own 404", path, code, body)
+	t.Run("only /ws and the console are public", func(t *testing.T) {
+		// The backend endpoints, paths the server may gain later, and
+		// neighbours of the allowed ones: nginx answers them itself.
+		for _, path := range []string{
+			"/send", "/send/batch", "/online", "/disconnect", "/metrics", "/healthz", "/readyz", "/debug/pprof/",
+			"/admin", "/api/v2/send", "/ws/x", "/wss", "/console.js.map", "/index.html", "/%73end", "/console.js/../send",
+		} {
+			for _, method := range []string{http.MethodGet, http.MethodPost} {
+				code, body := httpDo(t, method, "http://"+front+path)
+				if code != http.StatusNotFound || !strings.Contains(body, "<center>nginx") {
+					t.Errorf("%s %s through nginx = %d %q, want nginx's own 404", method, path, code, body)
+				}
 			}
 		}
 		// Directly, the public listener has no /send either (-internal-addr).
@@ -382,7 +460,7 @@ func TestNginxClosesIdleWithoutPings(t *testing.T) {
 		"-internal-addr", "127.0.0.1:0", "-message-log", "none", "-allowed-origins", nginxOrigin,
 		"-ping-interval", "10s", "-pong-wait", "30s",
 	})
-	front := startNginx(t, p.addr, readTimeout)
+	front, _ := startNginx(t, p.addr, readTimeout)
 	start := time.Now()
 	r := readConn(t, dialNginx(t, front, "carol"))
 	select {
@@ -398,6 +476,43 @@ func TestNginxClosesIdleWithoutPings(t *testing.T) {
 		t.Fatalf("unexpected message %q", msg)
 	case <-time.After(3 * readTimeout):
 		t.Fatalf("nginx kept a connection without traffic open for %v, past proxy_read_timeout %v", 3*readTimeout, readTimeout)
+	}
+}
+
+// TestNginxKeepsTokensOutOfLogs: with the server unreachable (a restart),
+// nginx answers /ws with 502 and logs why, without the token of the
+// query string. The same failure on the console page is logged with its
+// query string, so the check looks where the token would be.
+func TestNginxKeepsTokensOutOfLogs(t *testing.T) {
+	down := "127.0.0.1:" + strconv.Itoa(freePort(t)) // nobody listens
+	front, prefix := startNginx(t, down, 2*time.Second)
+	tok, err := IssueToken(testSecret, "dave", time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, resp, err := websocket.DefaultDialer.Dial("ws://"+front+"/ws?token="+tok, http.Header{"Origin": {nginxOrigin}})
+	if err == nil || resp == nil || resp.StatusCode != http.StatusBadGateway {
+		t.Fatalf("/ws through nginx to a server that is down: %v, %v; want 502", err, resp)
+	}
+	const probe = "probe-7f3a9c"
+	if code, _ := httpDo(t, http.MethodGet, "http://"+front+"/?"+probe); code != http.StatusBadGateway {
+		t.Fatalf("GET /?%s through nginx = %d, want 502", probe, code)
+	}
+	errLog := filepath.Join(prefix, "error.log")
+	waitFor(t, "the console's 502 in error.log", func() bool {
+		b, err := os.ReadFile(errLog)
+		return err == nil && strings.Contains(string(b), probe)
+	})
+	for _, name := range []string{"error.log", "access.log"} {
+		b, err := os.ReadFile(filepath.Join(prefix, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for line := range strings.SplitSeq(string(b), "\n") {
+			if strings.Contains(line, tok) {
+				t.Errorf("%s holds the token: %s", name, line)
+			}
+		}
 	}
 }
 
