@@ -98,6 +98,7 @@ func TestSystemdUnit(t *testing.T) {
 	if stop <= cfg.ShutdownTimeout {
 		t.Errorf("TimeoutStopSec %v is not above -shutdown-timeout %v: systemd would SIGKILL a drain", stop, cfg.ShutdownTimeout)
 	}
+	checkStartLimit(t, unit)
 
 	// verify checks that ExecStart's binary exists: a copy runs a built
 	// one, and differs from the committed file in that path only.
@@ -135,6 +136,44 @@ func TestSystemdUnit(t *testing.T) {
 	t.Logf("systemd-analyze security: exposure %.1f (at most %.1f)", score, maxExposure)
 	if score > maxExposure {
 		t.Errorf("exposure level %.1f, want at most %.1f:\n%s", score, maxExposure, out)
+	}
+}
+
+// checkStartLimit checks that Restart= never runs into the start limit: a
+// server that keeps failing to start (a dependency not up yet) is
+// restarted every RestartSec, and systemd stops for good once more than
+// StartLimitBurst starts fall within StartLimitIntervalSec.
+func checkStartLimit(t *testing.T, unit unitFile) {
+	t.Helper()
+	setting := func(section, key, def string) string {
+		if v := unit[section][key]; len(v) > 0 {
+			return v[len(v)-1]
+		}
+		return def
+	}
+	duration := func(key, value string) time.Duration {
+		d, err := time.ParseDuration(value)
+		if err != nil {
+			t.Fatalf("%s: %v (write it as a Go duration, 5s)", key, err)
+		}
+		return d
+	}
+	// systemd's defaults: RestartSec=100ms, DefaultStartLimitIntervalSec=10s,
+	// DefaultStartLimitBurst=5.
+	restart := duration("RestartSec", setting("Service", "RestartSec", "100ms"))
+	interval := duration("StartLimitIntervalSec", setting("Unit", "StartLimitIntervalSec", "10s"))
+	burst, err := strconv.Atoi(setting("Unit", "StartLimitBurst", "5"))
+	if err != nil {
+		t.Fatalf("StartLimitBurst: %v", err)
+	}
+	if interval == 0 {
+		return // no start limit
+	}
+	if restart <= 0 {
+		t.Fatalf("RestartSec %v: want a pause between restarts", restart)
+	}
+	if starts := int(interval/restart) + 1; starts > burst {
+		t.Errorf("RestartSec %v: %d starts within StartLimitIntervalSec %v, more than StartLimitBurst %d: a server that cannot start yet ends in start-limit-hit", restart, starts, interval, burst)
 	}
 }
 
