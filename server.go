@@ -185,15 +185,21 @@ func newServer(cfg Config, log *slog.Logger, msgLog message.Logger) (*Server, er
 // memory on one node, in Redis in cluster mode (each transition sent by
 // one node). Last in newServer: the cluster tracker's worker starts here.
 func (s *Server) startPresence(log *slog.Logger, m *metrics) {
+	cb, clustered := s.broker.(*cluster.Broker)
+	var order webhook.Order
+	if clustered {
+		// Several nodes send a uid's events: Redis keeps their order.
+		order = cb
+	}
 	s.webhook = webhook.New(webhook.Config{
 		URL: s.cfg.WebhookURL, Secret: s.cfg.WebhookSecret, Retry: s.cfg.WebhookRetry, Timeout: webhookTimeout,
-		QueueSize: webhookQueue, BatchMax: 100, BatchWait: time.Second,
+		QueueSize: webhookQueue, BatchMax: 100, BatchWait: time.Second, Order: order,
 	}, log.With("component", "webhook"), m.reg)
-	emit := func(event, uid string, at time.Time) {
-		s.webhook.Send(webhook.Event{Event: event, UID: uid, Time: at.UTC().Format(webhook.TimeFormat)})
+	emit := func(event, uid string, at time.Time, seq int64) {
+		s.webhook.Send(webhook.Event{Event: event, UID: uid, Time: at.UTC().Format(webhook.TimeFormat), Seq: seq})
 	}
-	if cb, ok := s.broker.(*cluster.Broker); ok {
-		cb.OnPresence(func(ev cluster.PresenceEvent) { emit("offline", ev.UID, ev.At) })
+	if clustered {
+		cb.OnPresence(func(ev cluster.PresenceEvent) { emit("offline", ev.UID, ev.At, ev.Seq) })
 		s.presence = presence.NewCluster(cb, s.cfg.WebhookOfflineDelay, webhookQueue, emit, log.With("component", "presence"))
 	} else {
 		s.presence = presence.New(s.cfg.WebhookOfflineDelay, emit, time.Now)

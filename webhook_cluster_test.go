@@ -1,7 +1,12 @@
 package main
 
 import (
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -15,9 +20,20 @@ import (
 // events to url.
 func startWebhookCluster(t *testing.T, redisURL, url string, n int) []*testServer {
 	t.Helper()
+	urls := make([]string, n)
+	for i := range urls {
+		urls[i] = url
+	}
+	return startWebhookNodes(t, redisURL, urls...)
+}
+
+// startWebhookNodes starts a node on redisURL for each url, that sends
+// presence events there.
+func startWebhookNodes(t *testing.T, redisURL string, urls ...string) []*testServer {
+	t.Helper()
 	prefix := testutil.Prefix(t)
 	var nodes []*testServer
-	for range n {
+	for _, url := range urls {
 		cfg, err := parseConfig([]string{
 			"-addr", "127.0.0.1:0", "-message-log", "none", "-redis-prefix", prefix,
 			"-webhook-url", url, "-webhook-offline-delay", "400ms",
@@ -69,7 +85,8 @@ func TestClusterWebhookOnce(t *testing.T) {
 
 // TestClusterWebhookNodeKilled: the uids of a node killed with SIGKILL go
 // offline, sent by a node that stays, within 30 s; a uid also connected
-// elsewhere stays online.
+// elsewhere stays online. The node dies before it hears that its online
+// of the uid was delivered: the offline does not wait for it.
 func TestClusterWebhookNodeKilled(t *testing.T) {
 	redisCluster.OnEveryRedis(t, func(t *testing.T, be testutil.RedisBackend) {
 		rcv := startReceiver(t)
@@ -81,6 +98,15 @@ func TestClusterWebhookNodeKilled(t *testing.T) {
 		}
 		stay, doomed := startBinary(t, bin, nil, env...), startBinary(t, bin, nil, env...)
 		dial := func(p *process, uid string) *websocket.Conn { return dialProcess(t, p, uid) }
+		killed := make(chan struct{})
+		var kill sync.Once
+		t.Cleanup(func() { kill.Do(func() { close(killed) }) }) // a failed test's held answer too
+		rcv.holdAnswers(func(body []byte) <-chan struct{} {
+			if strings.Contains(string(body), `"uid":"kim"`) {
+				return killed // the answer to kim's online reaches a dead node
+			}
+			return nil
+		})
 		dial(doomed, "kim")
 		dial(doomed, "lee")
 		dial(stay, "lee")
@@ -89,15 +115,16 @@ func TestClusterWebhookNodeKilled(t *testing.T) {
 			t.Fatal(err)
 		}
 		_ = doomed.wait(t)
-		killed := time.Now()
-		deadline := killed.Add(30 * time.Second)
+		kill.Do(func() { close(killed) })
+		start := time.Now()
+		deadline := start.Add(30 * time.Second)
 		for !strings.Contains(strings.Join(rcv.got(), ","), "offline kim") {
 			if time.Now().After(deadline) {
 				t.Fatalf("no offline for kim within 30 s of the kill: %v", rcv.got())
 			}
 			time.Sleep(100 * time.Millisecond) // polling a receiver the test does not drive
 		}
-		t.Logf("offline kim %s after the kill", time.Since(killed).Round(time.Millisecond))
+		t.Logf("offline kim %s after the kill", time.Since(start).Round(time.Millisecond))
 		if got := strings.Join(rcv.got(), ","); strings.Contains(got, "offline lee") {
 			t.Errorf("lee is still connected on the other node, yet: %s", got)
 		}
@@ -121,5 +148,54 @@ func TestClusterWebhookGracefulStop(t *testing.T) {
 		if got := strings.Join(rcv.got(), ","); got != "online max,offline max" {
 			t.Errorf("events %s", got)
 		}
+	})
+}
+
+// TestClusterWebhookOrderAcrossNodes: a uid's events sent by two nodes
+// reach the receiver in order. Node a sends the online and its receiver
+// fails; node b, where the uid comes back after its offline, holds its
+// events back until a's online went out, then sends them. On a single
+// Redis and on a Redis Cluster.
+func TestClusterWebhookOrderAcrossNodes(t *testing.T) {
+	redisCluster.OnEveryRedis(t, func(t *testing.T, be testutil.RedisBackend) {
+		rcv := startReceiver(t)
+		var failA atomic.Bool
+		var triedA atomic.Int32
+		failA.Store(true)
+		gate := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if failA.Load() && r.URL.Path == "/a" {
+				triedA.Add(1)
+				_, _ = io.Copy(io.Discard, r.Body)
+				w.WriteHeader(http.StatusServiceUnavailable)
+				return
+			}
+			rcv.serve(w, r)
+		}))
+		t.Cleanup(gate.Close)
+		nodes := startWebhookNodes(t, be.URL, gate.URL+"/a", gate.URL+"/b")
+		a, b := nodes[0], nodes[1]
+		conn := a.dial("zed") // online, event 1: a's, failing
+		// Its batch is out (and retrying) before the offline can join it.
+		waitFor(t, "a's first try", func() bool { return triedA.Load() >= 1 })
+		conn.Close()
+		waitFor(t, "zed gone from a", func() bool { return len(a.hub.clients("zed")) == 0 })
+		// The offline, event 2, is due 400 ms later, and sent by the node
+		// whose beat expires it: a queues it behind its failing online,
+		// b holds it back.
+		waiting := func() float64 {
+			return a.metric("pusher_webhook_events_queued") + b.metric("pusher_webhook_events_held")
+		}
+		waitFor(t, "zed's offline decided", func() bool { return waiting() >= 1 })
+		b.dial("zed") // back, on b: event 3, b's, held back too
+		waitFor(t, "b holds zed's online back", func() bool { return waiting() >= 2 })
+		if got := rcv.got(); len(got) != 0 {
+			t.Fatalf("the receiver got %v while a's online was failing, want nothing yet", got)
+		}
+		failA.Store(false)
+		waitFor(t, "three events", func() bool { return len(rcv.got()) == 3 })
+		if got := strings.Join(rcv.got(), ","); got != "online zed,offline zed,online zed" {
+			t.Errorf("events %s, want online, offline, online", got)
+		}
+		rcv.check()
 	})
 }

@@ -32,17 +32,39 @@ type receiver struct {
 	events  []webhook.Event
 	batches int
 	fail    int
-	bad     []string // what was wrong with a request
+	bad     []string          // what was wrong with a request
+	before  func(body []byte) // when set, runs after a request is taken, before its answer
 }
 
 func startReceiver(t *testing.T) *receiver {
 	r := &receiver{t: t}
-	r.Server = httptest.NewServer(http.HandlerFunc(r.serve))
+	r.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		body := r.serve(w, req)
+		r.mu.Lock()
+		before := r.before
+		r.mu.Unlock()
+		if before != nil {
+			before(body)
+		}
+	}))
 	t.Cleanup(r.Close)
 	return r
 }
 
-func (r *receiver) serve(w http.ResponseWriter, req *http.Request) {
+// holdAnswers makes the receiver hold its answer to each request for which
+// hold returns a channel, until that channel is closed.
+func (r *receiver) holdAnswers(hold func(body []byte) <-chan struct{}) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.before = func(body []byte) {
+		if c := hold(body); c != nil {
+			<-c
+		}
+	}
+}
+
+// serve takes a request, and returns its body.
+func (r *receiver) serve(w http.ResponseWriter, req *http.Request) []byte {
 	body, _ := io.ReadAll(req.Body)
 	ts := req.Header.Get("X-Pusher-Timestamp")
 	sig := req.Header.Get("X-Pusher-Signature")
@@ -60,7 +82,7 @@ func (r *receiver) serve(w http.ResponseWriter, req *http.Request) {
 	if r.fail > 0 {
 		r.fail--
 		w.WriteHeader(http.StatusInternalServerError)
-		return
+		return body
 	}
 	var batch []webhook.Event
 	if err := json.Unmarshal(body, &batch); err != nil || len(batch) == 0 || len(batch) > 100 {
@@ -68,6 +90,7 @@ func (r *receiver) serve(w http.ResponseWriter, req *http.Request) {
 	}
 	r.batches++
 	r.events = append(r.events, batch...)
+	return body
 }
 
 // got is "event uid" of each event received, in order.

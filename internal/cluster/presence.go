@@ -18,31 +18,37 @@ import (
 //
 // Per uid, in its slot, the hash <prefix>:pr:{uid} holds a field n:<node>
 // for each node with a connection of the uid, s = "on" once its online
-// went out, and p = "<deadline ms>|<left ms>" while its offline is held
-// back. A node's first connection of a uid runs arriveScript (the node
+// went out, p = "<deadline ms>|<left ms>" while its offline is held
+// back, q = the number of the uid's last event and d = the number of the
+// last one a webhook receiver took (or that was given up), so that a
+// node holds an event back until the one before it, perhaps another
+// node's, is delivered: per uid the receiver gets them in order. A node's first connection of a uid runs arriveScript (the node
 // whose run finds s unset sends online); its last runs leaveScript (the
 // run that finds no node left sets p and queues the uid in the sorted set
 // <prefix>:pending, scored by the deadline). Every node, every beat,
 // expires the due uids of <prefix>:pending with expireScript: the run
-// that finds p still set and no node back deletes the hash and sends
-// offline. A node that dies without its connections closing is pruned
+// that finds p still set and no node back clears s and p and sends
+// offline; the hash, with q and d, expires presenceKeep later unless the
+// uid comes back. A node that dies without its connections closing is pruned
 // from the nodes hash by one node's beat (registerScript), which then
 // sweeps the uids of its set <prefix>:pn:<node>: their offline is due at
 // once where no other node has a connection.
 
 const (
-	// arriveScript: KEYS the uid's hash; ARGV the node. 1: send online.
-	// ARGV[2] is the transition's token: a retry of the same one (its
-	// answer was lost) answers 1 again.
+	// arriveScript: KEYS the uid's hash; ARGV the node. The online's
+	// number: send it; 0: nothing to send. ARGV[2] is the transition's
+	// token: a retry of the same one (its answer was lost) answers the
+	// same number again.
 	arriveScript = `
+redis.call('PERSIST', KEYS[1])
 redis.call('HSET', KEYS[1], 'n:' .. ARGV[1], 1)
 redis.call('HDEL', KEYS[1], 'p')
 if redis.call('HGET', KEYS[1], 's') == 'on' then
-  if redis.call('HGET', KEYS[1], 'a') == ARGV[2] then return 1 end
+  if redis.call('HGET', KEYS[1], 'a') == ARGV[2] then return tonumber(redis.call('HGET', KEYS[1], 'q')) end
   return 0
 end
 redis.call('HSET', KEYS[1], 's', 'on', 'a', ARGV[2])
-return 1
+return redis.call('HINCRBY', KEYS[1], 'q', 1)
 `
 	// leaveScript: KEYS the uid's hash; ARGV the node, the deadline and
 	// the time left (ms). The uid has no connection left anywhere and its
@@ -69,20 +75,34 @@ local function held(p)
   return tonumber(string.sub(cur, 1, string.find(cur, '|', 1, true) - 1))
 end
 `
-	// expireScript: KEYS the uid's hash; ARGV now (ms). The time the uid
-	// left (ms): send offline; 0: nothing (it came back, or not due).
+	// expireScript: KEYS the uid's hash; ARGV now (ms), presenceKeep
+	// (ms). {the time the uid left (ms), the offline's number}: send it;
+	// {0}: nothing (it came back); {-1}: not due yet.
 	expireScript = `
 local p = redis.call('HGET', KEYS[1], 'p')
-if not p then return 0 end
+if not p then return {0} end
 local bar = string.find(p, '|', 1, true)
-if tonumber(string.sub(p, 1, bar - 1)) > tonumber(ARGV[1]) then return -1 end
-redis.call('DEL', KEYS[1])
-return tonumber(string.sub(p, bar + 1))
+if tonumber(string.sub(p, 1, bar - 1)) > tonumber(ARGV[1]) then return {-1} end
+redis.call('HDEL', KEYS[1], 's', 'a', 'p')
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return {tonumber(string.sub(p, bar + 1)), redis.call('HINCRBY', KEYS[1], 'q', 1)}
+`
+	// deliveredScript: KEYS the uid's hash; ARGV an event's number. It
+	// records that the receiver took it (or it was given up).
+	deliveredScript = `
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local d = tonumber(redis.call('HGET', KEYS[1], 'd') or '0')
+if tonumber(ARGV[1]) > d then redis.call('HSET', KEYS[1], 'd', ARGV[1]) end
+return 0
 `
 	// sweepScript: KEYS the uid's hash; ARGV the dead node, now (ms). As
-	// leaveScript: the due to queue, now for a new one; 0: nothing.
+	// leaveScript: the due to queue, now for a new one; 0: nothing. The
+	// uid's events so far count as delivered: what the dead node had not
+	// delivered died with it, and the next event must not wait for it.
 	sweepScript = heldLua + `
 redis.call('HDEL', KEYS[1], 'n:' .. ARGV[1])
+local q = tonumber(redis.call('HGET', KEYS[1], 'q') or '0')
+if q > tonumber(redis.call('HGET', KEYS[1], 'd') or '0') then redis.call('HSET', KEYS[1], 'd', q) end
 return held(ARGV[2] .. '|' .. ARGV[2])
 `
 )
@@ -94,6 +114,11 @@ local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if s and tonumber(s) == tonumber(ARGV[2]) then redis.call('ZREM', KEYS[1], ARGV[1]) end
 return 0
 `
+
+// presenceKeep is how long a uid's event numbers outlive its offline:
+// past it, an event of the uid is numbered from 1 again, which only a
+// delivery held up for longer could confuse.
+const presenceKeep = 24 * time.Hour
 
 var (
 	zremIf = redis.NewScript(zremIfScript)
@@ -109,11 +134,13 @@ func (b *Broker) nodeUIDsKey(node string) string {
 	return b.prefix + "pn:" + node
 }
 
-// PresenceEvent is a transition this node must send.
+// PresenceEvent is a transition this node must send: the Seq-th event of
+// the uid.
 type PresenceEvent struct {
 	Online bool
 	UID    string
 	At     time.Time
+	Seq    int64
 }
 
 // OnPresence sets where the transitions this node must send go (the
@@ -131,27 +158,88 @@ func (b *Broker) presenceFunc() func(PresenceEvent) {
 }
 
 // Arrive records this node's first connection of uid, as the transition
-// token (the same on a retry). It reports whether the uid went online
-// (this node sends the event).
-func (b *Broker) Arrive(ctx context.Context, uid, token string) (bool, error) {
+// token (the same on a retry). When the uid went online (this node sends
+// the event) it returns the event's number, else 0.
+func (b *Broker) Arrive(ctx context.Context, uid, token string) (int64, error) {
 	rdb, err := b.uidClient(uid)
 	if err != nil {
-		return false, err
+		return 0, err
 	}
 	nrdb, err := b.client(b.nodeUIDsKey(b.nodeID))
 	if err != nil {
-		return false, err
+		return 0, err
 	}
 	// The set first: a node that dies after it has a uid it does not
 	// hold, which its sweep skips.
 	if err := nrdb.SAdd(ctx, b.nodeUIDsKey(b.nodeID), uid).Err(); err != nil {
-		return false, fmt.Errorf("redis presence: %w", err)
+		return 0, fmt.Errorf("redis presence: %w", err)
 	}
-	n, err := arrive.Run(ctx, rdb, []string{b.presenceKey(uid)}, b.nodeID, token).Int()
+	seq, err := arrive.Run(ctx, rdb, []string{b.presenceKey(uid)}, b.nodeID, token).Int64()
 	if err != nil {
-		return false, fmt.Errorf("redis presence: %w", err)
+		return 0, fmt.Errorf("redis presence: %w", err)
 	}
-	return n == 1, nil
+	return seq, nil
+}
+
+// Delivered returns, per uid, the number of its last event a webhook
+// receiver took (or that was given up): 0 for none. One round trip per
+// master.
+func (b *Broker) Delivered(ctx context.Context, uids []string) (map[string]int64, error) {
+	out := make(map[string]int64, len(uids))
+	order, groups := b.byShard(uids)
+	for _, s := range order {
+		if s.rdb == nil {
+			b.kickTopology()
+			return nil, errNoMaster
+		}
+		group := groups[s]
+		cmds := make([]*redis.StringCmd, len(group))
+		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i, uid := range group {
+				cmds[i] = p.HGet(ctx, b.presenceKey(uid), "d")
+			}
+			return nil
+		})
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return nil, fmt.Errorf("redis presence: %w", err)
+		}
+		for i, uid := range group {
+			n, err := cmds[i].Int64()
+			if err != nil && !errors.Is(err, redis.Nil) {
+				return nil, fmt.Errorf("redis presence: %w", err)
+			}
+			out[uid] = n
+		}
+	}
+	return out, nil
+}
+
+// MarkDelivered records that a webhook receiver took the events seqs[i]
+// of uids[i] (or that they were given up): the uids' next events may go.
+func (b *Broker) MarkDelivered(ctx context.Context, uids []string, seqs []int64) error {
+	idx := make(map[string][]int, len(uids))
+	for i, uid := range uids {
+		idx[uid] = append(idx[uid], i)
+	}
+	order, groups := b.byShard(slices.Collect(maps.Keys(idx)))
+	for _, s := range order {
+		if s.rdb == nil {
+			b.kickTopology()
+			return errNoMaster
+		}
+		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for _, uid := range groups[s] {
+				for _, i := range idx[uid] {
+					p.Eval(ctx, deliveredScript, []string{b.presenceKey(uid)}, seqs[i])
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("redis presence: %w", err)
+		}
+	}
+	return nil
 }
 
 // Leave records that this node's last connection of uid left at left;
@@ -299,16 +387,16 @@ func (b *Broker) expireDue(ctx context.Context, f func(PresenceEvent)) error {
 			errs = append(errs, err)
 			continue
 		}
-		left, err := expire.Run(ctx, urdb, []string{b.presenceKey(uid)}, now.UnixMilli()).Int64()
+		res, err := expire.Run(ctx, urdb, []string{b.presenceKey(uid)}, now.UnixMilli(), presenceKeep.Milliseconds()).Int64Slice()
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		if left == -1 {
+		if res[0] == -1 {
 			continue // a later leave moved it: its own entry comes
 		}
-		if left > 0 {
-			f(PresenceEvent{UID: uid, At: time.UnixMilli(left)}) // before anything else can fail
+		if res[0] > 0 && len(res) == 2 {
+			f(PresenceEvent{UID: uid, At: time.UnixMilli(res[0]), Seq: res[1]}) // before anything else can fail
 		}
 		// Only the entry read: a leave since then queued a new one.
 		if err := zremIf.Run(ctx, rdb, []string{b.pendingKey()}, uid, z.Score).Err(); err != nil {

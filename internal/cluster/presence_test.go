@@ -17,13 +17,13 @@ func TestPresenceRetriesAnswerAgain(t *testing.T) {
 	ctx := context.Background()
 	rdb := b.one().rdb
 	t.Cleanup(func() { rdb.Del(ctx, b.presenceKey("u"), b.pendingKey(), b.nodeUIDsKey(b.nodeID)) })
-	for i, want := range []bool{true, true} {
-		if got, err := b.Arrive(ctx, "u", "tok-1"); err != nil || got != want {
-			t.Fatalf("arrive %d with the same token = %v, %v; want %v", i, got, err, want)
+	for i := range 2 {
+		if got, err := b.Arrive(ctx, "u", "tok-1"); err != nil || got != 1 {
+			t.Fatalf("arrive %d with the same token = %v, %v; want event 1", i, got, err)
 		}
 	}
-	if got, err := b.Arrive(ctx, "u", "tok-2"); err != nil || got {
-		t.Fatalf("another arrive of an online uid = %v, %v; want false", got, err)
+	if got, err := b.Arrive(ctx, "u", "tok-2"); err != nil || got != 0 {
+		t.Fatalf("another arrive of an online uid = %v, %v; want 0 (nothing to send)", got, err)
 	}
 	left := time.Now()
 	for i := range 2 {
@@ -71,5 +71,52 @@ func TestNoPruneAfterOwnSilence(t *testing.T) {
 	b.mu.Unlock()
 	if n := rdb.HLen(ctx, b.nodesKey()).Val(); n != 1 || !sweeping {
 		t.Errorf("the next beat: %d nodes registered, other to sweep %v; want it forgotten and swept", n, sweeping)
+	}
+}
+
+// TestPresenceEventNumbers: a uid's events are numbered 1, 2, 3... across
+// its online, offline and next online, and the delivered mark only moves
+// forward.
+func TestPresenceEventNumbers(t *testing.T) {
+	u := testutil.Redis(t)
+	b := newTestBroker(t, u.String(), testutil.Prefix(t), newFakeLocal())
+	ctx := context.Background()
+	rdb := b.one().rdb
+	t.Cleanup(func() { rdb.Del(ctx, b.presenceKey("v"), b.pendingKey(), b.nodeUIDsKey(b.nodeID)) })
+	if seq, err := b.Arrive(ctx, "v", "t1"); err != nil || seq != 1 {
+		t.Fatalf("first online = %d, %v; want 1", seq, err)
+	}
+	if err := b.Leave(ctx, "v", time.Now().Add(-time.Second), 0); err != nil {
+		t.Fatal(err)
+	}
+	var got []PresenceEvent
+	if err := b.expireDue(ctx, func(ev PresenceEvent) { got = append(got, ev) }); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].UID != "v" || got[0].Seq != 2 {
+		t.Fatalf("expired %+v, want v's offline as event 2", got)
+	}
+	if ttl := rdb.PTTL(ctx, b.presenceKey("v")).Val(); ttl <= 0 || ttl > presenceKeep {
+		t.Errorf("after the offline the hash expires in %v, want within %v", ttl, presenceKeep)
+	}
+	if seq, err := b.Arrive(ctx, "v", "t2"); err != nil || seq != 3 {
+		t.Fatalf("the next online = %d, %v; want 3", seq, err)
+	}
+	if ttl := rdb.PTTL(ctx, b.presenceKey("v")).Val(); ttl != -1 {
+		t.Errorf("online again, the hash expires in %v; want no expiry", ttl)
+	}
+	d, err := b.Delivered(ctx, []string{"v", "nobody"})
+	if err != nil || d["v"] != 0 || d["nobody"] != 0 {
+		t.Fatalf("delivered before any = %v, %v; want 0s", d, err)
+	}
+	if err := b.MarkDelivered(ctx, []string{"v", "v", "nobody"}, []int64{2, 1, 5}); err != nil {
+		t.Fatal(err)
+	}
+	d, err = b.Delivered(ctx, []string{"v", "nobody"})
+	if err != nil || d["v"] != 2 || d["nobody"] != 0 {
+		t.Errorf("delivered = %v, %v; want v at 2 (never back to 1), nobody with no key made", d, err)
+	}
+	if n := rdb.Exists(ctx, b.presenceKey("nobody")).Val(); n != 0 {
+		t.Error("marking a uid without presence made its hash")
 	}
 }

@@ -13,13 +13,18 @@ import (
 	"time"
 )
 
+// Emit is where events go ("online" or "offline"), with the time of the
+// transition and, in cluster mode, the event's number among the uid's
+// events (0 on one node, where one sender keeps them in order).
+type Emit func(event, uid string, at time.Time, seq int64)
+
 // Tracker keeps the uids whose online event went out.
 //
 // Timers: one per uid whose last connection left, pending for the delay;
 // Close stops them.
 type Tracker struct {
 	delay time.Duration
-	emit  func(event, uid string, at time.Time)
+	emit  Emit
 	now   func() time.Time
 
 	mu     sync.Mutex
@@ -36,7 +41,7 @@ type entry struct {
 
 // New makes a Tracker that calls emit for each event ("online" or
 // "offline"), under its lock, in order: emit must not block.
-func New(delay time.Duration, emit func(event, uid string, at time.Time), now func() time.Time) *Tracker {
+func New(delay time.Duration, emit Emit, now func() time.Time) *Tracker {
 	return &Tracker{delay: delay, emit: emit, now: now, uids: map[string]*entry{}}
 }
 
@@ -57,7 +62,7 @@ func (t *Tracker) Online(uid string) {
 		return
 	}
 	t.uids[uid] = &entry{}
-	t.emit("online", uid, t.now())
+	t.emit("online", uid, t.now(), 0)
 }
 
 // Offline records that uid's last connection left. Its offline goes out
@@ -82,7 +87,7 @@ func (t *Tracker) fire(uid string, e *entry, gen int) {
 		return // it came back meanwhile
 	}
 	delete(t.uids, uid)
-	t.emit("offline", uid, e.left)
+	t.emit("offline", uid, e.left, 0)
 }
 
 // Close ends the tracking: a shutdown does not wait for the delay, so
@@ -103,7 +108,7 @@ func (t *Tracker) Close() {
 			e.timer.Stop()
 			left = e.left
 		}
-		t.emit("offline", uid, left)
+		t.emit("offline", uid, left, 0)
 	}
 	clear(t.uids)
 }
@@ -113,8 +118,9 @@ func (t *Tracker) Close() {
 // offline back for the delay; the store sends the due offlines itself.
 type Store interface {
 	// Arrive takes the transition's token: a retry (its first answer was
-	// lost) answers as the first did.
-	Arrive(ctx context.Context, uid, token string) (bool, error)
+	// lost) answers as the first did. When the uid went online it returns
+	// the online's number among the uid's events, else 0.
+	Arrive(ctx context.Context, uid, token string) (int64, error)
 	Leave(ctx context.Context, uid string, left time.Time, delay time.Duration) error
 }
 
@@ -127,7 +133,7 @@ type Store interface {
 type Cluster struct {
 	store Store
 	delay time.Duration
-	emit  func(event, uid string, at time.Time)
+	emit  Emit
 	log   *slog.Logger
 	ops   chan op
 
@@ -147,7 +153,7 @@ type op struct {
 
 // NewCluster runs a Cluster until Close. queue bounds the transitions
 // waiting for Redis; past it they are dropped and logged.
-func NewCluster(store Store, delay time.Duration, queue int, emit func(event, uid string, at time.Time), log *slog.Logger) *Cluster {
+func NewCluster(store Store, delay time.Duration, queue int, emit Emit, log *slog.Logger) *Cluster {
 	c := &Cluster{store: store, delay: delay, emit: emit, log: log, ops: make(chan op, queue), stop: make(chan struct{}), done: make(chan struct{})}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	go c.loop()
@@ -220,17 +226,17 @@ func (c *Cluster) apply(base context.Context, o op) {
 	backoff := 100 * time.Millisecond
 	for {
 		ctx, cancel := context.WithTimeout(base, 5*time.Second)
-		var online bool
+		var seq int64
 		var err error
 		if o.online {
-			online, err = c.store.Arrive(ctx, o.uid, o.token)
+			seq, err = c.store.Arrive(ctx, o.uid, o.token)
 		} else {
 			err = c.store.Leave(ctx, o.uid, o.at, c.delay)
 		}
 		cancel()
 		if err == nil {
-			if online {
-				c.emit("online", o.uid, o.at)
+			if seq > 0 {
+				c.emit("online", o.uid, o.at, seq)
 			}
 			return
 		}

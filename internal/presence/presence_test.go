@@ -10,8 +10,8 @@ import (
 
 type downStore struct{}
 
-func (downStore) Arrive(context.Context, string, string) (bool, error) {
-	return false, errors.New("redis down")
+func (downStore) Arrive(context.Context, string, string) (int64, error) {
+	return 0, errors.New("redis down")
 }
 
 func (downStore) Leave(context.Context, string, time.Time, time.Duration) error {
@@ -21,7 +21,7 @@ func (downStore) Leave(context.Context, string, time.Time, time.Duration) error 
 // TestDrainEndsWithItsContext: with Redis down, a graceful shutdown's
 // Drain gives up when its context ends, though the worker was retrying.
 func TestDrainEndsWithItsContext(t *testing.T) {
-	c := NewCluster(downStore{}, time.Second, 10, func(string, string, time.Time) {}, slog.New(slog.DiscardHandler))
+	c := NewCluster(downStore{}, time.Second, 10, func(string, string, time.Time, int64) {}, slog.New(slog.DiscardHandler))
 	defer c.Close()
 	c.Online("a")
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
@@ -37,7 +37,7 @@ func TestDrainEndsWithItsContext(t *testing.T) {
 // within the delay; events alternate.
 func TestTrackerDebounce(t *testing.T) {
 	events := make(chan string, 10)
-	tr := New(100*time.Millisecond, func(event, uid string, _ time.Time) { events <- event + " " + uid }, time.Now)
+	tr := New(100*time.Millisecond, func(event, uid string, _ time.Time, _ int64) { events <- event + " " + uid }, time.Now)
 	defer tr.Close()
 	tr.Online("u")
 	tr.Offline("u")

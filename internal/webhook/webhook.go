@@ -29,6 +29,21 @@ type Event struct {
 	Event string `json:"event"` // "online" or "offline"
 	UID   string `json:"uid"`
 	Time  string `json:"time"` // RFC 3339 with milliseconds, UTC
+	// Seq numbers the uid's events from 1 where several senders share
+	// them (Config.Order); 0: not numbered.
+	Seq int64 `json:"-"`
+}
+
+// Order keeps each uid's events in order when several senders (the nodes
+// of a cluster) send them: event Seq of a uid waits until its event
+// Seq-1 was delivered, or given up, by whichever sender had it.
+type Order interface {
+	// Delivered returns the number of each uid's last event delivered
+	// or given up (0: none).
+	Delivered(ctx context.Context, uids []string) (map[string]int64, error)
+	// MarkDelivered records that event seqs[i] of uids[i] was delivered
+	// or given up.
+	MarkDelivered(ctx context.Context, uids []string, seqs []int64) error
 }
 
 // TimeFormat is an Event's Time: RFC 3339 with milliseconds.
@@ -47,6 +62,10 @@ type Config struct {
 	QueueSize int
 	BatchMax  int
 	BatchWait time.Duration
+	// Order, when set, holds a numbered event back until the one before
+	// it went out, for at most Retry + Timeout + 2 BatchWait (past that,
+	// the sender that had it is taken for dead).
+	Order Order
 }
 
 // Sender posts events to a webhook.
@@ -57,6 +76,7 @@ type Sender struct {
 	log    *slog.Logger
 	client *http.Client
 	queue  chan Event
+	held   []heldEvent // owned by the sender goroutine: events waiting for the one before them
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -67,6 +87,7 @@ type Sender struct {
 	closeOnce  sync.Once
 
 	sent, retried, dropped prometheus.Counter
+	heldGauge              prometheus.Gauge
 }
 
 // New makes a Sender; Start runs it.
@@ -86,9 +107,15 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) *Sender {
 			Name: "pusher_webhook_events_dropped_total", Help: "Presence events given up: retried for -webhook-retry, or the queue was full.",
 		}),
 	}
+	s.heldGauge = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "pusher_webhook_events_held", Help: "Presence events waiting for their uid's previous event, sent by another node, to be delivered (cluster mode).",
+	})
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.flushing, s.startFlush = context.WithCancel(context.Background())
-	reg.MustRegister(s.sent, s.retried, s.dropped)
+	queued := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "pusher_webhook_events_queued", Help: "Presence events waiting in the webhook queue (bounded; past it events are dropped).",
+	}, func() float64 { return float64(len(s.queue)) })
+	reg.MustRegister(s.sent, s.retried, s.dropped, s.heldGauge, queued)
 	return s
 }
 
@@ -118,18 +145,38 @@ func (s *Sender) Send(e Event) {
 	}
 }
 
+// heldEvent is an event waiting for its uid's previous one; since is when
+// it began to wait.
+type heldEvent struct {
+	Event
+	since time.Time
+}
+
+// heldRecheck is how often held events are checked again.
+const heldRecheck = 250 * time.Millisecond
+
 func (s *Sender) loop() {
 	defer close(s.done)
+	recheck := time.NewTicker(heldRecheck)
+	defer recheck.Stop()
 	batch := make([]Event, 0, s.cfg.BatchMax)
 	for {
+		var held <-chan time.Time
+		if len(s.held) > 0 {
+			held = recheck.C
+		}
 		select {
 		case <-s.ctx.Done():
+			s.dropped.Add(float64(len(s.held)))
 			return
 		case <-s.flushing.Done():
 			s.flush()
 			return
 		case e := <-s.queue:
 			batch = append(batch[:0], e)
+		case <-held:
+			s.send(nil)
+			continue
 		}
 		t := time.NewTimer(s.cfg.BatchWait)
 	gather:
@@ -143,12 +190,107 @@ func (s *Sender) loop() {
 				break gather // delivered now; the rest next
 			case <-s.ctx.Done():
 				t.Stop()
-				s.dropped.Add(float64(len(batch)))
+				s.dropped.Add(float64(len(batch) + len(s.held)))
 				return
 			}
 		}
 		t.Stop()
-		s.deliver(batch)
+		s.send(batch)
+	}
+}
+
+// send delivers batch and the held events whose turn came, in batches of
+// at most BatchMax, and holds back the others.
+func (s *Sender) send(batch []Event) {
+	ready := s.inOrder(batch)
+	for len(ready) > 0 {
+		n := min(len(ready), s.cfg.BatchMax)
+		s.deliver(ready[:n])
+		ready = ready[n:]
+	}
+}
+
+// inOrder returns the held events and those of batch that may go now, in
+// order, and keeps the rest held: with Order, a numbered event goes once
+// its uid's previous event was delivered or goes in the same POST before
+// it, or once it has waited holdMax.
+func (s *Sender) inOrder(batch []Event) []Event {
+	if s.cfg.Order == nil {
+		return batch
+	}
+	now := time.Now()
+	cands := make([]heldEvent, 0, len(s.held)+len(batch))
+	cands = append(cands, s.held...)
+	for _, e := range batch {
+		cands = append(cands, heldEvent{e, now})
+	}
+	s.held = s.held[:0]
+	var uids []string
+	for _, c := range cands {
+		if c.Seq > 1 {
+			uids = append(uids, c.UID)
+		}
+	}
+	var delivered map[string]int64
+	if len(uids) > 0 {
+		ctx, cancel := context.WithTimeout(s.ctx, orderTimeout)
+		var err error
+		delivered, err = s.cfg.Order.Delivered(ctx, uids)
+		cancel()
+		if err != nil {
+			// Redis does not answer: order is not known, and waiting
+			// for it would hold every event up.
+			s.log.Warn("webhook: the order of events is not known; sending them as they come", "err", err)
+			s.heldGauge.Set(0)
+			return eventsOf(cands)
+		}
+	}
+	holdMax := s.cfg.Retry + s.cfg.Timeout + 2*s.cfg.BatchWait
+	went := map[string]int64{} // per uid, the last event let go in this pass
+	ready := make([]Event, 0, len(cands))
+	for _, c := range cands {
+		if c.Seq <= 1 || delivered[c.UID] >= c.Seq-1 || went[c.UID] == c.Seq-1 || now.Sub(c.since) >= holdMax {
+			ready = append(ready, c.Event)
+			went[c.UID] = max(went[c.UID], c.Seq)
+			continue
+		}
+		s.held = append(s.held, c)
+	}
+	s.heldGauge.Set(float64(len(s.held)))
+	return ready
+}
+
+// orderTimeout bounds a call to Order.
+const orderTimeout = 5 * time.Second
+
+func eventsOf(hs []heldEvent) []Event {
+	out := make([]Event, len(hs))
+	for i, h := range hs {
+		out[i] = h.Event
+	}
+	return out
+}
+
+// delivered tells Order that batch went out or was given up: the next
+// events of its uids may go.
+func (s *Sender) delivered(batch []Event) {
+	if s.cfg.Order == nil {
+		return
+	}
+	var uids []string
+	var seqs []int64
+	for _, e := range batch {
+		if e.Seq > 0 {
+			uids, seqs = append(uids, e.UID), append(seqs, e.Seq)
+		}
+	}
+	if len(uids) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(s.ctx), orderTimeout)
+	defer cancel()
+	if err := s.cfg.Order.MarkDelivered(ctx, uids, seqs); err != nil {
+		s.log.Warn("webhook: could not record events as delivered; the uids' next events wait", "events", len(uids), "err", err)
 	}
 }
 
@@ -158,9 +300,22 @@ const closingTimeout = 2 * time.Second
 // closing reports whether Close began.
 func (s *Sender) closing() bool { return s.flushing.Err() != nil }
 
-// flush delivers what is queued, in batches, until the queue is empty or
-// the sender is cancelled.
+// flush delivers what is held and what is queued, in batches, until the
+// queue is empty or the sender is cancelled. A shutdown does not wait
+// for other senders: held events go as they are.
 func (s *Sender) flush() {
+	held := eventsOf(s.held)
+	s.held = nil
+	s.heldGauge.Set(0)
+	for len(held) > 0 {
+		if s.ctx.Err() != nil {
+			s.dropped.Add(float64(len(held)))
+			return
+		}
+		n := min(len(held), s.cfg.BatchMax)
+		s.deliver(held[:n])
+		held = held[n:]
+	}
 	for s.ctx.Err() == nil {
 		batch := make([]Event, 0, s.cfg.BatchMax)
 	fill:
@@ -179,8 +334,10 @@ func (s *Sender) flush() {
 	}
 }
 
-// deliver posts batch until a 2xx, retrying with backoff for Retry.
+// deliver posts batch until a 2xx, retrying with backoff for Retry; then,
+// delivered or given up, its uids' next events may go.
 func (s *Sender) deliver(batch []Event) {
+	defer s.delivered(batch)
 	body, err := json.Marshal(batch)
 	if err != nil {
 		s.dropped.Add(float64(len(batch)))

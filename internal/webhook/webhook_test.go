@@ -3,11 +3,13 @@ package webhook
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -340,5 +342,108 @@ func TestCloseTriesOnce(t *testing.T) {
 	}
 	if got := counter(t, reg, "pusher_webhook_events_sent_total"); got != 0 {
 		t.Errorf("sent = %v, want 0", got)
+	}
+}
+
+// memOrder is an Order in memory, shared by the senders of a test as
+// Redis is by the nodes of a cluster.
+type memOrder struct {
+	mu   sync.Mutex
+	d    map[string]int64
+	down bool // Delivered fails, as with Redis down
+}
+
+func (o *memOrder) Delivered(_ context.Context, uids []string) (map[string]int64, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.down {
+		return nil, errors.New("redis down")
+	}
+	out := map[string]int64{}
+	for _, uid := range uids {
+		out[uid] = o.d[uid]
+	}
+	return out, nil
+}
+
+func (o *memOrder) MarkDelivered(_ context.Context, uids []string, seqs []int64) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for i, uid := range uids {
+		o.d[uid] = max(o.d[uid], seqs[i])
+	}
+	return nil
+}
+
+// numbered is event seq of uid.
+func numbered(event, uid string, seq int64) Event {
+	return Event{Event: event, UID: uid, Time: time.Now().UTC().Format(TimeFormat), Seq: seq}
+}
+
+// TestOrderAcrossSenders: two senders share a uid's events. The second
+// holds its event back while the first retries the one before it, then
+// sends it; the receiver gets them in order. A uid whose previous event
+// went out, and an event that is first, are not held.
+func TestOrderAcrossSenders(t *testing.T) {
+	var mu sync.Mutex
+	failA := true
+	r := newReceiver(t, func(int) int { return http.StatusOK })
+	gate := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		mu.Lock()
+		fail := failA && req.URL.Path == "/a"
+		mu.Unlock()
+		if fail {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		r.serve(w, req)
+	}))
+	defer gate.Close()
+	order := &memOrder{d: map[string]int64{"other": 4}}
+	a, _ := newSender(t, gate.URL+"/a", Config{Order: order})
+	b, _ := newSender(t, gate.URL+"/b", Config{Order: order})
+	a.Send(numbered("online", "u", 1))
+	b.Send(numbered("offline", "u", 2))
+	b.Send(numbered("offline", "other", 5))
+	b.Send(numbered("online", "first", 1))
+	r.wait(1)
+	if got := r.accepted(); len(got) != 1 || len(got[0]) != 2 || got[0][0].UID != "other" || got[0][1].UID != "first" {
+		t.Fatalf("while a retries: accepted %v, want other's and first's events only", got)
+	}
+	mu.Lock()
+	failA = false
+	mu.Unlock()
+	waitEvents(t, r, 4)
+	var seq []string
+	for _, batch := range r.accepted()[1:] {
+		for _, e := range batch {
+			seq = append(seq, e.Event+" "+e.UID)
+		}
+	}
+	if got := strings.Join(seq, ","); got != "online u,offline u" {
+		t.Errorf("u's events arrived as %s, want online then offline", got)
+	}
+}
+
+// TestOrderGivesUp: an event whose previous one never comes (its sender
+// died) waits at most Retry + Timeout + 2 BatchWait; with Order down it
+// does not wait at all.
+func TestOrderGivesUp(t *testing.T) {
+	r := newReceiver(t, ok)
+	order := &memOrder{d: map[string]int64{}}
+	s, _ := newSender(t, r.srv.URL, Config{Order: order, Retry: 300 * time.Millisecond, Timeout: 200 * time.Millisecond})
+	start := time.Now()
+	s.Send(numbered("offline", "orphan", 2))
+	r.wait(1)
+	if took := time.Since(start); took < 500*time.Millisecond {
+		t.Errorf("the orphan went after %v, before its hold of 600 ms", took)
+	}
+	order.mu.Lock()
+	order.down = true
+	order.mu.Unlock()
+	s.Send(numbered("offline", "waiting", 7))
+	r.wait(1)
+	if got := r.accepted(); len(got) != 2 || got[1][0].UID != "waiting" {
+		t.Errorf("accepted %v, want waiting's event sent with Order down", got)
 	}
 }
