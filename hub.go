@@ -75,6 +75,9 @@ type Hub struct {
 	leaveMu sync.Mutex
 	leaving []*Client
 	kick    chan struct{} // capacity 1
+	// reannounce asks run to tell the events of every uid with a
+	// connection again (Reannounce).
+	reannounce atomic.Bool
 
 	mu          sync.RWMutex
 	userClients map[string][]*Client
@@ -153,6 +156,11 @@ func (h *Hub) run() {
 			for _, c := range cs {
 				h.remove(c)
 			}
+			if h.reannounce.Swap(false) && h.events != nil {
+				for uid := range h.userClients { // only this goroutine changes the map
+					h.events.UserOnline(uid)
+				}
+			}
 		case reply := <-h.shutdown:
 			closing = true
 			reply <- h.all()
@@ -189,10 +197,24 @@ func (h *Hub) leave(c *Client) {
 	h.leaveMu.Lock()
 	h.leaving = append(h.leaving, c)
 	h.leaveMu.Unlock()
+	h.kickRun()
+}
+
+func (h *Hub) kickRun() {
 	select {
 	case h.kick <- struct{}{}:
-	default: // run is kicked already and will see c
+	default: // run is kicked already and will see what there is
 	}
+}
+
+// Reannounce tells the events (the cluster's presence) of every uid with
+// a connection here again, as if each had just come: after Redis forgot
+// this node. It runs on the hub's goroutine, between registrations, so a
+// uid's announcement is in order with its own comings and goings. It
+// never blocks.
+func (h *Hub) Reannounce() {
+	h.reannounce.Store(true)
+	h.kickRun()
 }
 
 func (h *Hub) add(c *Client) error {

@@ -200,6 +200,7 @@ func (s *Server) startPresence(log *slog.Logger, m *metrics) {
 	}
 	if clustered {
 		cb.OnPresence(func(ev cluster.PresenceEvent) { emit("offline", ev.UID, ev.At, ev.Seq) })
+		cb.OnRejoin(s.hub.Reannounce)
 		s.presence = presence.NewCluster(cb, s.cfg.WebhookOfflineDelay, webhookQueue, emit, log.With("component", "presence"))
 	} else {
 		s.presence = presence.New(s.cfg.WebhookOfflineDelay, emit, time.Now)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/redis/go-redis/v9"
 
 	"go-pusher/internal/testutil"
 )
@@ -198,4 +199,34 @@ func TestClusterWebhookOrderAcrossNodes(t *testing.T) {
 		}
 		rcv.check()
 	})
+}
+
+// TestClusterWebhookAfterRedisForgets: Redis loses its data (a restart
+// without persistence). The node finds it is no longer registered and
+// records its connected users' presence again: the online is sent again
+// (what Redis forgot cannot say it went out), and the offline, when the
+// user leaves, is not lost.
+func TestClusterWebhookAfterRedisForgets(t *testing.T) {
+	u := testutil.Redis(t)
+	rcv := startReceiver(t)
+	node := startWebhookNodes(t, u.String(), rcv.URL)[0]
+	conn := node.dial("una")
+	waitFor(t, "online una", func() bool { return len(rcv.got()) == 1 })
+
+	rdb := redis.NewClient(&redis.Options{Addr: u.Host})
+	defer rdb.Close()
+	keys, err := rdb.Keys(t.Context(), node.cfg.RedisPrefix+":*").Result()
+	if err != nil || len(keys) == 0 {
+		t.Fatalf("keys of the node's prefix: %v, %v", keys, err)
+	}
+	if err := rdb.Del(t.Context(), keys...).Err(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "una recorded again", func() bool { return len(rcv.got()) == 2 })
+	conn.Close()
+	waitFor(t, "offline una", func() bool { return len(rcv.got()) == 3 })
+	if got := strings.Join(rcv.got(), ","); got != "online una,online una,offline una" {
+		t.Errorf("events %s, want online, online again, offline", got)
+	}
+	rcv.check()
 }

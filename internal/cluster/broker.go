@@ -132,6 +132,8 @@ type Broker struct {
 	// subscriber on its master (nodes.go).
 	nodeIDs            []string
 	onPresence         func(PresenceEvent) // OnPresence; nil: presence is not kept
+	onRejoin           func()              // OnRejoin
+	registered         bool                // a beat registered this node: a later one that finds it missing rejoins
 	toSweep            map[string]struct{} // dead nodes whose presence this node sweeps
 	beatKick           chan struct{}       // wakes beatLoop; capacity 1
 	beatStop, beatDone chan struct{}       // closed by unregister; by beatLoop when it ends

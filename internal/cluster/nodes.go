@@ -45,7 +45,8 @@ var ErrResyncing = errors.New("a node of the cluster is resubscribing its connec
 // registerScript records node ARGV[1] as alive at Redis's time, forgets
 // the nodes not heard of for ARGV[2] ms, and returns the ids of the
 // others, then "|", then the ids it forgot (this caller sweeps their
-// presence: presence.go). KEYS: the nodes hash.
+// presence: presence.go), then "|new" if the caller was not registered
+// (its first beat, or Redis forgot it). KEYS: the nodes hash.
 const registerScript = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -68,6 +69,7 @@ for i = 1, #all, 2 do
 end
 ids[#ids + 1] = '|'
 for _, id in ipairs(dead) do ids[#ids + 1] = id end
+if not prev then ids[#ids + 1] = '|new' end
 return ids
 `
 
@@ -227,14 +229,39 @@ func (b *Broker) beat(ctx context.Context) {
 		b.log.Debug("redis node beat failed", "err", err)
 		return
 	}
+	forgotten := false
+	if n := len(ids); n > 0 && ids[n-1] == "|new" {
+		ids, forgotten = ids[:n-1], b.registered
+	}
 	var dead []string
 	if i := slices.Index(ids, "|"); i >= 0 {
 		ids, dead = ids[:i], ids[i+1:]
 	}
 	b.mu.Lock()
 	b.nodeIDs = ids
+	b.registered = true
+	rejoin := b.onRejoin
 	b.mu.Unlock()
 	b.presenceBeat(dead)
+	if forgotten {
+		// Others forgot this node (it could not beat for nodeDeadAfter
+		// while they could) and swept its uids, or Redis lost its data:
+		// its connected uids must be recorded again.
+		b.log.Warn("redis: this node had been forgotten; recording its users' presence again")
+		if rejoin != nil {
+			rejoin()
+		}
+	}
+}
+
+// OnRejoin sets what runs when this node finds that Redis forgot it
+// (after it was forgotten as dead, or lost its data): presence records
+// the node's connected uids again. It runs on the beat's goroutine and
+// must not block.
+func (b *Broker) OnRejoin(f func()) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.onRejoin = f
 }
 
 // nodeUpEverywhere reports whether every master has confirmed this

@@ -325,8 +325,17 @@ func (b *Broker) presenceLoop() {
 			b.mu.Unlock()
 		}
 		ctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)
-		if err := b.expireDue(ctx, f); err != nil && b.ctx.Err() == nil {
-			b.log.Debug("redis presence: expire", "err", err)
+		// A mass offline (a node's thousands of users gone at once) is
+		// worked off in batches for up to half a beat, not one batch a
+		// beat.
+		for budget := time.Now().Add(nodeBeat / 2); ; {
+			n, err := b.expireDue(ctx, f)
+			if err != nil && b.ctx.Err() == nil {
+				b.log.Debug("redis presence: expire", "err", err)
+			}
+			if err != nil || n < redisBatch || time.Now().After(budget) {
+				break
+			}
 		}
 		cancel()
 	}
@@ -367,17 +376,18 @@ func (b *Broker) sweepNode(ctx context.Context, node string) error {
 	return nil
 }
 
-// expireDue sends the offlines that are due, each by the one node whose
-// expireScript took it.
-func (b *Broker) expireDue(ctx context.Context, f func(PresenceEvent)) error {
+// expireDue sends the offlines that are due, up to redisBatch of them,
+// each by the one node whose expireScript took it. It returns how many
+// were due.
+func (b *Broker) expireDue(ctx context.Context, f func(PresenceEvent)) (int, error) {
 	rdb, err := b.client(b.pendingKey())
 	if err != nil {
-		return err
+		return 0, err
 	}
 	now := time.Now()
 	due, err := rdb.ZRangeByScoreWithScores(ctx, b.pendingKey(), &redis.ZRangeBy{Min: "-inf", Max: strconv.FormatInt(now.UnixMilli(), 10), Count: redisBatch}).Result()
 	if err != nil {
-		return err
+		return 0, err
 	}
 	var errs []error
 	for _, z := range due {
@@ -403,7 +413,7 @@ func (b *Broker) expireDue(ctx context.Context, f func(PresenceEvent)) error {
 			errs = append(errs, err)
 		}
 	}
-	return errors.Join(errs...)
+	return len(due), errors.Join(errs...)
 }
 
 // nodeUIDs counts the uids this node still has presence for.

@@ -90,7 +90,7 @@ func TestPresenceEventNumbers(t *testing.T) {
 		t.Fatal(err)
 	}
 	var got []PresenceEvent
-	if err := b.expireDue(ctx, func(ev PresenceEvent) { got = append(got, ev) }); err != nil {
+	if _, err := b.expireDue(ctx, func(ev PresenceEvent) { got = append(got, ev) }); err != nil {
 		t.Fatal(err)
 	}
 	if len(got) != 1 || got[0].UID != "v" || got[0].Seq != 2 {
