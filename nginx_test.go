@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -8,7 +9,9 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
+	"maps"
 	"math/big"
 	"net"
 	"net/http"
@@ -17,20 +20,30 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"go-pusher/internal/sendreq"
 )
 
 // deploy/nginx/go-pusher.conf is checked three ways: docs/operations.md
 // shows it as it is; `nginx -t` accepts it; and a real nginx built from it
-// carries WebSockets to the built server.
+// carries WebSockets to the built server (its public block) and the
+// backends' requests to the server's -internal-addr (its backend block).
 
 const nginxConfPath = "deploy/nginx/go-pusher.conf"
+
+// backendListen is where the deploy file's backend block listens: a
+// private address the test machines do not have.
+const backendListen = "listen 10.0.0.5:8443 ssl;"
 
 func nginxPath(t *testing.T) string {
 	t.Helper()
@@ -120,31 +133,83 @@ func writeNginx(t *testing.T, nginx, site string) (prefix, conf string) {
 	return prefix, conf
 }
 
-// TestNginxDeployConfig runs `nginx -t` on the committed file, its
-// certificate paths pointed at a self-signed certificate made here and
-// the /ws error log into the test's directory (the only changes), and
-// checks its WebSocket timeout against the server's default ping
-// interval.
+// TestNginxDeployConfig runs `nginx -t` on the committed file with these
+// changes only: each server block's certificate paths pointed at a
+// self-signed certificate made here, the backend block's private address
+// replaced by a free loopback port (`nginx -t` binds it), and the /ws
+// error log into the test's directory. It checks the timeouts against
+// the server's defaults (the WebSocket's ping interval, the API's message
+// log timeout) and the backend block's body limit against the server's
+// largest body.
 func TestNginxDeployConfig(t *testing.T) {
 	nginx := nginxPath(t)
 	conf := readDeployFile(t, nginxConfPath)
-	cert, key := selfSignedCert(t)
-	conf = replaceOnce(t, conf, "/etc/ssl/push.example.com/fullchain.pem;", cert+";")
-	conf = replaceOnce(t, conf, "/etc/ssl/push.example.com/privkey.pem;", key+";")
+	for _, host := range []string{"push.example.com", "push-api.example.com"} {
+		cert, key := selfSignedCert(t, host)
+		conf = replaceOnce(t, conf, "/etc/ssl/"+host+"/fullchain.pem;", cert+";")
+		conf = replaceOnce(t, conf, "/etc/ssl/"+host+"/privkey.pem;", key+";")
+	}
+	conf = replaceOnce(t, conf, backendListen, "listen 127.0.0.1:"+strconv.Itoa(freePort(t))+" ssl;")
 	writeNginx(t, nginx, conf)
 
-	m := regexp.MustCompile(`proxy_read_timeout (\d+)s;`).FindStringSubmatch(conf)
-	if m == nil {
-		t.Fatal("no proxy_read_timeout in seconds")
+	cfg := testConfig(t)
+	public, backend := nginxServerBlock(t, conf, "pusher"), nginxServerBlock(t, conf, "pusher_internal")
+	if secs := nginxSeconds(t, public, "proxy_read_timeout"); secs <= 2*cfg.PingInterval {
+		t.Errorf("/ws: proxy_read_timeout %v is not above twice the default -ping-interval %v: one lost ping would close connections", secs, cfg.PingInterval)
 	}
-	secs, _ := strconv.Atoi(m[1]) // the pattern admits only digits
-	if ping := testConfig(t).PingInterval; time.Duration(secs)*time.Second <= 2*ping {
-		t.Errorf("proxy_read_timeout %ds is not above twice the default -ping-interval %v: one lost ping would close connections", secs, ping)
+	for _, d := range []string{"proxy_read_timeout", "proxy_send_timeout"} {
+		if secs := nginxSeconds(t, backend, d); secs <= cfg.MessageLogTimeout {
+			t.Errorf("backend block: %s %v is not above the default -message-log-timeout %v: nginx would answer 504 before the server answers", d, secs, cfg.MessageLogTimeout)
+		}
+	}
+	// The largest body the server reads: a /send's, or a /send/batch's.
+	limits := sendreq.Limits{MaxMessageSize: cfg.MaxMessageSize, MaxMulticast: cfg.MaxMulticast}
+	largest := max(limits.MaxBody(), cfg.MaxBatchBytes)
+	if size := nginxSize(t, backend, "client_max_body_size"); size < largest || size >= largest+1<<20 {
+		t.Errorf("backend block: client_max_body_size %d bytes, want the server's largest body (%d bytes by default) rounded up to a MiB at most", size, largest)
 	}
 }
 
-// selfSignedCert writes a certificate for push.example.com and its key.
-func selfSignedCert(t *testing.T) (certPath, keyPath string) {
+// nginxServerBlock is the server block of conf that proxies to upstream
+// (and what follows it up to the next server block).
+func nginxServerBlock(t *testing.T, conf, upstream string) string {
+	t.Helper()
+	for _, block := range strings.Split(conf, "\nserver {")[1:] {
+		if strings.Contains(block, "proxy_pass http://"+upstream+";") {
+			return block
+		}
+	}
+	t.Fatalf("%s: no server block proxies to %s", nginxConfPath, upstream)
+	return ""
+}
+
+// nginxSeconds is the value of directive in block, which must give it
+// once, in seconds.
+func nginxSeconds(t *testing.T, block, directive string) time.Duration {
+	t.Helper()
+	m := regexp.MustCompile(`\n\s*`+directive+` (\d+)s;`).FindAllStringSubmatch(block, -1)
+	if len(m) != 1 {
+		t.Fatalf("%s: want one %s in seconds in the block, found %d", nginxConfPath, directive, len(m))
+	}
+	secs, _ := strconv.Atoi(m[0][1]) // the pattern admits only digits
+	return time.Duration(secs) * time.Second
+}
+
+// nginxSize is the value of directive in block, which must give it once,
+// in bytes.
+func nginxSize(t *testing.T, block, directive string) int64 {
+	t.Helper()
+	m := regexp.MustCompile(`\n\s*`+directive+` (\d+)([kKmMgG]?);`).FindAllStringSubmatch(block, -1)
+	if len(m) != 1 {
+		t.Fatalf("%s: want one %s in the block, found %d", nginxConfPath, directive, len(m))
+	}
+	n, _ := strconv.ParseInt(m[0][1], 10, 64) // the pattern admits only digits
+	shift := map[string]int{"": 0, "k": 10, "m": 20, "g": 30}[strings.ToLower(m[0][2])]
+	return n << shift
+}
+
+// selfSignedCert writes a certificate for host and its key.
+func selfSignedCert(t *testing.T, host string) (certPath, keyPath string) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -152,8 +217,8 @@ func selfSignedCert(t *testing.T) (certPath, keyPath string) {
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "push.example.com"},
-		DNSNames:     []string{"push.example.com"},
+		Subject:      pkix.Name{CommonName: host},
+		DNSNames:     []string{host},
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(time.Hour),
 	}
@@ -176,21 +241,35 @@ func selfSignedCert(t *testing.T) (certPath, keyPath string) {
 	return certPath, keyPath
 }
 
-// startNginx runs nginx from the deploy file in front of upstream: the
-// same map and location blocks, listening on a free loopback port without
-// TLS, with proxy_read_timeout set to readTimeout. It returns the
-// address nginx listens on and its prefix directory, which holds
-// error.log and access.log.
-func startNginx(t *testing.T, upstream string, readTimeout time.Duration) (addr, prefix string) {
+// nginxFront is a running nginx made from the deploy file.
+type nginxFront struct {
+	public  string // the public block's address: /ws and the console
+	backend string // the backend block's: the API
+	prefix  string // its directory, which holds error.log and access.log
+}
+
+// startNginx runs nginx from the deploy file in front of a server whose
+// -addr is upstream and whose -internal-addr is internal: the same map,
+// upstreams and location blocks, each server block listening on a free
+// loopback port without TLS, the backend block's allow-list with
+// 127.0.0.1 added, and the /ws location's proxy_read_timeout set to
+// readTimeout.
+func startNginx(t *testing.T, upstream, internal string, readTimeout time.Duration) nginxFront {
 	t.Helper()
 	nginx := nginxPath(t)
-	port := freePort(t)
+	public := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	backend := "127.0.0.1:" + strconv.Itoa(freePort(t))
 	site := readDeployFile(t, nginxConfPath)
 	site = replaceOnce(t, site, "server 127.0.0.1:8181;", "server "+upstream+";")
-	site = replaceOnce(t, site, "listen 443 ssl;", "listen 127.0.0.1:"+strconv.Itoa(port)+";")
+	site = replaceOnce(t, site, "listen 443 ssl;", "listen "+public+";")
 	site = replaceOnce(t, site, "    ssl_certificate     /etc/ssl/push.example.com/fullchain.pem;\n", "")
 	site = replaceOnce(t, site, "    ssl_certificate_key /etc/ssl/push.example.com/privkey.pem;\n", "")
 	site = replaceOnce(t, site, "proxy_read_timeout 75s;", "proxy_read_timeout "+strconv.Itoa(int(readTimeout.Milliseconds()))+"ms;")
+	site = replaceOnce(t, site, "server 127.0.0.1:8182;", "server "+internal+";")
+	site = replaceOnce(t, site, backendListen, "listen "+backend+";")
+	site = replaceOnce(t, site, "    ssl_certificate     /etc/ssl/push-api.example.com/fullchain.pem;\n", "")
+	site = replaceOnce(t, site, "    ssl_certificate_key /etc/ssl/push-api.example.com/privkey.pem;\n", "")
+	site = replaceOnce(t, site, "    deny all;\n", "    allow 127.0.0.1;\n    deny all;\n")
 	prefix, conf := writeNginx(t, nginx, site)
 
 	cmd := exec.Command(nginx, "-p", prefix, "-c", conf, "-e", filepath.Join(prefix, "error.log"))
@@ -213,7 +292,6 @@ func startNginx(t *testing.T, upstream string, readTimeout time.Duration) (addr,
 			t.Errorf("nginx did not stop on SIGTERM")
 		}
 	})
-	addr = "127.0.0.1:" + strconv.Itoa(port)
 	waitFor(t, "nginx listening", func() bool {
 		select {
 		case err := <-exited:
@@ -222,14 +300,16 @@ func startNginx(t *testing.T, upstream string, readTimeout time.Duration) (addr,
 			t.Fatalf("nginx exited: %v\n%s%s", err, out.String(), errLog)
 		default:
 		}
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			return false
+		for _, addr := range []string{public, backend} {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				return false
+			}
+			c.Close()
 		}
-		c.Close()
 		return true
 	})
-	return addr, prefix
+	return nginxFront{public: public, backend: backend, prefix: prefix}
 }
 
 // freePort is a loopback TCP port nobody listened on a moment ago.
@@ -361,7 +441,7 @@ func TestNginxWebSocket(t *testing.T) {
 		"-ping-interval", "500ms", "-pong-wait", "5s",
 	})
 	internal := "http://" + internalAddr(t, p)
-	front, _ := startNginx(t, p.addr, readTimeout)
+	front := startNginx(t, p.addr, internalAddr(t, p), readTimeout).public
 
 	t.Run("browser origin receives a send", func(t *testing.T) {
 		r := readConn(t, dialNginx(t, front, "alice"))
@@ -460,7 +540,7 @@ func TestNginxClosesIdleWithoutPings(t *testing.T) {
 		"-internal-addr", "127.0.0.1:0", "-message-log", "none", "-allowed-origins", nginxOrigin,
 		"-ping-interval", "10s", "-pong-wait", "30s",
 	})
-	front, _ := startNginx(t, p.addr, readTimeout)
+	front := startNginx(t, p.addr, internalAddr(t, p), readTimeout).public
 	start := time.Now()
 	r := readConn(t, dialNginx(t, front, "carol"))
 	select {
@@ -485,7 +565,8 @@ func TestNginxClosesIdleWithoutPings(t *testing.T) {
 // query string, so the check looks where the token would be.
 func TestNginxKeepsTokensOutOfLogs(t *testing.T) {
 	down := "127.0.0.1:" + strconv.Itoa(freePort(t)) // nobody listens
-	front, prefix := startNginx(t, down, 2*time.Second)
+	ngx := startNginx(t, down, down, 2*time.Second)
+	front, prefix := ngx.public, ngx.prefix
 	tok, err := IssueToken(testSecret, "dave", time.Hour, time.Now())
 	if err != nil {
 		t.Fatal(err)
@@ -514,6 +595,317 @@ func TestNginxKeepsTokensOutOfLogs(t *testing.T) {
 			}
 		}
 	}
+}
+
+// apiCall is one request to the backend API, made the same way through
+// nginx and directly.
+type apiCall struct {
+	name        string
+	method      string // POST unless set
+	path        string
+	contentType string
+	body        string
+	header      http.Header       // besides Authorization: Bearer testAPIKey, which it may replace
+	status      int               // the answer's, wanted on both ways
+	deliver     map[string]string // uid → the message its WebSocket then reads
+	anyBody     bool              // the body is not compared (/metrics: the counters moved)
+}
+
+// apiAnswer is what a backend sees of an answer: the status, the headers
+// the server sets, and the body with message ids (new on each send) made
+// equal.
+type apiAnswer struct {
+	status int
+	header string
+	body   string
+	raw    string // the body as it came
+}
+
+var (
+	// apiHeaders are the answer headers a backend reads: the media type,
+	// the challenge of a 401, the Allow of a 405, a replay's mark.
+	apiHeaders = []string{"Content-Type", "X-Content-Type-Options", "WWW-Authenticate", "Allow", "Idempotent-Replayed"}
+	messageIDs = regexp.MustCompile(`"id":"[^"]*"`)
+)
+
+func doAPI(t *testing.T, client *http.Client, base string, c apiCall) apiAnswer {
+	t.Helper()
+	method := cmp.Or(c.method, http.MethodPost)
+	req, err := http.NewRequest(method, base+c.path, strings.NewReader(c.body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+testAPIKey)
+	if c.contentType != "" {
+		req.Header.Set("Content-Type", c.contentType)
+	}
+	maps.Copy(req.Header, c.header)
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("%s: %v", c.name, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s: %v", c.name, err)
+	}
+	var h strings.Builder
+	for _, name := range apiHeaders {
+		fmt.Fprintf(&h, "%s: %q\n", name, resp.Header.Values(name))
+	}
+	a := apiAnswer{status: resp.StatusCode, header: h.String(), raw: string(body)}
+	if !c.anyBody {
+		a.body = messageIDs.ReplaceAllString(string(body), `"id":"…"`)
+	}
+	return a
+}
+
+// backendCalls are the requests each way makes, in order, with alice and
+// bob connected. way names the way: idempotency keys are its own.
+func backendCalls(cfg Config, way string) []apiCall {
+	const form, js = "application/x-www-form-urlencoded", "application/json"
+	key := http.Header{"Idempotency-Key": {"order-" + way}}
+	return []apiCall{
+		{
+			name: "unicast", path: "/send", contentType: form, body: "uid=alice&message=hello",
+			status: http.StatusOK, deliver: map[string]string{"alice": "hello"},
+		},
+		{name: "offline uid", path: "/send", contentType: form, body: "uid=nobody&message=hello", status: http.StatusNotFound},
+		{
+			name: "wrong key", path: "/send", contentType: form, body: "uid=alice&message=hello",
+			header: http.Header{"Authorization": {"Bearer wrong-key"}}, status: http.StatusUnauthorized,
+		},
+		{
+			name: "no key", path: "/send", contentType: form, body: "uid=alice&message=hello",
+			header: http.Header{"Authorization": nil}, status: http.StatusUnauthorized,
+		},
+		{name: "bad uid", path: "/send", contentType: js, body: `{"uid":"a\u0001b","message":"hello"}`, status: http.StatusBadRequest},
+		{
+			name: "oversized message", path: "/send", contentType: form,
+			body:   "uid=alice&message=" + strings.Repeat("x", cfg.MaxMessageSize+1),
+			status: http.StatusRequestEntityTooLarge,
+		},
+		{name: "GET /send", method: http.MethodGet, path: "/send?uid=alice&message=hello", status: http.StatusMethodNotAllowed},
+		{
+			name: "multicast", path: "/send", contentType: js, body: `{"uids":["alice","nobody","bob"],"message":"all"}`,
+			status: http.StatusOK, deliver: map[string]string{"alice": "all", "bob": "all"},
+		},
+		{name: "query string", path: "/send?uid=bob&message=q", status: http.StatusOK, deliver: map[string]string{"bob": "q"}},
+		{
+			name: "key", path: "/send", contentType: js, body: `{"uid":"alice","message":"paid"}`, header: key,
+			status: http.StatusOK, deliver: map[string]string{"alice": "paid"},
+		},
+		{
+			name: "key retried", path: "/send", contentType: js, body: `{"uid":"alice","message":"paid"}`, header: key,
+			status: http.StatusOK, // replayed: nothing sent
+		},
+		{
+			name: "key reused", path: "/send", contentType: js, body: `{"uid":"alice","message":"refunded"}`, header: key,
+			status: http.StatusUnprocessableEntity,
+		},
+		{
+			name: "key twice", path: "/send", contentType: js, body: `{"uid":"alice","message":"twice"}`,
+			header: http.Header{"Idempotency-Key": {"k1-" + way, "k2-" + way}}, status: http.StatusBadRequest,
+		},
+		{
+			name: "batch", path: "/send/batch", contentType: js,
+			body:   `{"messages":[{"uid":"alice","message":"a"},{"uids":["bob","nobody"],"message":"b"},{"uid":"nobody","message":"c"}]}`,
+			status: http.StatusOK, deliver: map[string]string{"alice": "a", "bob": "b"},
+		},
+		{
+			name: "largest batch", path: "/send/batch", contentType: js, body: largestBatch(cfg),
+			status: http.StatusOK, deliver: map[string]string{"bob": "big"},
+		},
+		{name: "online", path: "/online", contentType: js, body: `{"uids":["alice","nobody"]}`, status: http.StatusOK},
+		{name: "disconnect", path: "/disconnect", contentType: js, body: `{"uids":["nobody"]}`, status: http.StatusOK},
+		{name: "healthz", method: http.MethodGet, path: "/healthz", status: http.StatusOK},
+		{name: "readyz", method: http.MethodGet, path: "/readyz", status: http.StatusOK},
+		{name: "metrics", method: http.MethodGet, path: "/metrics", status: http.StatusOK, anyBody: true},
+	}
+}
+
+// largestBatch is a /send/batch body of exactly -max-batch-bytes: "big"
+// to bob, then messages of -max-message-size to an offline uid.
+func largestBatch(cfg Config) string {
+	var b strings.Builder
+	b.WriteString(`{"messages":[{"uid":"bob","message":"big"}`)
+	filler := `,{"uid":"nobody","message":"` + strings.Repeat("x", cfg.MaxMessageSize) + `"}`
+	for int64(b.Len()+len(filler)+len("]}")) <= cfg.MaxBatchBytes {
+		b.WriteString(filler)
+	}
+	b.WriteString("]")
+	b.WriteString(strings.Repeat(" ", int(cfg.MaxBatchBytes)-b.Len()-1))
+	b.WriteString("}")
+	return b.String()
+}
+
+// TestNginxBackendAPI: the deploy file's backend block in front of the
+// server's -internal-addr answers the API as the internal listener
+// itself does. The same requests go through nginx, then directly; their
+// status, the headers the server sets and the body (message ids aside)
+// must be the same, and each message reaches its WebSockets once.
+func TestNginxBackendAPI(t *testing.T) {
+	p := startBinary(t, buildBinary(t), []string{
+		"-internal-addr", "127.0.0.1:0", "-message-log", "none", "-allowed-origins", nginxOrigin,
+	})
+	internal := internalAddr(t, p)
+	// nginx reaches the server through a counter of its connections.
+	hop, upstreamConns := countingProxy(t, internal)
+	ngx := startNginx(t, p.addr, hop, time.Minute)
+	cfg := testConfig(t)
+	if n := len(largestBatch(cfg)); int64(n) != cfg.MaxBatchBytes {
+		t.Fatalf("largestBatch is %d bytes, want %d", n, cfg.MaxBatchBytes)
+	}
+	client := &http.Client{Transport: &http.Transport{}, Timeout: 30 * time.Second}
+	t.Cleanup(client.CloseIdleConnections)
+	sockets := map[string]*wsReader{
+		"alice": readConn(t, dialNginx(t, ngx.public, "alice")),
+		"bob":   readConn(t, dialNginx(t, ngx.public, "bob")),
+	}
+
+	ways := []struct{ name, base string }{
+		{"nginx", "http://" + ngx.backend},
+		{"direct", "http://" + internal},
+	}
+	answers := map[string][]apiAnswer{}
+	for _, way := range ways {
+		calls := backendCalls(cfg, way.name)
+		for _, c := range calls {
+			a := doAPI(t, client, way.base, c)
+			answers[way.name] = append(answers[way.name], a)
+			if a.status != c.status {
+				t.Errorf("%s %s: %d %.200q, want %d", way.name, c.name, a.status, a.raw, c.status)
+				continue // nothing to read; the last message below finds any stray
+			}
+			for uid, msg := range c.deliver {
+				wantRead(t, sockets[uid], msg)
+			}
+		}
+		// The retried key was answered as the first time, marked, and sent
+		// nothing: a last message is the next each socket reads.
+		first, again := answers[way.name][slices.IndexFunc(calls, func(c apiCall) bool { return c.name == "key" })],
+			answers[way.name][slices.IndexFunc(calls, func(c apiCall) bool { return c.name == "key retried" })]
+		if again.raw != first.raw || !strings.Contains(again.header, `Idempotent-Replayed: ["true"]`) || strings.Contains(first.header, `Idempotent-Replayed: ["true"]`) {
+			t.Errorf("%s: retried key answered %q\n%s, first %q\n%s: want the same body, marked Idempotent-Replayed: true", way.name, again.raw, again.header, first.raw, first.header)
+		}
+		for uid, r := range sockets {
+			a := doAPI(t, client, way.base, apiCall{name: "last", path: "/send", contentType: "application/x-www-form-urlencoded", body: "uid=" + uid + "&message=last"})
+			if a.status != http.StatusOK {
+				t.Fatalf("%s: last message to %s = %d %q", way.name, uid, a.status, a.raw)
+			}
+			wantRead(t, r, "last")
+		}
+	}
+	for i, c := range backendCalls(cfg, "") {
+		n, d := answers["nginx"][i], answers["direct"][i]
+		if n.status != d.status || n.header != d.header || n.body != d.body {
+			t.Errorf("%s through nginx:\n%d\n%s%.300q\ndirect:\n%d\n%s%.300q", c.name, n.status, n.header, n.body, d.status, d.header, d.body)
+		}
+	}
+
+	t.Run("keep-alive to the server", func(t *testing.T) {
+		before := upstreamConns.Load()
+		for range 20 {
+			if a := doAPI(t, client, "http://"+ngx.backend, apiCall{name: "healthz", method: http.MethodGet, path: "/healthz"}); a.status != http.StatusOK {
+				t.Fatalf("/healthz through nginx = %d %q", a.status, a.raw)
+			}
+		}
+		if n := upstreamConns.Load() - before; n > 1 {
+			t.Errorf("20 requests through nginx opened %d connections to the server, want at most 1 (keepalive)", n)
+		}
+	})
+
+	t.Run("only the API on the backend block", func(t *testing.T) {
+		for _, path := range []string{"/", "/ws", "/console.js", "/debug/pprof/", "/admin", "/sendx", "/send/", "/send/batch/x", "/api/send"} {
+			code, body := httpDo(t, http.MethodPost, "http://"+ngx.backend+path)
+			if code != http.StatusNotFound || !strings.Contains(body, "<center>nginx") {
+				t.Errorf("POST %s through the backend block = %d %q, want nginx's own 404", path, code, body)
+			}
+		}
+		// The public block still has no /send.
+		code, body := httpDo(t, http.MethodPost, "http://"+ngx.public+"/send?uid=alice&message=x")
+		if code != http.StatusNotFound || !strings.Contains(body, "<center>nginx") {
+			t.Errorf("/send through the public block = %d %q, want nginx's own 404", code, body)
+		}
+	})
+
+	t.Run("other networks denied", func(t *testing.T) {
+		// 127.0.0.2: loopback too, but not in the allow-list.
+		other := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+			DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}).DialContext,
+		}}
+		defer other.CloseIdleConnections()
+		a := doAPI(t, other, "http://"+ngx.backend, apiCall{name: "denied", path: "/send?uid=alice&message=denied"})
+		if a.status != http.StatusForbidden || !strings.Contains(a.raw, "<center>nginx") {
+			t.Errorf("/send from 127.0.0.2 = %d %q, want nginx's own 403", a.status, a.raw)
+		}
+		if a := doAPI(t, client, "http://"+internal, apiCall{name: "after", path: "/send?uid=alice&message=after"}); a.status != http.StatusOK {
+			t.Fatalf("/send direct = %d %q", a.status, a.raw)
+		}
+		wantRead(t, sockets["alice"], "after") // the denied message never went out
+	})
+}
+
+// countingProxy forwards the TCP connections it accepts to target and
+// counts them; it stops when the test ends.
+func countingProxy(t *testing.T, target string) (string, *atomic.Int64) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		accepted atomic.Int64
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		open     = map[net.Conn]bool{}
+	)
+	track := func(c net.Conn, add bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		if add {
+			open[c] = true
+		} else {
+			delete(open, c)
+		}
+	}
+	t.Cleanup(func() {
+		l.Close()
+		mu.Lock()
+		for c := range open {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return // closed by the cleanup
+			}
+			accepted.Add(1)
+			wg.Go(func() {
+				up, err := net.Dial("tcp", target)
+				if err != nil {
+					c.Close()
+					return
+				}
+				track(c, true)
+				track(up, true)
+				done := make(chan struct{}, 2)
+				go func() { _, _ = io.Copy(up, c); done <- struct{}{} }()
+				go func() { _, _ = io.Copy(c, up); done <- struct{}{} }()
+				<-done // either side closed: close both
+				c.Close()
+				up.Close()
+				<-done
+				track(c, false)
+				track(up, false)
+			})
+		}
+	})
+	return l.Addr().String(), &accepted
 }
 
 func wantRead(t *testing.T, r *wsReader, want string) {
