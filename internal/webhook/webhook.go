@@ -287,7 +287,9 @@ func (s *Sender) delivered(batch []Event) {
 	if len(uids) == 0 {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(s.ctx), orderTimeout)
+	// Bounded by the sender's life too: a shutdown cut short does not wait
+	// for a hung Redis (the next events then wait their hold out).
+	ctx, cancel := context.WithTimeout(s.ctx, orderTimeout)
 	defer cancel()
 	if err := s.cfg.Order.MarkDelivered(ctx, uids, seqs); err != nil {
 		s.log.Warn("webhook: could not record events as delivered; the uids' next events wait", "events", len(uids), "err", err)
