@@ -213,6 +213,9 @@ func (s *Server) startPresence(log *slog.Logger, m *metrics) {
 const (
 	webhookTimeout = 10 * time.Second
 	webhookQueue   = 100_000
+	// webhookFlushMax bounds a cluster node's webhook flush at shutdown,
+	// which comes before its connections' drain.
+	webhookFlushMax = 3 * time.Second
 )
 
 // presenceTracker learns of a uid's first and last connection here
@@ -395,6 +398,17 @@ func (s *Server) shutdown(ctx context.Context) {
 		// While Redis is still ours: this node's users leave it (the
 		// nodes that stay send their offlines, if none comes back).
 		c.Drain(ctx, s.hub.uids())
+		// Then what this node was to send goes out, and is marked
+		// delivered in Redis, so that the uids' next events, sent by
+		// other nodes, need not wait their hold out. A receiver that
+		// does not answer costs the connections' drain webhookFlushMax
+		// at most.
+		if cb, ok := s.broker.(*cluster.Broker); ok {
+			cb.StopPresence()
+		}
+		wctx, cancel := context.WithTimeout(ctx, webhookFlushMax)
+		s.webhook.Close(wctx)
+		cancel()
 	}
 	// Leave the cluster first: other nodes stop routing here, and what
 	// they sent before reaches the connections before those close.

@@ -230,3 +230,30 @@ func TestClusterWebhookAfterRedisForgets(t *testing.T) {
 	}
 	rcv.check()
 }
+
+// TestClusterWebhookStopMarksDelivered: a node stops while its online of
+// a uid is still being retried. It delivers it at shutdown and marks it
+// delivered in Redis before it lets Redis go, so the uid's offline, sent
+// by the node that stays, does not wait out the hold for it.
+func TestClusterWebhookStopMarksDelivered(t *testing.T) {
+	redisCluster.OnEveryRedis(t, func(t *testing.T, be testutil.RedisBackend) {
+		rcv := startReceiver(t)
+		rcv.mu.Lock()
+		rcv.fail = 1
+		rcv.mu.Unlock()
+		nodes := startWebhookCluster(t, be.URL, rcv.URL, 2)
+		nodes[0].dial("mia")
+		waitFor(t, "the online's first try refused", func() bool {
+			rcv.mu.Lock()
+			defer rcv.mu.Unlock()
+			return rcv.fail == 0
+		})
+		if err := nodes[0].stop(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "online and offline mia", func() bool { return len(rcv.got()) == 2 })
+		if got := strings.Join(rcv.got(), ","); got != "online mia,offline mia" {
+			t.Errorf("events %s", got)
+		}
+	})
+}

@@ -134,12 +134,16 @@ type Broker struct {
 	onPresence         func(PresenceEvent) // OnPresence; nil: presence is not kept
 	onRejoin           func()              // OnRejoin
 	registered         bool                // a beat registered this node: a later one that finds it missing rejoins
+	rejoinSince        time.Time           // when this node found itself forgotten, until it rejoined
 	toSweep            map[string]struct{} // dead nodes whose presence this node sweeps
 	beatKick           chan struct{}       // wakes beatLoop; capacity 1
 	beatStop, beatDone chan struct{}       // closed by unregister; by beatLoop when it ends
-	beating            bool                // Start ran beatLoop
-	started            bool                // Start ran: new shards get a receiver at once
-	stopped            bool                // Close took the routing: no new shard
+	presenceStop       chan struct{}       // closed by StopPresence (or Close): presenceLoop ends
+	presenceDone       chan struct{}       // closed by presenceLoop when it ends
+	presenceOnce       sync.Once
+	beating            bool // Start ran beatLoop
+	started            bool // Start ran: new shards get a receiver at once
+	stopped            bool // Close took the routing: no new shard
 
 	// ctx is cancelled by Close: background Redis calls end with it.
 	ctx    context.Context
@@ -238,32 +242,34 @@ func New(ctx context.Context, cfg Config, local Local, log *slog.Logger, reg pro
 		return nil, err
 	}
 	b := &Broker{
-		opt:       opt,
-		seeds:     seeds,
-		clustered: clustered,
-		topoKick:  make(chan struct{}, 1),
-		local:     local,
-		nodeID:    nodeID,
-		log:       log,
-		prefix:    cfg.Prefix + ":",
-		cfg:       cfg,
-		publish:   redis.NewScript(publishScript),
-		assigned:  map[string]*shard{},
-		toSweep:   map[string]struct{}{},
-		confirmed: map[string]struct{}{},
-		waiters:   map[string][]chan struct{}{},
-		last:      map[string]stream.Position{},
-		repairing: map[string]*repairState{},
-		base:      map[string]stream.Position{},
-		expected:  map[string]expectation{},
-		workKick:  make(chan struct{}, 1),
-		beatKick:  make(chan struct{}, 1),
-		beatStop:  make(chan struct{}),
-		beatDone:  make(chan struct{}),
-		wanted:    map[string]struct{}{},
-		pending:   map[string]bool{},
-		notify:    make(chan struct{}, 1),
-		stop:      make(chan struct{}),
+		opt:          opt,
+		seeds:        seeds,
+		clustered:    clustered,
+		topoKick:     make(chan struct{}, 1),
+		local:        local,
+		nodeID:       nodeID,
+		log:          log,
+		prefix:       cfg.Prefix + ":",
+		cfg:          cfg,
+		publish:      redis.NewScript(publishScript),
+		assigned:     map[string]*shard{},
+		toSweep:      map[string]struct{}{},
+		confirmed:    map[string]struct{}{},
+		waiters:      map[string][]chan struct{}{},
+		last:         map[string]stream.Position{},
+		repairing:    map[string]*repairState{},
+		base:         map[string]stream.Position{},
+		expected:     map[string]expectation{},
+		workKick:     make(chan struct{}, 1),
+		beatKick:     make(chan struct{}, 1),
+		beatStop:     make(chan struct{}),
+		beatDone:     make(chan struct{}),
+		presenceStop: make(chan struct{}),
+		presenceDone: make(chan struct{}),
+		wanted:       map[string]struct{}{},
+		pending:      map[string]bool{},
+		notify:       make(chan struct{}, 1),
+		stop:         make(chan struct{}),
 		published: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "pusher_redis_published_total", Help: "Messages published to Redis (one per uid).",
 		}),
@@ -648,6 +654,7 @@ func (b *Broker) close(ctx context.Context) error {
 	b.drain(dctx)
 	cancel()
 
+	b.presenceOnce.Do(func() { close(b.presenceStop) })
 	close(b.stop)
 	b.cancel() // ends the repairer's, the syncer's and the topology's Redis calls
 	b.mu.Lock()

@@ -240,17 +240,41 @@ func (b *Broker) beat(ctx context.Context) {
 	b.mu.Lock()
 	b.nodeIDs = ids
 	b.registered = true
-	rejoin := b.onRejoin
-	b.mu.Unlock()
-	b.presenceBeat(dead)
 	if forgotten {
 		// Others forgot this node (it could not beat for nodeDeadAfter
-		// while they could) and swept its uids, or Redis lost its data:
+		// while they could) and sweep its uids, or Redis lost its data:
 		// its connected uids must be recorded again.
-		b.log.Warn("redis: this node had been forgotten; recording its users' presence again")
-		if rejoin != nil {
-			rejoin()
-		}
+		b.log.Warn("redis: this node had been forgotten; it records its users' presence again once their sweep is over")
+		b.rejoinSince = time.Now()
+	}
+	since := b.rejoinSince
+	b.mu.Unlock()
+	b.presenceBeat(dead)
+	if !since.IsZero() {
+		b.rejoinAfterSweep(ctx, since)
+	}
+}
+
+// rejoinWait bounds how long a forgotten node waits for the sweep of its
+// uids to end before it records them again (the sweeping node may have
+// died too).
+const rejoinWait = 30 * time.Second
+
+// rejoinAfterSweep records this node's uids again (OnRejoin) once the
+// sweep of what Redis held of them is over: recorded during the sweep,
+// they would be swept again. The sweep takes each uid out of this node's
+// set as it goes; Redis that lost its data has no set at all.
+func (b *Broker) rejoinAfterSweep(ctx context.Context, since time.Time) {
+	n, err := b.nodeUIDs(ctx)
+	if (err != nil || n > 0) && time.Since(since) < rejoinWait {
+		return // at a later beat
+	}
+	b.mu.Lock()
+	b.rejoinSince = time.Time{}
+	rejoin := b.onRejoin
+	b.mu.Unlock()
+	if rejoin != nil {
+		rejoin()
 	}
 }
 

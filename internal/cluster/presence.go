@@ -77,12 +77,14 @@ end
 `
 	// expireScript: KEYS the uid's hash; ARGV now (ms), presenceKeep
 	// (ms). {the time the uid left (ms), the offline's number}: send it;
-	// {0}: nothing (it came back); {-1}: not due yet.
+	// {0}: nothing (it came back); {-1, due (ms)}: not due yet (a later
+	// leave moved it).
 	expireScript = `
 local p = redis.call('HGET', KEYS[1], 'p')
 if not p then return {0} end
 local bar = string.find(p, '|', 1, true)
-if tonumber(string.sub(p, 1, bar - 1)) > tonumber(ARGV[1]) then return {-1} end
+local due = tonumber(string.sub(p, 1, bar - 1))
+if due > tonumber(ARGV[1]) then return {-1, due} end
 redis.call('HDEL', KEYS[1], 's', 'a', 'p')
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return {tonumber(string.sub(p, bar + 1)), redis.call('HINCRBY', KEYS[1], 'q', 1)}
@@ -297,11 +299,12 @@ func (b *Broker) presenceBeat(dead []string) {
 // this node forgot (each until done: a sweep cut short goes on at the
 // next pass) and sends the offlines that are due.
 func (b *Broker) presenceLoop() {
+	defer close(b.presenceDone)
 	t := time.NewTicker(nodeBeat)
 	defer t.Stop()
 	for {
 		select {
-		case <-b.stop:
+		case <-b.presenceStop:
 			return
 		case <-t.C:
 		}
@@ -338,6 +341,21 @@ func (b *Broker) presenceLoop() {
 			}
 		}
 		cancel()
+	}
+}
+
+// StopPresence stops this node's part in sending the cluster's due
+// offlines (and sweeping dead nodes), and waits until what it was doing
+// is done: a shutdown then flushes the webhook knowing nothing more comes,
+// while Redis is still there for its delivery marks. The nodes that stay
+// send the offlines that fall due after.
+func (b *Broker) StopPresence() {
+	b.presenceOnce.Do(func() { close(b.presenceStop) })
+	b.mu.Lock()
+	started := b.started
+	b.mu.Unlock()
+	if started {
+		<-b.presenceDone
 	}
 }
 
@@ -403,7 +421,15 @@ func (b *Broker) expireDue(ctx context.Context, f func(PresenceEvent)) (int, err
 			continue
 		}
 		if res[0] == -1 {
-			continue // a later leave moved it: its own entry comes
+			// A later leave moved it. Its own queueing normally moved the
+			// entry too; if that was lost, the entry would come back at
+			// every beat ahead of the others: it goes where it is due.
+			if len(res) == 2 {
+				if err := rdb.ZAddXX(ctx, b.pendingKey(), redis.Z{Score: float64(res[1]), Member: uid}).Err(); err != nil {
+					errs = append(errs, err)
+				}
+			}
+			continue
 		}
 		if res[0] > 0 && len(res) == 2 {
 			f(PresenceEvent{UID: uid, At: time.UnixMilli(res[0]), Seq: res[1]}) // before anything else can fail

@@ -2,8 +2,11 @@ package cluster
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"go-pusher/internal/testutil"
 )
@@ -118,5 +121,59 @@ func TestPresenceEventNumbers(t *testing.T) {
 	}
 	if n := rdb.Exists(ctx, b.presenceKey("nobody")).Val(); n != 0 {
 		t.Error("marking a uid without presence made its hash")
+	}
+}
+
+// TestPendingEntryMovedToItsDue: an entry of pending whose uid's offline
+// was moved later by another leave, whose own queueing was lost, goes to
+// where it is now due instead of coming back at every beat.
+func TestPendingEntryMovedToItsDue(t *testing.T) {
+	u := testutil.Redis(t)
+	b := newTestBroker(t, u.String(), testutil.Prefix(t), newFakeLocal())
+	ctx := context.Background()
+	rdb := b.one().rdb
+	t.Cleanup(func() { rdb.Del(ctx, b.presenceKey("w"), b.pendingKey(), b.nodeUIDsKey(b.nodeID)) })
+	if _, err := b.Arrive(ctx, "w", "t1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Leave(ctx, "w", time.Now(), time.Hour); err != nil { // due in an hour
+		t.Fatal(err)
+	}
+	past := float64(time.Now().Add(-time.Minute).UnixMilli())
+	rdb.ZAdd(ctx, b.pendingKey(), redis.Z{Score: past, Member: "w"}) // as if an older entry had stayed
+	n, err := b.expireDue(ctx, func(ev PresenceEvent) { t.Errorf("sent %+v before its due", ev) })
+	if err != nil || n != 1 {
+		t.Fatalf("expireDue = %d, %v; want the stale entry read", n, err)
+	}
+	score, err := rdb.ZScore(ctx, b.pendingKey(), "w").Result()
+	if err != nil || score <= past || score < float64(time.Now().Add(50*time.Minute).UnixMilli()) {
+		t.Errorf("the entry is at %v (%v), want moved to its due, an hour on", score, err)
+	}
+}
+
+// TestRejoinWaitsForTheSweep: a node that finds itself forgotten records
+// its users again only once the sweep of its old set is over, so that the
+// sweep does not take them away again.
+func TestRejoinWaitsForTheSweep(t *testing.T) {
+	u := testutil.Redis(t)
+	b := newTestBroker(t, u.String(), testutil.Prefix(t), newFakeLocal())
+	ctx := context.Background()
+	rdb := b.one().rdb
+	t.Cleanup(func() { rdb.Del(ctx, b.nodesKey(), b.nodeUIDsKey(b.nodeID)) })
+	var rejoined atomic.Int32
+	b.OnRejoin(func() { rejoined.Add(1) })
+	b.beat(ctx) // registered
+	rdb.HDel(ctx, b.nodesKey(), b.nodeID)
+	rdb.SAdd(ctx, b.nodeUIDsKey(b.nodeID), "x") // a sweep under way
+	b.beat(ctx)
+	b.beat(ctx)
+	if n := rejoined.Load(); n != 0 {
+		t.Fatalf("rejoined %d times while its set was being swept", n)
+	}
+	rdb.SRem(ctx, b.nodeUIDsKey(b.nodeID), "x") // the sweep is over
+	b.beat(ctx)
+	b.beat(ctx)
+	if n := rejoined.Load(); n != 1 {
+		t.Errorf("rejoined %d times after the sweep, want once", n)
 	}
 }

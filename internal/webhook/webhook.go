@@ -246,10 +246,13 @@ func (s *Sender) inOrder(batch []Event) []Event {
 		}
 	}
 	holdMax := s.cfg.Retry + s.cfg.Timeout + 2*s.cfg.BatchWait
+	// Held events count against the queue's bound: past it the oldest go
+	// without waiting more.
+	overflow := len(cands) - s.cfg.QueueSize
 	went := map[string]int64{} // per uid, the last event let go in this pass
 	ready := make([]Event, 0, len(cands))
-	for _, c := range cands {
-		if c.Seq <= 1 || delivered[c.UID] >= c.Seq-1 || went[c.UID] == c.Seq-1 || now.Sub(c.since) >= holdMax {
+	for i, c := range cands {
+		if c.Seq <= 1 || delivered[c.UID] >= c.Seq-1 || went[c.UID] == c.Seq-1 || now.Sub(c.since) >= holdMax || i < overflow {
 			ready = append(ready, c.Event)
 			went[c.UID] = max(went[c.UID], c.Seq)
 			continue
@@ -260,8 +263,9 @@ func (s *Sender) inOrder(batch []Event) []Event {
 	return ready
 }
 
-// orderTimeout bounds a call to Order.
-const orderTimeout = 5 * time.Second
+// orderTimeout bounds a call to Order: a Redis that hangs, rather than
+// refusing, slows the sender by this much per batch at most.
+const orderTimeout = time.Second
 
 func eventsOf(hs []heldEvent) []Event {
 	out := make([]Event, len(hs))

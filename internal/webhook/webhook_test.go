@@ -126,6 +126,21 @@ func event(i int) Event {
 	return Event{Event: "online", UID: "u" + strconv.Itoa(i), Time: time.Now().UTC().Format(TimeFormat)}
 }
 
+func gauge(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
+}
+
 func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
@@ -401,7 +416,9 @@ func TestOrderAcrossSenders(t *testing.T) {
 	defer gate.Close()
 	order := &memOrder{d: map[string]int64{"other": 4}}
 	a, _ := newSender(t, gate.URL+"/a", Config{Order: order})
-	b, _ := newSender(t, gate.URL+"/b", Config{Order: order})
+	// b's three events in one batch however the scheduler runs: a batch
+	// closes a second after its first event.
+	b, _ := newSender(t, gate.URL+"/b", Config{Order: order, BatchWait: time.Second})
 	a.Send(numbered("online", "u", 1))
 	b.Send(numbered("offline", "u", 2))
 	b.Send(numbered("offline", "other", 5))
@@ -441,9 +458,45 @@ func TestOrderGivesUp(t *testing.T) {
 	order.mu.Lock()
 	order.down = true
 	order.mu.Unlock()
+	start = time.Now()
 	s.Send(numbered("offline", "waiting", 7))
 	r.wait(1)
 	if got := r.accepted(); len(got) != 2 || got[1][0].UID != "waiting" {
 		t.Errorf("accepted %v, want waiting's event sent with Order down", got)
+	}
+	// A batch wait (50 ms) and the POST, not the hold (600 ms).
+	if took := time.Since(start); took > 400*time.Millisecond {
+		t.Errorf("with Order down the event went after %v: it was held", took)
+	}
+}
+
+// TestHeldEventsAreBounded: events held for their predecessors count
+// against the queue's bound; past it the oldest go without waiting.
+func TestHeldEventsAreBounded(t *testing.T) {
+	r := newReceiver(t, ok)
+	order := &memOrder{d: map[string]int64{}}
+	s, reg := newSender(t, r.srv.URL, Config{Order: order, QueueSize: 3})
+	for i := range 5 {
+		s.Send(numbered("offline", "u"+strconv.Itoa(i), 2)) // each waits for an event 1 nobody sends
+		// One at a time, so that none is dropped by the queue itself.
+		deadline := time.Now().Add(10 * time.Second)
+		for gauge(t, reg, "pusher_webhook_events_held")+counter(t, reg, "pusher_webhook_events_sent_total") < float64(i+1) {
+			if time.Now().After(deadline) {
+				t.Fatalf("event %d neither held nor sent in 10 s", i)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	var got []string
+	for _, b := range r.accepted() {
+		for _, e := range b {
+			got = append(got, e.UID)
+		}
+	}
+	if strings.Join(got, ",") != "u0,u1" {
+		t.Errorf("sent %v, want the two oldest past a bound of 3", got)
+	}
+	if held := gauge(t, reg, "pusher_webhook_events_held"); held != 3 {
+		t.Errorf("held = %v, want 3", held)
 	}
 }
