@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 )
 
@@ -27,6 +28,8 @@ type Proxy struct {
 	mode   ProxyMode
 	conns  map[net.Conn]struct{}
 	wg     sync.WaitGroup
+
+	accepted atomic.Int64
 }
 
 // StartProxy forwards a loopback port to target until the test ends.
@@ -45,6 +48,10 @@ func StartProxy(t testing.TB, target string) *Proxy {
 	})
 	return p
 }
+
+// Accepted counts the connections the proxy took: how many a client
+// opened (a pool that reuses its connections opens few).
+func (p *Proxy) Accepted() int64 { return p.accepted.Load() }
 
 // Addr is the proxy's address, to use instead of the target's.
 func (p *Proxy) Addr() string { return p.ln.Addr().String() }
@@ -75,6 +82,7 @@ func (p *Proxy) accept() {
 		if err != nil {
 			return // closed by Stop or at cleanup
 		}
+		p.accepted.Add(1)
 		p.mu.Lock()
 		mode := p.mode
 		switch mode {
